@@ -1,0 +1,12 @@
+"""oneprov: a durable, queryable provenance store for ONE data access.
+
+>>> from oneprov import open_store
+>>> store = open_store(":memory:")
+>>> store.schema_version == store.head_version
+True
+"""
+from .errors import BadInputError, DatabaseError, OneprovError, SchemaVersionError
+from .store import Store, open_store
+
+__version__ = "0.1.0"
+__all__ = ["open_store", "Store", "OneprovError", "BadInputError", "DatabaseError", "SchemaVersionError", "__version__"]

@@ -1,0 +1,110 @@
+"""ALF naming facts shared by the whole package: dataset paths, revisions, QC levels and UUIDs.
+
+A dataset's ``rel_path`` is relative to its session folder and reads
+``[collection/][#revision#/]file_name``, e.g. ``alf/probe00/#2024-05-06#/spikes.times.npy`` has
+collection ``alf/probe00``, revision ``2024-05-06`` and name ``spikes.times.npy``. The unrevised
+dataset has revision ``''``.
+
+>>> split_rel_path('alf/probe00/#2024-05-06#/spikes.times.npy')
+('alf/probe00', '2024-05-06', 'spikes.times.npy')
+>>> qc_name(40), qc_name('pass')
+('FAIL', 'PASS')
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+import pandas as pd
+
+from .errors import BadInputError
+
+#: ONE's QC enumeration: name -> value. Loads and lists keep ``qc <= FAIL`` by default.
+QC_LEVELS: dict[str, int] = {"NOT_SET": 0, "PASS": 10, "WARNING": 30, "FAIL": 40, "CRITICAL": 50}
+#: QC names in ONE's order (the categories of the ordered ``qc`` categorical in cache tables).
+QC_ORDER: list[str] = sorted(QC_LEVELS, key=QC_LEVELS.__getitem__)
+
+#: collection (may be nested), optional ``#revision#`` folder, then the file name.
+REL_PATH_RE = re.compile(r"^(?P<collection>(?:[^/]+/)*?)(?:#(?P<revision>[^/#]*)#/)?(?P<name>[^/]+)$")
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+#: ``<lab>/Subjects/<subject>/<date>/<NNN>`` relative to a cache folder (lab part optional).
+SESSION_PATH_RE = re.compile(
+    r"(?:^|/)(?:(?P<lab>[^/]+)/Subjects/)?(?P<subject>[^/]+)/(?P<date>\d{4}-\d{2}-\d{2})/(?P<number>\d{1,3})(?:/|$)"
+)
+
+
+def qc_name(qc: str | int) -> str:
+    """Return the canonical QC name for a name (any case), a numeric string or a QC value."""
+    if isinstance(qc, str) and not qc.isnumeric():
+        name = qc.upper()
+        if name in QC_LEVELS:
+            return name
+    else:
+        try:
+            value = int(qc)
+        except (TypeError, ValueError):
+            value = None
+        for name, level in QC_LEVELS.items():
+            if level == value:
+                return name
+    raise BadInputError(f"unknown QC value {qc!r}: expected one of {', '.join(QC_ORDER)} or their values")
+
+
+def split_rel_path(rel_path: str) -> tuple[str, str, str]:
+    """Split an ALF ``rel_path`` into ``(collection, revision, name)``; ``''`` for absent parts."""
+    m = REL_PATH_RE.match(rel_path) if isinstance(rel_path, str) else None
+    if m is None or rel_path.startswith("/") or ".." in rel_path.split("/"):
+        raise BadInputError(f"invalid dataset rel_path {rel_path!r}: expected [collection/][#revision#/]file_name")
+    return m["collection"].rstrip("/"), m["revision"] or "", m["name"]
+
+
+def split_rel_paths(rel_paths: pd.Series) -> pd.DataFrame:
+    """Vectorised :func:`split_rel_path`: a frame of ``collection, revision, name`` strings.
+
+    Raises :class:`BadInputError` naming the first invalid path (absolute, ``..``, or malformed).
+    """
+    parts = rel_paths.astype("string").str.extract(REL_PATH_RE)
+    bad = parts["name"].isna() | rel_paths.str.startswith("/") | rel_paths.str.contains(r"(?:^|/)\.\.(?:/|$)", regex=True)
+    if bad.any():
+        first = rel_paths[bad].iloc[0]
+        raise BadInputError(f"invalid dataset rel_path {first!r} ({int(bad.sum())} invalid in all): "
+                            "expected [collection/][#revision#/]file_name inside the session folder")
+    return pd.DataFrame({
+        "collection": parts["collection"].str.rstrip("/").astype(object),
+        "revision": parts["revision"].fillna("").astype(object),
+        "name": parts["name"].astype(object),
+    }, index=rel_paths.index)
+
+
+def check_uuid(value: object, what: str = "UUID") -> str:
+    """Return ``value`` as a lowercase canonical UUID string, or raise naming ``what``."""
+    text = str(value).strip().lower() if value is not None else ""
+    if not UUID_RE.match(text):
+        raise BadInputError(f"malformed {what} {value!r}: expected a canonical UUID like 'xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx'")
+    return text
+
+
+def check_uuids(values: pd.Series, what: str) -> pd.Series:
+    """Vectorised :func:`check_uuid`: lowercase the series, raise naming the first bad value."""
+    text = values.astype("string").str.strip().str.lower()
+    bad = ~text.fillna("").str.fullmatch(UUID_RE.pattern)
+    if bad.any():
+        pos = int(bad.to_numpy().nonzero()[0][0])
+        raise BadInputError(f"malformed {what} {values.iloc[pos]!r} at row {pos} ({int(bad.sum())} malformed in all): "
+                            "expected canonical UUIDs like 'xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx'")
+    return text.astype(object)
+
+
+def session_path(lab: str | None, subject: str, date: object, number: int) -> str:
+    """The session folder relative to a cache folder: ``<lab>/Subjects/<subject>/<date>/<NNN>``."""
+    parts = [lab, "Subjects"] if lab else []
+    return "/".join([*parts, str(subject), str(date)[:10], f"{int(number):03d}"])
+
+
+def ensure_list(value: object) -> list:
+    """``None`` -> ``[]``, a string -> ``[string]``, any other iterable -> list."""
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        return [value]
+    return list(value)

@@ -1,0 +1,326 @@
+"""Connecting to the provenance database and keeping its schema at the right version.
+
+A database is named by a file path (SQLite, the default) or a SQLAlchemy URL such as
+``postgresql+psycopg://user@host/db``. SQLite connections are set up for many processes at once
+(see SQLITE-NOTES.md): WAL journal, foreign keys on, a busy timeout, and write transactions that
+start with ``BEGIN IMMEDIATE`` so that a transaction never fails half-way on a lock upgrade.
+
+>>> engine = create_engine(":memory:")
+>>> upgrade(engine)
+>>> schema_status(engine).current == head_revision()
+True
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.engine.url import make_url
+
+from .errors import DatabaseError, ReadOnlyError, SchemaVersionError
+
+#: Seconds a writer waits for another process's write transaction before giving up.
+BUSY_TIMEOUT_S = 60
+#: Any 63-bit number shared by every oneprov process: the PostgreSQL advisory lock of first-time setup.
+PG_SETUP_LOCK = 0x6F6E6570726F76
+
+NO_DATABASE = "no database given: pass --db PATH_OR_URL (or db=...) or set ONEPROV_DB"
+
+
+def database_url(db: str | os.PathLike | URL | None = None, *, readonly: bool = False) -> URL:
+    """The SQLAlchemy URL for ``db``: a path, a URL, or ``None`` for ``$ONEPROV_DB``.
+
+    A plain path becomes a SQLite URL; ``readonly`` opens SQLite files with ``mode=ro``.
+    """
+    if db is None:
+        db = os.environ.get("ONEPROV_DB") or None
+        if db is None:
+            raise DatabaseError(NO_DATABASE)
+    if isinstance(db, URL):
+        url = db
+    elif isinstance(db, os.PathLike) or "://" not in str(db):
+        path = str(db)
+        if path != ":memory:":
+            path = str(Path(path).expanduser().absolute())
+        url = URL.create("sqlite", database=path)
+    else:
+        try:
+            url = make_url(str(db))
+        except sa.exc.ArgumentError as exc:
+            raise DatabaseError(f"invalid database URL {redact(str(db))!r}: {exc}") from None
+    if readonly and url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        url = url.set(database=f"file:{url.database}", query={"mode": "ro", "uri": "true"})
+    return url
+
+
+def redact(url: str | URL) -> str:
+    """How a database is named in messages and logs: a SQLite file's path, or a URL without password."""
+    if not isinstance(url, URL) and "://" not in str(url):
+        return str(url)
+    try:
+        url = url if isinstance(url, URL) else make_url(str(url))
+    except sa.exc.ArgumentError:
+        return "<unparsable URL>"
+    if url.get_backend_name() == "sqlite":
+        return (url.database or ":memory:").removeprefix("file:")
+    return url.render_as_string(hide_password=True)
+
+
+def create_engine(db: str | os.PathLike | URL | None = None, *, readonly: bool = False) -> Engine:
+    """An engine for ``db`` (see :func:`database_url`), set up for concurrent, durable writes.
+
+    On SQLite every transaction opened with ``engine.begin()`` starts with ``BEGIN IMMEDIATE``
+    (``BEGIN`` for a read-only engine). A read-only engine refuses every write on both back ends.
+    """
+    url = database_url(db, readonly=readonly)
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        path = url.database or ""
+        if not readonly and path not in ("", ":memory:"):
+            parent = Path(path).parent
+            if not parent.is_dir():
+                raise DatabaseError(f"cannot create database {path!r}: folder {str(parent)!r} does not exist")
+        engine = sa.create_engine(url, poolclass=sa.pool.StaticPool if path in ("", ":memory:") else None)
+        _setup_sqlite(engine, readonly)
+    elif backend == "postgresql":
+        options = "-c default_transaction_read_only=on" if readonly else None
+        engine = sa.create_engine(url, connect_args={"options": options} if options else {},
+                                  pool_pre_ping=True)
+    else:
+        raise DatabaseError(f"unsupported database {redact(url)!r}: use a SQLite path or a postgresql+psycopg:// URL")
+    return engine
+
+
+def _setup_sqlite(engine: Engine, readonly: bool) -> None:
+    @sa.event.listens_for(engine, "connect")
+    def on_connect(dbapi_conn, _record):
+        # Take transaction control from the driver so that BEGIN is ours (SQLAlchemy docs,
+        # "Enabling Non-Legacy SQLite Transactional Modes"), and set PRAGMAs outside any transaction.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
+        if readonly:
+            cursor.execute("PRAGMA query_only = ON")
+        else:
+            mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode not in ("wal", "memory"):
+                raise DatabaseError(f"could not switch {engine.url.database!r} to WAL journal mode (got {mode!r})")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def on_begin(conn):
+        deferred = readonly or conn.get_execution_options().get("oneprov_read", False)
+        conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
+
+
+def reader(engine: Engine) -> Engine:
+    """The same engine for read-only work: on SQLite its transactions begin deferred, not IMMEDIATE,
+    so that readers never wait for the write lock."""
+    return engine.execution_options(oneprov_read=True)
+
+
+def lock_for_setup(conn: Connection) -> None:
+    """Serialise first-time setup and migrations between processes, inside ``conn``'s transaction.
+
+    SQLite's ``BEGIN IMMEDIATE`` already holds the write lock; PostgreSQL takes an advisory lock
+    that is released when the transaction ends.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_SETUP_LOCK})
+
+
+def migrations_dir() -> Path:
+    """The Alembic script folder: inside the installed package, else the repository's ``migrations/``."""
+    packaged = Path(__file__).parent / "migrations"
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "migrations"
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic configuration for oneprov's migrations, bound to ``connection`` if given."""
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+@lru_cache(maxsize=1)
+def _script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
+def head_revision() -> str:
+    """The schema version this oneprov writes (the single Alembic head)."""
+    return _script().get_current_head()
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    """Where a database's schema stands relative to this oneprov."""
+
+    current: str | None   # None: empty database
+    head: str
+    known: bool           # current is one of this oneprov's revisions (or None)
+    has_tables: bool
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.current == self.head
+
+
+def _status(conn: Connection) -> SchemaStatus:
+    current = MigrationContext.configure(conn).get_current_revision()
+    known = current is None or _known(current)
+    has_tables = bool(set(sa.inspect(conn).get_table_names()) - {"alembic_version"})
+    return SchemaStatus(current, head_revision(), known, has_tables)
+
+
+def _known(revision: str) -> bool:
+    try:
+        return _script().get_revision(revision) is not None
+    except Exception:  # alembic raises several kinds for an unknown id
+        return False
+
+
+def schema_status(engine: Engine) -> SchemaStatus:
+    """Read the schema version without changing anything."""
+    with connect_errors(engine), reader(engine).connect() as conn:
+        status = _status(conn)
+        conn.rollback()
+    return status
+
+
+def _refuse_unknown(status: SchemaStatus, engine: Engine) -> None:
+    where = redact(engine.url)
+    if not status.known:
+        raise SchemaVersionError(
+            f"database {where} has schema version {status.current}, newer than this oneprov knows "
+            f"(its newest is {status.head}); upgrade oneprov to use it. Nothing was changed.")
+    if status.current is None and status.has_tables:
+        raise DatabaseError(f"database {where} already holds tables but no oneprov schema version; "
+                            "refusing to write into it. Nothing was changed.")
+
+
+def preflight(db: str | os.PathLike | URL | None) -> None:
+    """Refuse an existing SQLite file with a foreign or newer schema before a writer opens it.
+
+    Opening for writing switches the file to WAL mode, which changes its header: a file that
+    oneprov must not touch is inspected read-only first.
+    """
+    url = database_url(db)
+    path = url.database or ""
+    if url.get_backend_name() == "sqlite" and path not in ("", ":memory:") and Path(path).is_file():
+        probe = create_engine(url, readonly=True)
+        try:
+            _refuse_unknown(schema_status(probe), probe)
+        finally:
+            probe.dispose()
+
+
+def upgrade(engine: Engine, target: str = "head") -> SchemaStatus:
+    """Migrate the database to ``target`` in one transaction; refuse a newer or foreign schema.
+
+    Cheap when nothing is to do (one read). Several processes may call it at once on a new
+    database: the first does the work under the setup lock, the others then find it done.
+    """
+    status = schema_status(engine)
+    _refuse_unknown(status, engine)
+    if target == "head" and status.up_to_date:
+        return status
+    with connect_errors(engine), engine.begin() as conn:
+        lock_for_setup(conn)
+        status = _status(conn)  # again, under the lock: another process may have done it
+        _refuse_unknown(status, engine)
+        if not (target == "head" and status.up_to_date):
+            command.upgrade(alembic_config(conn), target)
+    return schema_status(engine)
+
+
+def downgrade(engine: Engine, target: str) -> SchemaStatus:
+    """Migrate the database down to ``target`` ('base' empties it) in one transaction."""
+    with connect_errors(engine), engine.begin() as conn:
+        lock_for_setup(conn)
+        _refuse_unknown(_status(conn), engine)
+        command.downgrade(alembic_config(conn), target)
+    return schema_status(engine)
+
+
+class connect_errors:
+    """Turn driver errors on connecting into a :class:`DatabaseError` that names the database."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None or not isinstance(exc, (sa.exc.OperationalError, sa.exc.DatabaseError, sa.exc.InterfaceError)):
+            return False
+        where = redact(self.engine.url)
+        message = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(getattr(exc, "orig", exc)).strip() else type(exc).__name__
+        raise DatabaseError(f"cannot use database {where}: {message}") from None
+
+
+def read_only_query(db: str | os.PathLike | URL | None, query: str, params: dict | None = None):
+    """Run one SQL query on a read-only connection and return a DataFrame.
+
+    SQLite files are opened with ``mode=ro`` and ``PRAGMA query_only``; PostgreSQL sessions with
+    ``default_transaction_read_only``. A statement that tries to write raises
+    :class:`~oneprov.errors.ReadOnlyError`; parameters are bound, never formatted into the SQL.
+    """
+    import pandas as pd
+
+    engine = create_engine(db, readonly=True)
+    try:
+        with engine.connect() as conn:
+            try:
+                result = conn.execute(sa.text(query), params or {})
+            except (sa.exc.OperationalError, sa.exc.InternalError, sa.exc.ProgrammingError, sa.exc.DatabaseError) as exc:
+                message = str(exc.orig).strip().splitlines()[0]
+                if "readonly" in message or "read-only" in message or "read only" in message:
+                    raise ReadOnlyError(f"refused: the statement tries to change the database, which "
+                                        f"`sql` opens read-only ({message})") from None
+                raise DatabaseError(f"query failed on {redact(engine.url)}: {message}") from None
+            if not result.returns_rows:
+                raise ReadOnlyError("refused: the statement returns no rows; only queries are allowed")
+            frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+            conn.rollback()
+        return frame
+    except sa.exc.SQLAlchemyError as exc:
+        raise DatabaseError(f"cannot use database {redact(engine.url)}: {str(getattr(exc, 'orig', exc)).strip().splitlines()[0]}") from None
+    finally:
+        engine.dispose()
+
+
+def check(db: str | os.PathLike | URL | None) -> list[str]:
+    """Problems with a database, read-only: schema version, SQLite integrity and foreign keys."""
+    engine = create_engine(db, readonly=True)
+    problems = []
+    try:
+        status = schema_status(engine)
+        if not status.known:
+            problems.append(f"schema {status.current} is newer than this oneprov ({status.head})")
+        elif not status.up_to_date:
+            problems.append(f"schema {status.current or 'empty'} is behind {status.head}: run `oneprov db upgrade`")
+        if engine.dialect.name == "sqlite":
+            with connect_errors(engine), engine.connect() as conn:
+                result = [r[0] for r in conn.exec_driver_sql("PRAGMA integrity_check").fetchall()]
+                if result != ["ok"]:
+                    problems.extend(f"integrity: {r}" for r in result)
+                fks = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                problems.extend(f"foreign key: {tuple(r)}" for r in fks)
+                conn.rollback()
+    finally:
+        engine.dispose()
+    return problems
