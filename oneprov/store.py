@@ -1,0 +1,538 @@
+"""The store: one provenance database, its transactional write API and its read API.
+
+Every recording call (a run started, a query with its results, a batch of load events, an import of
+cache tables) is one transaction: all of it is in the database, or none of it.
+
+>>> from oneprov import open_store
+>>> store = open_store(":memory:")
+>>> run = store.start_run(project="demo")
+>>> store.runs()["project"].tolist()
+['demo']
+"""
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import platform
+import socket
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine.url import URL
+from tqdm.auto import tqdm
+
+from . import database, revisions, tables
+from .alf import check_uuid
+from .errors import BadInputError, DatabaseError, OneprovError
+from .schema import (
+    SUCCESS_OUTCOMES, access_events, dataset_history, datasets, exports, projects, queries,
+    query_datasets, query_sessions, revisions as revisions_table, run_marks, runs, sessions,
+)
+
+#: Rows read from a datasets table and written per statement batch during an import.
+IMPORT_BATCH = 100_000
+
+
+def utcnow() -> datetime:
+    """Now, in UTC, without a time zone (the database's convention)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def open_store(db: str | os.PathLike | URL | None = None, *, upgrade: bool = True) -> "Store":
+    """Open the provenance database ``db`` (a path or SQLAlchemy URL; default ``$ONEPROV_DB``).
+
+    A new SQLite file is created and migrated to the newest schema; an older schema is upgraded; a
+    schema newer than this oneprov knows is refused with :class:`~oneprov.SchemaVersionError`.
+    With ``upgrade=False`` an out-of-date schema is refused instead of upgraded.
+    """
+    database.preflight(db)
+    engine = database.create_engine(db)
+    try:
+        if upgrade:
+            database.upgrade(engine)
+        else:
+            status = database.schema_status(engine)
+            if not status.up_to_date:
+                raise DatabaseError(f"database {database.redact(engine.url)} is at schema version "
+                                    f"{status.current}, not {status.head}: run `oneprov db upgrade`")
+    except BaseException:
+        engine.dispose()
+        raise
+    return Store(engine)
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What an import of cache tables did."""
+
+    query_id: int
+    sessions: int          # rows in the sessions table
+    datasets: int          # rows in the datasets table
+    changed: int           # datasets new or changed (each added one history row)
+    unchanged_tables: bool  # the same tables were imported before: nothing was written
+
+
+class Store:
+    """A provenance database. Create it with :func:`open_store`."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    def __repr__(self) -> str:
+        return f"Store({database.redact(self.engine.url)!r})"
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self.engine.dispose()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- transactions ------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A write transaction (``BEGIN IMMEDIATE`` on SQLite): committed on success, else rolled back."""
+        with database.connect_errors(self.engine), self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A read transaction that never takes the write lock."""
+        with database.connect_errors(self.engine), database.reader(self.engine).connect() as conn:
+            yield conn
+            conn.rollback()
+
+    @property
+    def schema_version(self) -> str | None:
+        return database.schema_status(self.engine).current
+
+    @property
+    def head_version(self) -> str:
+        return database.head_revision()
+
+    def _insert(self, table: sa.Table):
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+
+    # -- runs --------------------------------------------------------------------------------
+
+    def start_run(
+        self,
+        project: str | None = None,
+        *,
+        label: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        base_url: str | None = None,
+        revision_cutoff: str | None = None,
+        versions: dict[str, str] | None = None,
+    ) -> str:
+        """Record a new run (status 'running') and return its id, a new UUID.
+
+        ``project`` defaults to ``$ONEPROV_PROJECT``, else "default".
+        """
+        project = project or os.environ.get("ONEPROV_PROJECT") or "default"
+        run_id = str(uuid.uuid4())
+        versions = {"python": platform.python_version(), "oneprov": _version(), **(versions or {})}
+        with self.transaction() as conn:
+            project_id = self._project_id(conn, project)
+            conn.execute(runs.insert().values(
+                id=run_id, project_id=project_id, label=label, status="running", started_at=utcnow(),
+                user_name=_user(), host=socket.gethostname(), pid=os.getpid(),
+                command=" ".join(sys.argv)[:4000], versions=json.dumps(versions),
+                cache_dir=str(cache_dir) if cache_dir is not None else None,
+                base_url=base_url, revision_cutoff=revision_cutoff,
+            ))
+        return run_id
+
+    def _project_id(self, conn: Connection, name: str) -> int:
+        conn.execute(self._insert(projects).values(name=name, created_at=utcnow())
+                     .on_conflict_do_nothing(index_elements=["name"]))
+        return conn.execute(sa.select(projects.c.id).where(projects.c.name == name)).scalar_one()
+
+    def finish_run(self, run_id: str, status: str = "finished", error: str | None = None) -> None:
+        """Close a run: 'finished', or 'failed' with the error that ended it."""
+        if status not in ("finished", "failed"):
+            raise BadInputError(f"unknown run status {status!r}: expected 'finished' or 'failed'")
+        with self.transaction() as conn:
+            done = conn.execute(runs.update().where(runs.c.id == run_id, runs.c.status == "running")
+                                .values(status=status, finished_at=utcnow(), error=error))
+            if done.rowcount != 1:
+                raise BadInputError(f"no running run {run_id!r}")
+
+    def mark(self, run_id: str, kind: str, *, scope: str | None = None, detail: str | None = None) -> None:
+        """Append a mark to a run (e.g. 'clear_list' when the loaded-ids list is cleared)."""
+        with self.transaction() as conn:
+            conn.execute(run_marks.insert().values(run_id=run_id, marked_at=utcnow(), kind=kind,
+                                                   scope=scope, detail=detail))
+
+    def runs(self, project: str | None = None) -> pd.DataFrame:
+        """Every run, newest first, with its project name and counts of loads and queries."""
+        loads = (sa.select(sa.func.count()).where(access_events.c.run_id == runs.c.id,
+                                                  access_events.c.outcome.in_(SUCCESS_OUTCOMES))
+                 .scalar_subquery())
+        n_queries = sa.select(sa.func.count()).where(queries.c.run_id == runs.c.id).scalar_subquery()
+        stmt = (sa.select(runs.c.id.label("run_id"), projects.c.name.label("project"), runs.c.label,
+                          runs.c.status, runs.c.started_at, runs.c.finished_at, runs.c.user_name,
+                          runs.c.host, loads.label("loads"), n_queries.label("queries"))
+                .join(projects, projects.c.id == runs.c.project_id)
+                .order_by(runs.c.started_at.desc(), runs.c.id))
+        if project is not None:
+            stmt = stmt.where(projects.c.name == project)
+        return self._frame(stmt)
+
+    def resolve_run(self, run: str, project: str | None = None) -> str:
+        """A run id from an id, a unique id prefix, a label (its latest run) or 'last'."""
+        stmt = sa.select(runs.c.id).join(projects, projects.c.id == runs.c.project_id)
+        if project is not None:
+            stmt = stmt.where(projects.c.name == project)
+        newest = stmt.order_by(runs.c.started_at.desc(), runs.c.id.desc()).limit(1)
+        with self.reading() as conn:
+            if run == "last":
+                found = conn.execute(newest).scalars().all()
+            else:
+                found = conn.execute(stmt.where(runs.c.id.startswith(run.lower(), autoescape=True))).scalars().all()
+                if not found:
+                    found = conn.execute(newest.where(runs.c.label == run)).scalars().all()
+        if len(found) != 1:
+            raise BadInputError(f"no run matches {run!r}" if not found else f"run {run!r} is ambiguous: {len(found)} runs match")
+        return found[0]
+
+    # -- recording ---------------------------------------------------------------------------
+
+    def record_query(
+        self,
+        run_id: str | None,
+        method: str,
+        params: dict[str, Any] | None = None,
+        *,
+        session_ids: Iterable[str] = (),
+        dataset_ids: Iterable[str] = (),
+        mode: str | None = None,
+        revision_cutoff: str | None = None,
+        scope: str | None = None,
+        duration_s: float | None = None,
+        error: str | None = None,
+    ) -> int:
+        """Record a search or list and the sessions and datasets it returned; return the query id.
+
+        Each dataset is linked with the state it was in (its current ``dataset_history`` row).
+        """
+        sids = sorted({check_uuid(s, "session id") for s in session_ids})
+        dids = sorted({check_uuid(d, "dataset id") for d in dataset_ids})
+        with self.transaction() as conn:
+            qid = self._new_query(conn, run_id, method, params, mode=mode, revision_cutoff=revision_cutoff,
+                                  scope=scope, duration_s=duration_s, error=error,
+                                  n_sessions=len(sids), n_datasets=len(dids))
+            if sids:
+                conn.execute(query_sessions.insert(), [{"query_id": qid, "session_id": s} for s in sids])
+            if dids:
+                conn.execute(query_datasets.insert().values(query_id=qid, dataset_id=sa.bindparam("b_id"),
+                                                            state_id=_state_of("b_id")),
+                             [{"b_id": d} for d in dids])
+        return qid
+
+    def _new_query(self, conn: Connection, run_id: str | None, method: str, params: dict | None, **values) -> int:
+        return conn.execute(queries.insert().values(
+            run_id=run_id, method=method, params=json.dumps(params or {}, default=str, sort_keys=True),
+            started_at=utcnow(), **values).returning(queries.c.id)).scalar_one()
+
+    def record_access(self, run_id: str, events: Sequence[dict[str, Any]]) -> list[int]:
+        """Record a batch of load attempts in one transaction; return their event ids.
+
+        Each event is a dict with ``method`` and ``outcome`` and optionally ``dataset_id``,
+        ``session_id``, ``rel_path``, ``requested_revision``, ``revision_cutoff``, ``scope``,
+        ``path``, ``bytes``, ``detail`` and ``event_time`` (default: now).
+        """
+        allowed = {"method", "outcome", "dataset_id", "session_id", "rel_path", "requested_revision",
+                   "revision_cutoff", "scope", "path", "bytes", "detail", "event_time"}
+        now = utcnow()
+        rows = []
+        for i, event in enumerate(events):
+            unknown = set(event) - allowed
+            if unknown or not event.get("method") or not event.get("outcome"):
+                raise BadInputError(f"access event {i} is invalid: needs method and outcome"
+                                    + (f", unknown fields {sorted(unknown)}" if unknown else ""))
+            row = {k: event.get(k) for k in allowed}
+            row["event_time"] = row["event_time"] or now
+            for key in ("dataset_id", "session_id"):
+                if row[key] is not None:
+                    row[key] = check_uuid(row[key], key.replace("_", " "))
+            rows.append(row)
+        if not rows:
+            return []
+        rows = [{f"b_{k}": v for k, v in row.items()} for row in rows]
+        stmt = (access_events.insert()
+                .values({**{k: sa.bindparam(f"b_{k}") for k in allowed}, "run_id": run_id,
+                         "state_id": _state_of("b_dataset_id")})
+                .returning(access_events.c.id))
+        with self.transaction() as conn:
+            if len(rows) == 1:  # the common case: one load, one round trip
+                return [conn.execute(stmt, rows[0]).scalar_one()]
+            return list(conn.execute(stmt, rows).scalars().all())
+
+    # -- import of ONE cache tables ----------------------------------------------------------
+
+    def import_cache(
+        self,
+        tables_dir: str | os.PathLike,
+        *,
+        run_id: str | None = None,
+        progress: bool | None = None,
+        batch_size: int = IMPORT_BATCH,
+        force: bool = False,
+    ) -> ImportResult:
+        """Ingest ONE cache tables (``sessions.pqt``, ``datasets.pqt``) as one recorded query.
+
+        Importing tables identical to an earlier import into this database writes nothing and
+        returns that import (unless ``force``). Changed rows update the current state and append to
+        the dataset history. Everything happens in one transaction: a bad row anywhere leaves the
+        database as it was. The datasets table streams in batches, with a progress bar on a
+        terminal (``progress``).
+        """
+        folder = Path(tables_dir).expanduser().absolute()
+        files = {name: folder / f"{name}.pqt" for name in ("sessions", "datasets")}
+        if not folder.is_dir():
+            raise BadInputError(f"cache tables folder {str(folder)!r} does not exist")
+        missing = [str(p) for p in files.values() if not p.is_file()]
+        if missing:
+            raise BadInputError(f"missing cache table {missing[0]!r}: expected sessions.pqt and datasets.pqt in {str(folder)!r}")
+        checksum = _digest(files.values())
+        source = str(folder)
+        with self.transaction() as conn:
+            if not force:
+                previous = conn.execute(
+                    sa.select(queries.c.id, queries.c.n_sessions, queries.c.n_datasets)
+                    .where(queries.c.source == source, queries.c.checksum == checksum,
+                           queries.c.method == "import_cache", queries.c.error.is_(None))
+                    .order_by(queries.c.id.desc()).limit(1)).first()
+                if previous is not None:
+                    return ImportResult(previous.id, previous.n_sessions, previous.n_datasets, 0, True)
+            started = time.perf_counter()
+            meta = {name: tables.read_metadata(path) for name, path in files.items()}
+            qid = self._new_query(conn, run_id, "import_cache", {"tables_dir": source, "metadata": meta},
+                                  source=source, checksum=checksum, mode="local")
+            n_sessions = self._import_sessions(conn, qid, tables.read_sessions(files["sessions"]))
+            total = tables.count_rows(files["datasets"])
+            n_datasets = changed = 0
+            show = progress if progress is not None else sys.stderr.isatty()
+            with tqdm(total=total, unit="rows", desc="import datasets", disable=not show) as bar:
+                for batch in tables.iter_datasets(files["datasets"], batch_size=batch_size):
+                    changed += self._import_datasets(conn, qid, batch, files["datasets"])
+                    n_datasets += len(batch)
+                    bar.update(len(batch))
+            conn.execute(queries.update().where(queries.c.id == qid).values(
+                n_sessions=n_sessions, n_datasets=n_datasets, duration_s=time.perf_counter() - started))
+        return ImportResult(qid, n_sessions, n_datasets, changed, False)
+
+    def _import_sessions(self, conn: Connection, qid: int, frame: pd.DataFrame) -> int:
+        if frame["id"].duplicated().any():
+            raise BadInputError(f"duplicate session id {frame['id'][frame['id'].duplicated()].iloc[0]!r} in sessions table")
+        now = utcnow()
+        rows = _records(frame)
+        stage = _stage_table("_incoming_sessions", sessions, ["id", "lab", "subject", "date", "number",
+                                                               "task_protocol", "projects"])
+        stage.create(conn)
+        try:
+            if rows:
+                conn.execute(stage.insert(), rows)
+            i, s = stage.c, sessions.c
+            fields = ["lab", "subject", "date", "number", "task_protocol", "projects"]
+            same = sa.and_(*(s[f].is_not_distinct_from(i[f]) for f in fields))
+            new_or_changed = sa.select(*(i[c] for c in ["id", *fields]),
+                                       sa.literal(now).label("first_seen_at"), sa.literal(now).label("updated_at")) \
+                .where(~sa.exists().where(s.id == i.id, same))
+            ins = self._insert(sessions).from_select(["id", *fields, "first_seen_at", "updated_at"], new_or_changed)
+            conn.execute(ins.on_conflict_do_update(
+                index_elements=["id"], set_={f: ins.excluded[f] for f in [*fields, "updated_at"]}))
+            conn.execute(query_sessions.insert().from_select(
+                ["query_id", "session_id"], sa.select(sa.literal(qid), i.id)))
+        finally:
+            stage.drop(conn)
+        return len(rows)
+
+    def _import_datasets(self, conn: Connection, qid: int, frame: pd.DataFrame, path: Path) -> int:
+        dup = frame["id"].duplicated()
+        if dup.any():
+            raise BadInputError(f"duplicate dataset id {frame['id'][dup].iloc[0]!r} in {str(path)!r}")
+        now = utcnow()
+        columns = ["id", "session_id", "rel_path", "collection", "revision", "name", "file_size", "hash",
+                   "exists", "qc", "default_revision"]
+        stage = _stage_table("_incoming_datasets", datasets, columns, extra=[sa.Column("changed", sa.Boolean)])
+        stage.create(conn)
+        try:
+            conn.execute(stage.insert(), _records(frame.rename(columns={"eid": "session_id"})[columns]))
+            i, d = stage.c, datasets.c
+            mutable = ["session_id", "rel_path", "collection", "revision", "name", "file_size", "hash",
+                       "exists", "qc", "default_revision"]
+            same = sa.and_(*(d[f].is_not_distinct_from(i[f]) for f in mutable))
+            conn.execute(stage.update().values(changed=~sa.exists().where(d.id == i.id, same)))
+            changed_rows = sa.select(*(i[c] for c in columns), sa.literal(now), sa.literal(now)) \
+                .where(i.changed == sa.true())
+            ins = self._insert(datasets).from_select([*columns, "first_seen_at", "updated_at"], changed_rows)
+            conn.execute(ins.on_conflict_do_update(
+                index_elements=["id"], set_={f: ins.excluded[f] for f in [*mutable, "updated_at"]}))
+            history = ["qc", "default_revision", "exists", "hash", "file_size"]
+            n_changed = conn.execute(sa.select(sa.func.count()).where(i.changed == sa.true())).scalar_one()
+            conn.execute(dataset_history.insert().from_select(
+                ["dataset_id", "query_id", "observed_at", *history],
+                sa.select(i.id, sa.literal(qid), sa.literal(now), *(i[c] for c in history))
+                .where(i.changed == sa.true())))
+            if n_changed:
+                latest = (sa.select(sa.func.max(dataset_history.c.id))
+                          .where(dataset_history.c.dataset_id == d.id).scalar_subquery())
+                conn.execute(datasets.update().values(state_id=latest)
+                             .where(d.id.in_(sa.select(i.id).where(i.changed == sa.true()))))
+            r = revisions_table.c
+            conn.execute(revisions_table.insert().from_select(
+                ["name", "first_seen_at"],
+                sa.select(i.revision, sa.literal(now)).distinct()
+                .where(i.revision != "", i.revision.not_in(sa.select(r.name)))))
+            conn.execute(query_datasets.insert().from_select(
+                ["query_id", "dataset_id", "state_id"],
+                sa.select(sa.literal(qid), d.id, d.state_id).join(stage, d.id == i.id)))
+        except sa.exc.IntegrityError as exc:
+            raise BadInputError(f"cannot import {str(path)!r}: {exc.orig}") from None
+        finally:
+            stage.drop(conn)
+        return n_changed
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _frame(self, stmt: sa.Select, params: dict | None = None) -> pd.DataFrame:
+        with self.reading() as conn:
+            result = conn.execute(stmt, params or {})
+            return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+
+    def sql(self, query: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Run one read-only SQL query and return its rows; writes are refused.
+
+        Named parameters (``:name``) are bound from ``params``, never formatted into the SQL.
+        """
+        return database.read_only_query(self.engine.url, query, params)
+
+    def datasets_last_before(
+        self,
+        revision: str | None = None,
+        eid: str | Iterable[str] | None = None,
+        qc: str | int = "FAIL",
+        *,
+        ignore_qc_not_set: bool = False,
+        within_query: int | None = None,
+    ) -> pd.DataFrame:
+        """The revision ONE would choose for each dataset, for one session, several, or all.
+
+        ``revision=None`` picks each dataset's default revision; ``revision='2024-04-01'`` the last
+        revision on or before that date (the unrevised file always a candidate). Datasets with QC
+        above ``qc`` are left out (CRITICAL by default). ``within_query`` restricts the choice to the
+        datasets an earlier query (e.g. an import) returned. One SQL statement (see
+        :mod:`oneprov.revisions`).
+        """
+        where = []
+        if eid is not None:
+            eids = [check_uuid(e, "session id") for e in ([eid] if isinstance(eid, str) else eid)]
+            where.append(datasets.c.session_id.in_(eids))
+        if within_query is not None:
+            where.append(datasets.c.id.in_(sa.select(query_datasets.c.dataset_id)
+                                           .where(query_datasets.c.query_id == within_query)))
+        with self.reading() as conn:
+            return revisions.last_before(conn, revision, qc=qc, ignore_qc_not_set=ignore_qc_not_set, where=where)
+
+    def loaded_ids(
+        self,
+        *,
+        run: str | None = None,
+        project: str | None = None,
+        label: str | None = None,
+        scope: str | None = None,
+        sessions_only: bool = False,
+        since_clear: bool = False,
+    ) -> list[str]:
+        """The sorted UUIDs of datasets (or their sessions) successfully loaded.
+
+        Restrict to a run id, a project, a run label or a scope; ``since_clear`` keeps only the loads
+        after the run's latest 'clear_list' mark (the run's *current list*).
+        """
+        e = access_events.c
+        stmt = (sa.select((datasets.c.session_id if sessions_only else e.dataset_id).label("id"))
+                .select_from(access_events.join(runs, runs.c.id == e.run_id)
+                             .join(projects, projects.c.id == runs.c.project_id)
+                             .join(datasets, datasets.c.id == e.dataset_id, isouter=True))
+                .where(e.outcome.in_(SUCCESS_OUTCOMES), e.dataset_id.is_not(None))
+                .distinct())
+        if sessions_only:
+            stmt = stmt.where(datasets.c.session_id.is_not(None))
+        if run is not None:
+            stmt = stmt.where(e.run_id == run)
+        if project is not None:
+            stmt = stmt.where(projects.c.name == project)
+        if label is not None:
+            stmt = stmt.where(runs.c.label == label)
+        if scope is not None:
+            stmt = stmt.where(e.scope == scope)
+        if since_clear:
+            last_clear = (sa.select(sa.func.max(run_marks.c.marked_at))
+                          .where(run_marks.c.run_id == e.run_id, run_marks.c.kind == "clear_list")
+                          .scalar_subquery())
+            stmt = stmt.where(sa.or_(last_clear.is_(None), e.event_time > last_clear))
+        with self.reading() as conn:
+            return sorted(conn.execute(stmt).scalars().all())
+
+    def record_export(self, conn: Connection, *, kind: str, path: Path, rows: int,
+                      run_id: str | None = None, params: dict | None = None) -> None:
+        """Record a file written from the store (its size and sha256) in ``exports``."""
+        conn.execute(exports.insert().values(
+            run_id=run_id, kind=kind, path=str(path), rows=rows, bytes=path.stat().st_size,
+            sha256=tables.file_sha256(path), params=json.dumps(params or {}, default=str, sort_keys=True),
+            created_at=utcnow()))
+
+
+def _state_of(param: str) -> sa.ScalarSelect:
+    """The current history row of the dataset whose id is bound to ``param``."""
+    return sa.select(datasets.c.state_id).where(datasets.c.id == sa.bindparam(param)).scalar_subquery()
+
+
+def _stage_table(name: str, like: sa.Table, columns: list[str], extra: list[sa.Column] = ()) -> sa.Table:
+    """A temporary table with some of ``like``'s columns, for set-based upserts."""
+    return sa.Table(name, sa.MetaData(), *(sa.Column(c, like.c[c].type) for c in columns), *extra,
+                    prefixes=["TEMPORARY"])
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """DataFrame rows as dicts of plain Python values, with None for every kind of missing value."""
+    out = frame.astype(object).where(frame.notna(), None)
+    return out.to_dict("records")
+
+
+def _digest(paths: Iterable[Path]) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(tables.file_sha256(path).encode())
+    return h.hexdigest()
+
+
+def _user() -> str | None:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in some containers
+        return None
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__

@@ -1,0 +1,742 @@
+"""Read and write ONE cache tables (``sessions.pqt`` and ``datasets.pqt``) with pandas and pyarrow.
+
+Readers accept the modern layout (UUID strings, index stored in the file or not) and the legacy
+layout of 2021 Alyx exports (int64 ``id_0/id_1`` pairs, ``project``, ``session_path``, no ``qc``),
+validate every value and return *normalised* frames with a plain RangeIndex:
+
+- sessions: ``id, lab, subject, date, number, task_protocol, projects``
+- datasets: ``id, eid, rel_path, collection, revision, name, file_size, hash, exists, qc,
+  default_revision``
+
+Every refusal is a :class:`~oneprov.errors.BadInputError` naming the file and, where it applies, the
+column, the row (counted from 0) and the bad value. Writers produce ONE's exact format (see
+:func:`write_datasets` for unknown sizes) and replace the target file atomically.
+
+>>> import tempfile, pathlib
+>>> from oneprov.synthetic import make_repository
+>>> root = pathlib.Path(tempfile.mkdtemp())
+>>> info = make_repository(root, write_files=False)
+>>> sessions = read_sessions(root / "sessions.pqt")
+>>> list(sessions.columns) == SESSIONS_COLUMNS, len(sessions)
+(True, 6)
+>>> sum(len(batch) for batch in iter_datasets(root / "datasets.pqt")) == count_rows(root / "datasets.pqt")
+True
+>>> read_metadata(root / "datasets.pqt")["origin"]
+'oneprov.synthetic'
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .alf import QC_ORDER, check_uuid, check_uuids, qc_name, split_rel_path, split_rel_paths
+from .errors import BadInputError
+
+__all__ = [
+    "SESSIONS_COLUMNS", "DATASETS_COLUMNS", "QC_DTYPE", "WrittenTable",
+    "read_metadata", "read_sessions", "iter_datasets", "count_rows",
+    "write_sessions", "write_datasets", "file_sha256", "merge_tables", "merge_metadata",
+    "uuid_strings", "hex_strings",
+]
+
+SESSIONS_COLUMNS: list[str] = ["id", "lab", "subject", "date", "number", "task_protocol", "projects"]
+DATASETS_COLUMNS: list[str] = ["id", "eid", "rel_path", "collection", "revision", "name",
+                               "file_size", "hash", "exists", "qc", "default_revision"]
+#: The dtype of ONE's ``qc`` column: an ordered categorical NOT_SET < PASS < WARNING < FAIL < CRITICAL.
+QC_DTYPE = pd.CategoricalDtype(QC_ORDER, ordered=True)
+
+#: The key of the JSON metadata in the parquet schema metadata.
+METADATA_KEY = b"one_metadata"
+DATE_FORMAT = "%Y-%m-%d %H:%M"
+
+# Exact arrow schemas written (index columns first; pandas metadata marks them as the index).
+_SESSIONS_SCHEMA = pa.schema([
+    ("id", pa.string()), ("lab", pa.string()), ("subject", pa.string()), ("date", pa.date32()),
+    ("number", pa.uint16()), ("task_protocol", pa.string()), ("projects", pa.string()),
+])
+_DATASETS_SCHEMA = pa.schema([
+    ("eid", pa.string()), ("id", pa.string()), ("rel_path", pa.string()), ("file_size", pa.uint64()),
+    ("hash", pa.string()), ("exists", pa.bool_()),
+    ("qc", pa.dictionary(pa.int8(), pa.string(), ordered=True)), ("default_revision", pa.bool_()),
+])
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------------
+
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+# Where the 32 hex digits of a UUID go in its 36-character canonical form.
+_UUID_DIGITS = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])
+
+
+def _hex_digits(raw: np.ndarray) -> np.ndarray:
+    """The ASCII hex digits (uint8, two per byte) of the rows of a 2-D uint8 array."""
+    raw = np.ascontiguousarray(raw, dtype=np.uint8)
+    digits = np.empty((raw.shape[0], 2 * raw.shape[1]), dtype=np.uint8)
+    digits[:, 0::2] = _HEX[raw >> 4]
+    digits[:, 1::2] = _HEX[raw & 0x0F]
+    return digits
+
+
+def hex_strings(raw: np.ndarray) -> np.ndarray:
+    """Lowercase hex strings (object array) of the rows of a 2-D uint8 array, vectorised."""
+    digits = _hex_digits(raw)
+    width = digits.shape[1]
+    return digits.view(f"S{width}").ravel().astype(f"U{width}").astype(object)
+
+
+def uuid_strings(raw: np.ndarray) -> np.ndarray:
+    """Canonical UUID strings (object array) of an ``(n, 16)`` uint8 array of UUID bytes, vectorised."""
+    digits = _hex_digits(np.reshape(raw, (-1, 16)))
+    out = np.full((len(digits), 36), ord("-"), dtype=np.uint8)
+    out[:, _UUID_DIGITS] = digits
+    return out.view("S36").ravel().astype("U36").astype(object)
+
+
+def _pairs_to_uuids(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Legacy int64 id pairs -> UUID strings: the UUID's 16 bytes are the two little-endian int64s."""
+    pairs = np.column_stack([low, high]).astype("<i8")
+    return uuid_strings(pairs.view(np.uint8))
+
+
+def _object(values: Any) -> pd.Series:
+    """An object Series (pandas 3 would otherwise infer its ``str`` dtype, which turns None into NaN)."""
+    return pd.Series(values, dtype=object)
+
+
+def _is_text(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        return _is_text(t.value_type)
+    is_view = getattr(pa.types, "is_string_view", lambda _: False)
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or is_view(t) or pa.types.is_null(t)
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t)
+
+
+def _is_bool(t: pa.DataType) -> bool:
+    return pa.types.is_boolean(t) or pa.types.is_null(t)
+
+
+def _is_date(t: pa.DataType) -> bool:
+    return pa.types.is_date(t) or pa.types.is_timestamp(t) or _is_text(t)
+
+
+def _is_qc(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        return _is_qc(t.value_type)
+    return _is_text(t) or pa.types.is_integer(t)
+
+
+def _is_projects(t: pa.DataType) -> bool:
+    is_list = pa.types.is_list(t) or pa.types.is_large_list(t)
+    return _is_text(t) or (is_list and _is_text(t.value_type))
+
+
+def _text(array: pa.Array) -> np.ndarray:
+    """A text column as an object array of str and None."""
+    if pa.types.is_dictionary(array.type):
+        array = array.cast(array.type.value_type)
+    return array.to_numpy(zero_copy_only=False).astype(object)
+
+
+def _located(path: Path, column: str, start: int, values: np.ndarray,
+             check_all: Callable[[pd.Series], Any], check_one: Callable[[Any], Any]) -> Any:
+    """Run a vectorised check; on failure re-run the scalar check to name the first bad row."""
+    try:
+        return check_all(_object(values))
+    except BadInputError as exc:
+        for row, value in enumerate(values):
+            try:
+                check_one(value)
+            except BadInputError as err:
+                raise BadInputError(f"{path}: column {column!r}, row {start + row}: {err}") from None
+        raise BadInputError(f"{path}: column {column!r}: {exc}") from None
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (set, frozenset)):
+        return sorted(map(str, value))
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot store {type(value).__name__} {value!r} in the table metadata")
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+def _open(path: str | os.PathLike) -> tuple[Path, pq.ParquetFile]:
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"{path}: no such file")
+    try:
+        return path, pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise BadInputError(f"{path}: not a readable parquet file (corrupt or truncated?): {exc}") from exc
+
+
+def _batches(path: Path, pf: pq.ParquetFile, columns: list[str],
+             batch_size: int) -> Iterator[tuple[pa.RecordBatch, int]]:
+    """Stream ``(batch, first_row)``; corrupt data pages surface as BadInputError."""
+    batches = pf.iter_batches(batch_size=batch_size, columns=columns, use_pandas_metadata=False)
+    start = 0
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as exc:
+            raise BadInputError(f"{path}: corrupt parquet data (reading from row {start}): {exc}") from exc
+        yield batch, start
+        start += batch.num_rows
+
+
+def _check_columns(path: Path, schema: pa.Schema, table: str, checks: Mapping[str, tuple]) -> None:
+    """Raise unless every present column in ``checks`` (name -> (predicate, expected)) has a good type."""
+    for name, (ok, expected) in checks.items():
+        if name in schema.names and not ok(schema.field(name).type):
+            raise BadInputError(f"{path}: column {name!r} of the {table} table has type "
+                                f"{schema.field(name).type}, expected {expected}")
+
+
+def _id_source(path: Path, schema: pa.Schema, name: str, table: str) -> list[str]:
+    """The columns holding UUIDs ``name``: ``[name]`` or the legacy int64 pair ``[name_0, name_1]``."""
+    if name in schema.names:
+        return [name]
+    pair = [f"{name}_0", f"{name}_1"]
+    if all(p in schema.names for p in pair):
+        _check_columns(path, schema, table, {p: (pa.types.is_integer, "int64 (legacy UUID pair)") for p in pair})
+        return pair
+    raise BadInputError(f"{path}: the {table} table has no column {name!r} (nor legacy {pair[0]!r}/{pair[1]!r}); "
+                        f"columns are {schema.names}")
+
+
+def _uuids(path: Path, batch: pa.RecordBatch, source: list[str], start: int, what: str) -> np.ndarray:
+    if len(source) == 1:
+        values = _text(batch.column(source[0]))
+        return _located(path, source[0], start, values, lambda s: check_uuids(s, what).to_numpy(),
+                        lambda v: check_uuid(v, what))
+    columns = [batch.column(name) for name in source]
+    for name, col in zip(source, columns):
+        if col.null_count:
+            row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+            raise BadInputError(f"{path}: column {name!r}, row {start + row}: null half of a legacy {what}")
+    return _pairs_to_uuids(*(col.to_numpy(zero_copy_only=False) for col in columns))
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The ``one_metadata`` JSON of a cache table's parquet schema metadata (``{}`` if absent)."""
+    path, pf = _open(path)
+    try:
+        raw = (pf.schema_arrow.metadata or {}).get(METADATA_KEY)
+    finally:
+        pf.close()
+    if raw is None:
+        return {}
+    try:
+        meta = json.loads(raw)
+    except ValueError as exc:
+        raise BadInputError(f"{path}: the one_metadata of the parquet schema is not JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise BadInputError(f"{path}: the one_metadata of the parquet schema is not a JSON object: {meta!r}")
+    return meta
+
+
+def count_rows(path: str | os.PathLike) -> int:
+    """The number of rows of a parquet file, read from its footer (e.g. a progress bar's total)."""
+    path, pf = _open(path)
+    try:
+        return int(pf.metadata.num_rows)
+    finally:
+        pf.close()
+
+
+_SESSION_CHECKS = {
+    "lab": (_is_text, "string"), "subject": (_is_text, "string"),
+    "date": (_is_date, "date32, timestamp or 'YYYY-MM-DD' string"), "number": (_is_number, "integer"),
+    "task_protocol": (_is_text, "string"), "projects": (_is_projects, "comma-separated string"),
+    "project": (_is_projects, "comma-separated string"),
+}
+
+
+def read_sessions(path: str | os.PathLike) -> pd.DataFrame:
+    """Read and validate a sessions table into the normalised frame (columns :data:`SESSIONS_COLUMNS`).
+
+    ``id`` is a lowercase UUID string, ``date`` a :class:`datetime.date` or None, ``number`` int64,
+    ``projects`` a comma-joined string or None; ``lab`` and ``task_protocol`` are str or None. The
+    legacy layout (``id_0/id_1``, ``project``) is converted as one-api converts it.
+    """
+    path, pf = _open(path)
+    try:
+        schema = pf.schema_arrow
+        id_source = _id_source(path, schema, "id", "sessions")
+        for required in ("subject", "date", "number"):
+            if required not in schema.names:
+                raise BadInputError(f"{path}: the sessions table has no column {required!r}; columns are {schema.names}")
+        _check_columns(path, schema, "sessions", _SESSION_CHECKS)
+        projects = "projects" if "projects" in schema.names else "project" if "project" in schema.names else None
+        optional = [c for c in ("lab", "task_protocol", projects) if c and c in schema.names]
+        columns = [*id_source, "subject", "date", "number", *optional]
+        frames = [_sessions_frame(path, batch, start, id_source, projects)
+                  for batch, start in _batches(path, pf, columns, 65_536)]
+    finally:
+        pf.close()
+    if not frames:
+        return pd.DataFrame({c: _object([]) for c in SESSIONS_COLUMNS}).astype({"number": np.int64})
+    sessions = pd.concat(frames, ignore_index=True)
+    duplicated = sessions["id"].duplicated()
+    if duplicated.any():
+        row = int(np.flatnonzero(duplicated.to_numpy())[0])
+        raise BadInputError(f"{path}: column 'id', row {row}: duplicate session id {sessions['id'].iloc[row]!r}")
+    return sessions
+
+
+def _sessions_frame(path: Path, batch: pa.RecordBatch, start: int, id_source: list[str],
+                    projects: str | None) -> pd.DataFrame:
+    n = batch.num_rows
+    names = batch.schema.names
+
+    def optional_text(name: str | None) -> np.ndarray:
+        return _text(batch.column(name)) if name in names else np.full(n, None, dtype=object)
+
+    subject = _text(batch.column("subject"))
+    missing = pd.isna(subject)
+    if missing.any():
+        row = int(np.flatnonzero(missing)[0])
+        raise BadInputError(f"{path}: column 'subject', row {start + row}: missing subject")
+    if projects and not _is_text(batch.schema.field(projects).type):  # a list of names, as Alyx's REST gives
+        project_values = np.array([None if v is None else ",".join(v) for v in batch.column(projects).to_pylist()],
+                                  dtype=object)
+    else:
+        project_values = optional_text(projects)
+    return pd.DataFrame({
+        "id": _object(_uuids(path, batch, id_source, start, "session id")),
+        "lab": _object(optional_text("lab")),
+        "subject": _object(subject),
+        "date": _object(_dates(path, batch.column("date"), start)),
+        "number": _numbers(path, batch.column("number"), start),
+        "task_protocol": _object(optional_text("task_protocol")),
+        "projects": _object(project_values),
+    })
+
+
+def _dates(path: Path, column: pa.Array, start: int) -> list:
+    if pa.types.is_date(column.type):
+        return column.to_pylist()
+    if pa.types.is_timestamp(column.type):
+        return [None if v is None else v.date() for v in column.to_pylist()]
+    dates = []
+    for row, value in enumerate(_text(column)):
+        if value is None or value == "":
+            dates.append(None)
+            continue
+        try:
+            dates.append(datetime.datetime.fromisoformat(value).date())
+        except ValueError:
+            raise BadInputError(f"{path}: column 'date', row {start + row}: bad date {value!r}, "
+                                "expected 'YYYY-MM-DD'") from None
+    return dates
+
+
+def _numbers(path: Path, column: pa.Array, start: int) -> np.ndarray:
+    values = column.to_numpy(zero_copy_only=False).astype(float)
+    bad = np.isnan(values) | (values != np.round(values)) | (values < 0) | (values > 999)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise BadInputError(f"{path}: column 'number', row {start + row}: bad session number "
+                            f"{column[row].as_py()!r}, expected an integer from 0 to 999")
+    return values.astype(np.int64)
+
+
+_DATASET_CHECKS = {
+    "rel_path": (_is_text, "string"), "file_size": (_is_number, "integer (bytes)"),
+    "hash": (_is_text, "string"), "exists": (_is_bool, "bool"),
+    "qc": (_is_qc, "QC names or values (categorical, string or integer)"),
+    "default_revision": (_is_bool, "bool"),
+}
+
+
+def iter_datasets(path: str | os.PathLike, batch_size: int = 200_000) -> Iterator[pd.DataFrame]:
+    """Stream a datasets table as normalised frames (columns :data:`DATASETS_COLUMNS`).
+
+    Memory stays bounded by ``batch_size`` rows. Each batch is validated as it is read, so a
+    BadInputError may come after earlier batches were yielded. ``file_size`` is a nullable Int64
+    (null: unknown); ``hash`` is str or None ('' and NaN mean unknown); ``exists`` defaults to True;
+    ``qc`` is a canonical name ('NOT_SET' when the column or the value is missing);
+    ``default_revision`` is bool, or None when the column is absent. The file's schema is checked
+    when this is called, not on the first iteration.
+    """
+    path, pf = _open(path)
+    try:
+        schema = pf.schema_arrow
+        eid_source = _id_source(path, schema, "eid", "datasets")
+        id_source = _id_source(path, schema, "id", "datasets")
+        if "rel_path" not in schema.names:
+            raise BadInputError(f"{path}: the datasets table has no column 'rel_path'; columns are {schema.names}")
+        _check_columns(path, schema, "datasets", _DATASET_CHECKS)
+        optional = [c for c in ("file_size", "hash", "exists", "qc", "default_revision") if c in schema.names]
+        columns = [*id_source, *eid_source, "rel_path", *optional]
+    except BaseException:
+        pf.close()
+        raise
+
+    def generate() -> Iterator[pd.DataFrame]:
+        try:
+            for batch, start in _batches(path, pf, columns, batch_size):
+                yield _datasets_frame(path, batch, start, id_source, eid_source)
+        finally:
+            pf.close()
+
+    return generate()
+
+
+def _datasets_frame(path: Path, batch: pa.RecordBatch, start: int, id_source: list[str],
+                    eid_source: list[str]) -> pd.DataFrame:
+    n = batch.num_rows
+    names = batch.schema.names
+    rel_path = _text(batch.column("rel_path"))
+    parts = _located(path, "rel_path", start, rel_path, split_rel_paths, split_rel_path)
+    hashes = _text(batch.column("hash")) if "hash" in names else np.full(n, None, dtype=object)
+    hashes[pd.isna(hashes) | (hashes == "")] = None
+    if "exists" in names:
+        exists = batch.column("exists").fill_null(True).to_numpy(zero_copy_only=False).astype(bool) \
+            if not pa.types.is_null(batch.column("exists").type) else np.ones(n, dtype=bool)
+    else:
+        exists = np.ones(n, dtype=bool)
+    if "default_revision" in names and not pa.types.is_null(batch.column("default_revision").type):
+        default = batch.column("default_revision").to_numpy(zero_copy_only=False)
+    else:
+        default = np.full(n, None, dtype=object)
+    return pd.DataFrame({
+        "id": _object(_uuids(path, batch, id_source, start, "dataset id")),
+        "eid": _object(_uuids(path, batch, eid_source, start, "session id (eid)")),
+        "rel_path": _object(rel_path),
+        "collection": _object(parts["collection"].to_numpy()),
+        "revision": _object(parts["revision"].to_numpy()),
+        "name": _object(parts["name"].to_numpy()),
+        "file_size": _file_sizes(path, batch.column("file_size"), start) if "file_size" in names
+        else pd.array([pd.NA] * n, dtype="Int64"),
+        "hash": _object(hashes),
+        "exists": exists,
+        "qc": _object(_qc_names(path, batch.column("qc"), start)) if "qc" in names
+        else _object(np.full(n, "NOT_SET", dtype=object)),
+        "default_revision": pd.Series(default, dtype=bool if default.dtype == bool else object),
+    })
+
+
+def _file_sizes(path: Path, column: pa.Array, start: int) -> pd.arrays.IntegerArray:
+    n = len(column)
+    if pa.types.is_null(column.type):
+        return pd.array([pd.NA] * n, dtype="Int64")
+    if pa.types.is_floating(column.type):
+        values = column.to_numpy(zero_copy_only=False).astype(float)  # nulls -> NaN
+        unknown = np.isnan(values)
+        bad = ~unknown & ((values != np.round(values)) | (values < 0))
+        data = np.where(unknown, 0, values).astype(np.int64)
+    else:
+        unknown = column.is_null().to_numpy(zero_copy_only=False)
+        try:
+            filled = column.fill_null(0).cast(pa.int64())
+        except pa.ArrowInvalid as exc:
+            raise BadInputError(f"{path}: column 'file_size': impossible file size: {exc}") from exc
+        data = filled.to_numpy(zero_copy_only=False).astype(np.int64)
+        bad = data < 0
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise BadInputError(f"{path}: column 'file_size', row {start + row}: bad file size "
+                            f"{column[row].as_py()!r}, expected a whole number of bytes")
+    return pd.arrays.IntegerArray(data, unknown)
+
+
+def _qc_names(path: Path, column: pa.Array, start: int) -> np.ndarray:
+    """Canonical QC names from names (any case) or values; null means NOT_SET."""
+    if pa.types.is_null(column.type):
+        return np.full(len(column), "NOT_SET", dtype=object)
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    values = column.to_numpy(zero_copy_only=False)
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    names = []
+    for code, value in enumerate(uniques):
+        try:
+            names.append(qc_name(value.item() if isinstance(value, np.generic) else value))
+        except BadInputError as err:
+            row = int(np.flatnonzero(codes == code)[0])
+            raise BadInputError(f"{path}: column 'qc', row {start + row}: {err}") from None
+    names.append("NOT_SET")  # code -1 (null) indexes the last element
+    return np.array(names, dtype=object)[codes]
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WrittenTable:
+    """What a write produced: the file, its number of rows and its sha256 (hex)."""
+
+    path: Path
+    rows: int
+    sha256: str
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _table_metadata(path: Path, metadata: Mapping[str, Any] | None) -> bytes:
+    meta = dict(metadata or {})
+    meta.setdefault("date_created", datetime.datetime.now().strftime(DATE_FORMAT))
+    meta.setdefault("origin", "oneprov")
+    return json.dumps(meta, default=_json_default).encode()
+
+
+def _with_columns(df: pd.DataFrame, index_names: tuple[str, ...]) -> pd.DataFrame:
+    """Accept frames whose ids are in the index (as ONE keeps them) as well as normalised ones."""
+    if any(name in index_names for name in df.index.names):
+        return df.reset_index()
+    return df
+
+
+def _clean_text(values: pd.Series) -> pd.Series:
+    """Object Series of str / None (NaN, NA and None all become None)."""
+    values = values.astype(object)
+    return values.where(values.notna(), None)
+
+
+def _write_atomically(table: pa.Table, path: Path) -> WrittenTable:
+    """Write ``table`` to a temporary file next to ``path``, fsync it, then rename it over ``path``.
+
+    The temporary name ends in ``.tmp`` so that ONE (which loads every ``*.pqt``) never sees a
+    partial table. On any error the temporary file is removed and the error propagates unchanged.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            pq.write_table(table, f)
+            f.flush()
+            os.fsync(f.fileno())
+        sha256 = file_sha256(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable; not possible on every platform
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    return WrittenTable(path=path, rows=table.num_rows, sha256=sha256)
+
+
+def _to_arrow(frame: pd.DataFrame, schema: pa.Schema, path: Path, metadata: Mapping[str, Any] | None) -> pa.Table:
+    try:
+        table = pa.Table.from_pandas(frame, schema=schema, preserve_index=True)
+    except (pa.ArrowException, TypeError, ValueError) as exc:
+        raise BadInputError(f"cannot write {path}: {exc}") from exc
+    return table.replace_schema_metadata({**table.schema.metadata, METADATA_KEY: _table_metadata(path, metadata)})
+
+
+def write_sessions(df: pd.DataFrame, path: str | os.PathLike,
+                   metadata: Mapping[str, Any] | None = None) -> WrittenTable:
+    """Write a normalised sessions frame as ONE's ``sessions.pqt``, atomically.
+
+    The file has index ``id`` (str) and columns ``lab, subject, date (date32), number (uint16),
+    task_protocol, projects``, sorted by id. ``metadata`` is stored as ``one_metadata`` JSON, with
+    ``date_created`` (now, "YYYY-MM-DD HH:MM") and ``origin`` ('oneprov') added when absent.
+    """
+    path = Path(path)
+    df = _with_columns(df, ("id",))
+    missing = [c for c in ("id", "subject", "date", "number") if c not in df.columns]
+    if missing:
+        raise BadInputError(f"cannot write {path}: the sessions frame has no column {missing[0]!r}")
+    ids = _frame_check(path, "id", df["id"], lambda s: check_uuids(s, "session id"), check_uuid)
+    try:
+        dates = pd.to_datetime(_object(df["date"].to_numpy()), errors="raise")
+    except (TypeError, ValueError) as exc:
+        raise BadInputError(f"cannot write {path}: column 'date': {exc}") from exc
+    number = pd.to_numeric(df["number"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    bad = np.isnan(number) | (number != np.round(number)) | (number < 0) | (number > 999)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise BadInputError(f"cannot write {path}: column 'number', row {row}: bad session number "
+                            f"{df['number'].iloc[row]!r}")
+    text = {c: _clean_text(df[c]) if c in df.columns else _object([None] * len(df))
+            for c in ("lab", "subject", "task_protocol", "projects")}
+    text["projects"] = text["projects"].map(lambda v: ",".join(v) if isinstance(v, (list, tuple)) else v)
+    frame = pd.DataFrame({
+        "id": ids.to_numpy(), "lab": text["lab"].to_numpy(), "subject": text["subject"].to_numpy(),
+        "date": _object([None if pd.isna(d) else d.date() for d in dates]).to_numpy(),
+        "number": number.astype(np.uint16),
+        "task_protocol": text["task_protocol"].to_numpy(), "projects": text["projects"].to_numpy(),
+    }).astype({c: object for c in ("id", "lab", "subject", "date", "task_protocol", "projects")})
+    frame = frame.sort_values("id", kind="stable").set_index("id")
+    return _write_atomically(_to_arrow(frame, _SESSIONS_SCHEMA, path, metadata), path)
+
+
+def _frame_check(path: Path, column: str, values: pd.Series, check_all: Callable, check_one: Callable) -> pd.Series:
+    try:
+        return _located(path, column, 0, values.to_numpy(dtype=object), check_all, check_one)
+    except BadInputError as exc:
+        raise BadInputError(f"cannot write {exc}") from None
+
+
+def write_datasets(df: pd.DataFrame, path: str | os.PathLike,
+                   metadata: Mapping[str, Any] | None = None) -> WrittenTable:
+    """Write a normalised datasets frame as ONE's ``datasets.pqt``, atomically.
+
+    The file has index ``(eid, id)`` (str) and exactly the columns ``rel_path, file_size (uint64),
+    hash, exists (bool), qc (ordered categorical), default_revision (bool)``, sorted by (eid, id).
+
+    Unknown file sizes are written as **0**. one-api checks sizes with ``if rec['file_size'] and
+    size != rec['file_size']``: a null in a nullable UInt64 makes that test raise (every load of
+    the dataset crashes), and a float NaN is truthy and never equal, so one-api warns of a size
+    mismatch on every load (and, online, downloads the file again each time). 0 is falsy, so ONE
+    skips the size check, and the column keeps ONE's uint64 dtype. The cost: a table written here
+    reads back with size 0, not null (an empty file's genuine size is 0 as well). Unknown hashes
+    are written as nulls.
+
+    Missing ``exists`` means True, missing ``qc`` means NOT_SET. A missing or None
+    ``default_revision`` is filled as ONE would choose: True for the greatest revision of its
+    dataset (same eid, collection and name) unless another revision of it is already flagged.
+    """
+    path = Path(path)
+    df = _with_columns(df, ("eid", "id"))
+    missing = [c for c in ("id", "eid", "rel_path") if c not in df.columns]
+    if missing:
+        raise BadInputError(f"cannot write {path}: the datasets frame has no column {missing[0]!r}")
+    n = len(df)
+    ids = _frame_check(path, "id", df["id"], lambda s: check_uuids(s, "dataset id"), check_uuid)
+    eids = _frame_check(path, "eid", df["eid"], lambda s: check_uuids(s, "session id (eid)"), check_uuid)
+    rel_path = _clean_text(df["rel_path"])
+    parts = _frame_check(path, "rel_path", rel_path, split_rel_paths, split_rel_path)
+
+    sizes = pd.to_numeric(df["file_size"], errors="coerce") if "file_size" in df.columns \
+        else pd.Series(np.nan, index=df.index)
+    sizes_f = sizes.to_numpy(dtype=float, na_value=np.nan)
+    not_number = np.isnan(sizes_f) & df["file_size"].notna().to_numpy() if "file_size" in df.columns \
+        else np.zeros(n, dtype=bool)
+    bad = not_number | (~np.isnan(sizes_f) & ((sizes_f < 0) | (sizes_f != np.round(sizes_f))))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise BadInputError(f"cannot write {path}: column 'file_size', row {row}: bad file size "
+                            f"{df['file_size'].iloc[row]!r}")
+    file_size = sizes.fillna(0).to_numpy().astype(np.uint64)
+
+    hashes = _clean_text(df["hash"]) if "hash" in df.columns else _object([None] * n)
+    hashes = hashes.where(hashes != "", None)
+    exists = df["exists"].astype(object).where(df["exists"].notna(), True).astype(bool) \
+        if "exists" in df.columns else pd.Series(True, index=df.index)
+    qc = _write_qc(path, df["qc"] if "qc" in df.columns else None, n)
+
+    default = df["default_revision"].astype(object) if "default_revision" in df.columns \
+        else _object([None] * n)
+    default = default.where(default.notna(), None)
+    unknown = default.isna().to_numpy()
+    if unknown.any():
+        keys = [eids.to_numpy(), parts["collection"].to_numpy(), parts["name"].to_numpy()]
+        groups = pd.DataFrame({"k0": keys[0], "k1": keys[1], "k2": keys[2],
+                               "revision": parts["revision"].to_numpy(),
+                               "flagged": (default == True).to_numpy()})  # noqa: E712 (elementwise)
+        by = groups.groupby(["k0", "k1", "k2"], sort=False)
+        latest = groups["revision"] == by["revision"].transform("max")
+        flagged = by["flagged"].transform("any")
+        filled = (latest & ~flagged).to_numpy()
+        default = pd.Series(np.where(unknown, filled, default.to_numpy()), dtype=object)
+    frame = pd.DataFrame({
+        "eid": _object(eids.to_numpy()), "id": _object(ids.to_numpy()),
+        "rel_path": _object(rel_path.to_numpy()), "file_size": file_size,
+        "hash": _object(hashes.to_numpy()), "exists": exists.to_numpy(),
+        "qc": pd.Categorical.from_codes(qc, dtype=QC_DTYPE),
+        "default_revision": default.to_numpy().astype(bool),
+    })
+    frame = frame.sort_values(["eid", "id"], kind="stable").set_index(["eid", "id"])
+    return _write_atomically(_to_arrow(frame, _DATASETS_SCHEMA, path, metadata), path)
+
+
+def _write_qc(path: Path, qc: pd.Series | None, n: int) -> np.ndarray:
+    """QC codes (positions in QC_ORDER) from names, values or categoricals; null means NOT_SET."""
+    if qc is None:
+        return np.zeros(n, dtype=np.int8)
+    values = qc.astype(object).to_numpy()
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    lookup = []
+    for code, value in enumerate(uniques):
+        try:
+            lookup.append(QC_ORDER.index(qc_name(value.item() if isinstance(value, np.generic) else value)))
+        except BadInputError as err:
+            row = int(np.flatnonzero(codes == code)[0])
+            raise BadInputError(f"cannot write {path}: column 'qc', row {row}: {err}") from None
+    lookup.append(0)  # null -> NOT_SET
+    return np.array(lookup, dtype=np.int8)[codes]
+
+
+# --------------------------------------------------------------------------------------------
+# Merging (ONE's save_cache semantics)
+# --------------------------------------------------------------------------------------------
+
+def merge_tables(old: pd.DataFrame, new: pd.DataFrame, table: str | None = None) -> pd.DataFrame:
+    """Merge two normalised frames of one table as ONE's ``save_cache`` does.
+
+    Rows of ``new`` replace the rows of ``old`` with the same key (sessions: ``id``; datasets:
+    ``(eid, id)``), the other rows of ``new`` are added (the first of duplicated keys in ``new``
+    wins), and the result is sorted by key. ``table`` ('sessions' or 'datasets') defaults to
+    datasets when the frames have an ``eid`` column. Columns missing from one side are filled
+    with None / NA.
+    """
+    table = table or ("datasets" if "eid" in old.columns or "eid" in new.columns else "sessions")
+    if table not in ("sessions", "datasets"):
+        raise ValueError(f"unknown table {table!r}: expected 'sessions' or 'datasets'")
+    key = ["eid", "id"] if table == "datasets" else ["id"]
+    new = new[~new.duplicated(subset=key, keep="first")]
+    old_keys = pd.MultiIndex.from_frame(old[key])
+    new_keys = pd.MultiIndex.from_frame(new[key])
+    kept = old[~old_keys.isin(new_keys)]
+    columns = list(old.columns) + [c for c in new.columns if c not in old.columns]
+    frames = [f.reindex(columns=columns) for f in (kept, new) if len(f)]
+    if not frames:
+        return old.iloc[0:0].reindex(columns=columns)
+    merged = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return merged.sort_values(key, kind="stable").reset_index(drop=True)
+
+
+def merge_metadata(old: Mapping[str, Any], new: Mapping[str, Any],
+                   now: datetime.datetime | None = None) -> dict:
+    """Merge table metadata as ONE's ``save_cache`` does: ``new`` wins, except that the earliest
+    ``date_created`` is kept, and ``date_modified`` is set to ``now`` ("YYYY-MM-DD HH:MM")."""
+    merged = {**old, **new}
+    created = []
+    for meta in (old, new):
+        try:
+            created.append(datetime.datetime.fromisoformat(str(meta["date_created"])))
+        except (KeyError, ValueError):
+            pass
+    if created:
+        merged["date_created"] = min(created).strftime(DATE_FORMAT)
+    merged["date_modified"] = (now or datetime.datetime.now()).strftime(DATE_FORMAT)
+    return merged

@@ -1,0 +1,250 @@
+"""The store's write and read API on real databases (SQLite file and PostgreSQL)."""
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+
+from oneprov import BadInputError, open_store
+from oneprov.schema import PUBLIC_VIEWS, metadata
+
+ALL_TABLES = sorted(metadata.tables)
+
+
+def counts(store) -> dict[str, int]:
+    with store.engine.connect() as conn:
+        return {t: conn.execute(sa.text(f"SELECT COUNT(*) FROM {t}")).scalar() for t in ALL_TABLES}
+
+
+def snapshot(store) -> dict[str, list]:
+    """Every row of every table, for all-or-nothing comparisons."""
+    with store.engine.connect() as conn:
+        return {t: sorted(map(tuple, conn.execute(sa.text(f"SELECT * FROM {t}")).fetchall()), key=repr)
+                for t in ALL_TABLES}
+
+
+def copy_tables(repo, dest):
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("sessions.pqt", "datasets.pqt"):
+        shutil.copy(repo.root / name, dest / name)
+    return dest
+
+
+def rewrite_datasets(folder, change):
+    """Apply ``change`` to the raw datasets table (an arrow table -> pandas -> arrow round trip)."""
+    path = folder / "datasets.pqt"
+    table = pq.read_table(path)
+    df = table.to_pandas()
+    df["qc"] = df["qc"].astype(str)   # arrow-backed categoricals are read-only; names read back the same
+    df = change(df)
+    import pyarrow as pa
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=True).replace_schema_metadata(table.schema.metadata), path)
+
+
+def test_import_cache(store, repo):
+    result = store.import_cache(repo.root)
+    assert (result.sessions, result.datasets) == (len(repo.sessions), len(repo.datasets))
+    assert result.changed == len(repo.datasets) and not result.unchanged_tables
+    c = counts(store)
+    assert c["sessions"] == len(repo.sessions) and c["datasets"] == len(repo.datasets)
+    assert c["dataset_history"] == len(repo.datasets)          # one first observation each
+    assert c["query_datasets"] == len(repo.datasets)           # the import's rows are linked
+    assert c["revisions"] == 1                                 # '2024-05-06'
+    row = store.sql("SELECT collection, revision, name, default_revision FROM datasets WHERE id = :id",
+                    {"id": repo.revised_id}).iloc[0]
+    assert (row.collection, row.revision, row["name"]) == ("alf/probe00/pykilosort", "2024-05-06", "spikes.times.npy")
+    assert bool(row.default_revision) is True
+    unknown = store.sql("SELECT file_size, hash FROM datasets WHERE id = :id", {"id": repo.unknown_size_id}).iloc[0]
+    assert unknown.hash is None   # (its size is written as 0 by tables.write_datasets, see there)
+
+
+def test_null_sizes_and_hashes_are_stored_as_unknown(store, repo, tmp_path):
+    folder = copy_tables(repo, tmp_path / "tables")
+
+    def nulls(df):
+        df["file_size"] = df["file_size"].astype("UInt64")
+        df.iloc[:3, df.columns.get_loc("file_size")] = pd.NA
+        df.iloc[:3, df.columns.get_loc("hash")] = None
+        return df
+
+    rewrite_datasets(folder, nulls)
+    store.import_cache(folder)
+    unknown = store.sql("SELECT COUNT(*) AS n FROM datasets WHERE file_size IS NULL AND hash IS NULL")
+    assert unknown.n[0] == 3
+
+
+def test_reimport_of_same_tables_changes_nothing(store, repo, tmp_path):
+    folder = copy_tables(repo, tmp_path / "tables")
+    first = store.import_cache(folder)
+    before = snapshot(store)
+    again = store.import_cache(folder)
+    assert again.unchanged_tables and again.query_id == first.query_id
+    assert snapshot(store) == before
+    forced = store.import_cache(folder, force=True)          # a new query, but no new state
+    assert forced.changed == 0
+    c = counts(store)
+    assert c["dataset_history"] == len(repo.datasets) and c["queries"] == 2
+
+
+def test_changed_rows_update_state_and_append_history(store, repo, tmp_path):
+    folder = copy_tables(repo, tmp_path / "tables")
+    store.import_cache(folder)
+    target = repo.datasets.iloc[0]["id"]
+
+    def change(df):
+        ids = df.index.get_level_values("id") if "id" in df.index.names else df["id"]
+        df.loc[ids == target, "qc"] = "CRITICAL"
+        return df
+
+    rewrite_datasets(folder, change)
+    result = store.import_cache(folder)
+    assert result.changed == 1 and not result.unchanged_tables
+    assert store.sql("SELECT qc FROM datasets WHERE id = :id", {"id": target}).qc[0] == "CRITICAL"
+    history = store.sql("SELECT qc FROM dataset_history WHERE dataset_id = :id ORDER BY id", {"id": target})
+    assert history.qc.tolist()[-1] == "CRITICAL" and len(history) == 2
+    assert counts(store)["dataset_history"] == len(repo.datasets) + 1
+
+
+def test_import_is_all_or_nothing(store, repo, tmp_path):
+    """A malformed UUID in the last batch leaves the database exactly as it was."""
+    store.import_cache(repo.root)
+    before = snapshot(store)
+    folder = copy_tables(repo, tmp_path / "bad")
+    last = repo.datasets.iloc[-1]["id"]
+
+    def corrupt(df):
+        df = df.reset_index()
+        df.loc[df["id"] == last, "id"] = "not-a-uuid"
+        return df.set_index(["eid", "id"])
+
+    rewrite_datasets(folder, corrupt)
+    with pytest.raises(BadInputError, match="not-a-uuid"):
+        store.import_cache(folder, batch_size=5)
+    assert snapshot(store) == before
+
+
+def test_missing_tables_are_named(store, tmp_path):
+    with pytest.raises(BadInputError, match="sessions.pqt"):
+        store.import_cache(tmp_path)
+    with pytest.raises(BadInputError, match="does not exist"):
+        store.import_cache(tmp_path / "nowhere")
+
+
+def test_runs_queries_and_access_views(store, repo):
+    imported = store.import_cache(repo.root)
+    run = store.start_run("paper1", label="fig-run")
+    qid = store.record_query(run, "search", {"subject": "x"}, session_ids=[repo.eid],
+                             dataset_ids=[repo.revised_id, repo.critical_id])
+    store.record_access(run, [
+        {"method": "load_dataset", "outcome": "loaded", "dataset_id": repo.revised_id, "session_id": repo.eid,
+         "rel_path": "alf/probe00/pykilosort/#2024-05-06#/spikes.times.npy"},
+        {"method": "load_dataset", "outcome": "loaded", "dataset_id": repo.revised_id.upper()},
+        {"method": "load_dataset", "outcome": "missing", "dataset_id": repo.missing_id},
+        {"method": "load_object", "outcome": "not_found", "rel_path": "alf/nothing.npy", "requested_revision": "2020-01-01"},
+    ])
+    store.finish_run(run)
+    log = store.sql("SELECT * FROM access_log ORDER BY event_id")
+    assert list(log.columns) == PUBLIC_VIEWS["access_log"]
+    assert log.outcome.tolist() == ["loaded", "loaded", "missing", "not_found"]
+    assert log.project.unique().tolist() == ["paper1"]
+    assert log.revision[0] == "2024-05-06" and log.collection[0] == "alf/probe00/pykilosort"
+    assert log.dataset_uuid[1] == repo.revised_id          # stored lowercase
+    assert log.requested_revision[3] == "2020-01-01"
+    loaded = store.sql("SELECT * FROM loaded_datasets")
+    assert list(loaded.columns) == PUBLIC_VIEWS["loaded_datasets"]
+    assert loaded.dataset_uuid.tolist() == [repo.revised_id] and loaded.session_uuid[0] == repo.eid
+    sessions = store.sql("SELECT * FROM loaded_sessions")
+    assert sessions.values.tolist() == [["paper1", run, repo.eid]]
+    linked = store.sql("SELECT dataset_id, state_id FROM query_datasets WHERE query_id = :q", {"q": qid})
+    assert set(linked.dataset_id) == {repo.revised_id, repo.critical_id} and linked.state_id.notna().all()
+    runs = store.runs()
+    assert runs.status.tolist() == ["finished"] and runs.loads.tolist() == [2] and runs.queries.tolist() == [1]
+    assert store.resolve_run("last") == run == store.resolve_run("fig-run") == store.resolve_run(run[:8])
+    assert imported.query_id != qid
+
+
+def test_record_access_is_all_or_nothing(store, repo):
+    store.import_cache(repo.root)
+    run = store.start_run()
+    before = snapshot(store)
+    with pytest.raises(BadInputError, match="malformed dataset id"):
+        store.record_access(run, [{"method": "load_dataset", "outcome": "loaded", "dataset_id": repo.revised_id},
+                                  {"method": "load_dataset", "outcome": "loaded", "dataset_id": "123"}])
+    with pytest.raises(BadInputError, match="event 1"):
+        store.record_access(run, [{"method": "load_dataset", "outcome": "loaded"}, {"method": "load_dataset"}])
+    assert snapshot(store) == before
+
+
+def test_loaded_ids_filters_and_clear_marks(store, repo):
+    store.import_cache(repo.root)
+    a = store.start_run("p1", label="A")
+    b = store.start_run("p2")
+    ids = repo.datasets["id"].tolist()
+    store.record_access(a, [{"method": "load_dataset", "outcome": "loaded", "dataset_id": ids[0], "scope": "figure1"}])
+    store.mark(a, "clear_list")
+    store.record_access(a, [{"method": "load_dataset", "outcome": "download_only", "dataset_id": ids[1]}])
+    store.record_access(b, [{"method": "load_dataset", "outcome": "loaded", "dataset_id": ids[2]},
+                            {"method": "load_dataset", "outcome": "hash_mismatch", "dataset_id": ids[3]}])
+    assert store.loaded_ids() == sorted(ids[:3])
+    assert store.loaded_ids(run=a) == sorted(ids[:2])
+    assert store.loaded_ids(run=a, since_clear=True) == [ids[1]]
+    assert store.loaded_ids(project="p2") == [ids[2]]
+    assert store.loaded_ids(label="A", scope="figure1") == [ids[0]]
+    eids = store.loaded_ids(sessions_only=True)
+    assert eids == sorted(set(repo.datasets.set_index("id").loc[ids[:3], "eid"]))
+
+
+def test_runs_get_distinct_ids_and_metadata(store):
+    ids = {store.start_run("p", label="same") for _ in range(20)}
+    assert len(ids) == 20
+    runs = store.runs("p")
+    assert len(runs) == 20 and (runs.status == "running").all() and runs.host.notna().all()
+    with pytest.raises(BadInputError, match="ambiguous|no run"):
+        store.resolve_run("0" * 36)
+
+
+def test_datasets_last_before_on_imported_repository(store, repo):
+    store.import_cache(repo.root)
+    chosen = store.datasets_last_before(eid=repo.eid)
+    assert repo.revised_id in set(chosen.dataset_uuid)
+    assert repo.unrevised_id not in set(chosen.dataset_uuid)
+    assert repo.critical_id not in set(chosen.dataset_uuid)
+    older = store.datasets_last_before(revision="2024-01-01", eid=repo.eid)
+    assert repo.unrevised_id in set(older.dataset_uuid) and repo.revised_id not in set(older.dataset_uuid)
+    assert set(chosen.columns) >= {"dataset_uuid", "session_uuid", "rel_path", "collection", "revision", "qc",
+                                   "default_revision"}
+    everything = store.datasets_last_before()
+    assert set(everything.session_uuid) == set(repo.datasets.eid) - set()
+    with_critical = store.datasets_last_before(eid=repo.eid, qc="CRITICAL")
+    assert repo.critical_id in set(with_critical.dataset_uuid)
+
+
+def test_sql_is_read_only(store, repo):
+    store.import_cache(repo.root)
+    before = snapshot(store)
+    for statement in ("DELETE FROM datasets", "UPDATE runs SET status = 'x'", "DROP TABLE datasets",
+                      "INSERT INTO projects (name, created_at) VALUES ('x', '2020-01-01')"):
+        with pytest.raises(Exception, match="refused|read-only|readonly"):
+            store.sql(statement)
+    assert snapshot(store) == before
+    # values are bound, never formatted into the SQL
+    assert store.sql("SELECT COUNT(*) AS n FROM datasets WHERE id = :id", {"id": "x' OR '1'='1"}).n[0] == 0
+
+
+def test_uuid_text_is_lowercase_and_canonical(store, repo):
+    store.import_cache(repo.root)
+    ids = store.sql("SELECT id FROM datasets UNION ALL SELECT id FROM sessions").id
+    assert ids.str.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").all()
+
+
+def test_two_stores_share_one_file(tmp_path, repo):
+    path = tmp_path / "shared.sqlite"
+    one, two = open_store(path), open_store(path)
+    one.import_cache(repo.root)
+    run = two.start_run("other")
+    two.record_access(run, [{"method": "load_dataset", "outcome": "loaded", "dataset_id": repo.revised_id}])
+    assert one.loaded_ids() == [repo.revised_id]
+    one.close(), two.close()
