@@ -1,0 +1,4 @@
+"""``python -m oneprov`` is the ``oneprov`` command."""
+from .cli import main
+
+main()

@@ -1,0 +1,231 @@
+"""The ``oneprov`` command: a thin layer over the library.
+
+Every command takes ``--db PATH_OR_URL`` (default ``$ONEPROV_DB``). Errors print one line and exit
+with status 1; they never print a traceback.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+import pandas as pd
+
+from . import database, exports
+from .errors import DatabaseError, OneprovError
+from .store import Store, open_store
+
+DB_HELP = "Database: a SQLite file path or a SQLAlchemy URL (postgresql+psycopg://...). Default: $ONEPROV_DB."
+
+
+def db_option(func):
+    return click.option("--db", envvar="ONEPROV_DB", metavar="PATH_OR_URL", help=DB_HELP)(func)
+
+
+def friendly_errors(func):
+    """Turn oneprov's errors (and OS errors such as a full disk) into one line and exit status 1."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except (OneprovError, OSError) as exc:
+            raise click.ClickException(str(exc)) from None
+    return wrapper
+
+
+def _store(db: str | None) -> Store:
+    if not db:
+        raise DatabaseError(database.NO_DATABASE)
+    return open_store(db)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="oneprov")
+def main() -> None:
+    """oneprov: a durable record of which ONE datasets, and which revision of each, an analysis used.
+
+    \b
+    Quick start (no network needed):
+      oneprov demo                      make a small ALF repository, record an analysis, audit it
+      oneprov import-cache DIR --db prov.sqlite
+      oneprov sql "SELECT * FROM loaded_datasets" --db prov.sqlite
+    """
+
+
+# -- db ---------------------------------------------------------------------------------------
+
+@main.group()
+def db() -> None:
+    """Create, upgrade and check the database schema."""
+
+
+@db.command("upgrade")
+@db_option
+@friendly_errors
+def db_upgrade(db: str | None) -> None:
+    """Create the schema, or upgrade it to this oneprov's version."""
+    if not db:
+        raise DatabaseError(database.NO_DATABASE)
+    engine = database.create_engine(db)
+    try:
+        before = database.schema_status(engine).current
+        after = database.upgrade(engine).current
+    finally:
+        engine.dispose()
+    click.echo(f"schema {before or 'empty'} -> {after}" if before != after else f"schema already at {after}")
+
+
+@db.command("current")
+@db_option
+@friendly_errors
+def db_current(db: str | None) -> None:
+    """Print the database's schema version and this oneprov's."""
+    if not db:
+        raise DatabaseError(database.NO_DATABASE)
+    engine = database.create_engine(db, readonly=True)
+    try:
+        status = database.schema_status(engine)
+    finally:
+        engine.dispose()
+    click.echo(f"database: {status.current or 'empty'}\noneprov:  {status.head}")
+
+
+@db.command("check")
+@db_option
+@friendly_errors
+def db_check(db: str | None) -> None:
+    """Check the schema version and the database's integrity; exit 1 on any problem."""
+    if not db:
+        raise DatabaseError(database.NO_DATABASE)
+    problems = database.check(db)
+    for line in problems:
+        click.echo(f"problem: {line}", err=True)
+    if problems:
+        sys.exit(1)
+    click.echo("ok")
+
+
+# -- import, runs -----------------------------------------------------------------------------
+
+@main.command("import-cache")
+@click.argument("tables_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Import even if the same tables were imported before.")
+@db_option
+@friendly_errors
+def import_cache(tables_dir: Path, force: bool, db: str | None) -> None:
+    """Import ONE cache tables (sessions.pqt, datasets.pqt) from TABLES_DIR as a recorded query."""
+    with _store(db) as store:
+        result = store.import_cache(tables_dir, force=force, progress=sys.stderr.isatty())
+    if result.unchanged_tables:
+        click.echo(f"unchanged: these tables were imported before (query {result.query_id}); nothing written")
+    else:
+        click.echo(f"imported {result.sessions} sessions and {result.datasets} datasets "
+                   f"({result.changed} new or changed) as query {result.query_id}")
+
+
+@main.command("runs")
+@click.option("--project", help="Only this project's runs.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@db_option
+@friendly_errors
+def runs_cmd(project: str | None, fmt: str, db: str | None) -> None:
+    """List the recorded runs, newest first, with their counts of loads and queries."""
+    with _store(db) as store:
+        _print_frame(store.runs(project), fmt)
+
+
+# -- exports ----------------------------------------------------------------------------------
+
+@main.group()
+def export() -> None:
+    """Write ONE's files (loaded-ids CSV, cache tables) from the database."""
+
+
+@export.command("loaded-ids")
+@click.option("--run", help="A run id (or unique prefix), a run label, or 'last'.")
+@click.option("--project", help="Only loads of this project's runs.")
+@click.option("--label", help="Only loads of runs with this label.")
+@click.option("--scope", help="Only loads made inside this named scope (e.g. figure3).")
+@click.option("--sessions", "sessions_only", is_flag=True, help="Write session UUIDs instead of dataset UUIDs.")
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="File or folder to write. Default: ONE's time-stamped name in the current folder.")
+@db_option
+@friendly_errors
+def export_loaded_ids(run, project, label, scope, sessions_only, output, db) -> None:
+    """Write the UUIDs of successfully loaded datasets in ONE's CSV format.
+
+    Without filters: every load in the database.
+    """
+    with _store(db) as store:
+        run_id = store.resolve_run(run, project) if run else None
+        directory, path = (output, None) if output is None or output.is_dir() else (None, output)
+        ids, written = exports.export_loaded_ids(store, directory or Path.cwd(), path=path, run=run_id,
+                                                 project=project, label=label, scope=scope,
+                                                 sessions_only=sessions_only)
+    if written is None:
+        raise OneprovError("nothing was loaded that matches; no file written")
+    click.echo(f"wrote {len(ids)} {'session' if sessions_only else 'dataset'} UUIDs to {written}")
+
+
+@export.command("cache")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--run", help="Export only what this run queried or loaded, as it saw it (id, prefix, label or 'last').")
+@click.option("--clobber", is_flag=True, help="Overwrite tables in OUT_DIR instead of merging with them.")
+@db_option
+@friendly_errors
+def export_cache(out_dir: Path, run: str | None, clobber: bool, db: str | None) -> None:
+    """Write ONE-format sessions.pqt and datasets.pqt into OUT_DIR (created if needed)."""
+    with _store(db) as store:
+        run_id = store.resolve_run(run) if run else None
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = exports.export_cache(store, out_dir, run=run_id, clobber=clobber)
+    for path in paths.values():
+        click.echo(f"wrote {path}")
+
+
+# -- sql --------------------------------------------------------------------------------------
+
+@main.command("sql")
+@click.argument("query")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@db_option
+@friendly_errors
+def sql_cmd(query: str, fmt: str, db: str | None) -> None:
+    """Run a read-only SQL QUERY; the database is opened read-only and can never be changed.
+
+    \b
+    Public views: access_log, loaded_datasets, loaded_sessions. Example:
+      oneprov sql "SELECT run_id, count(*) FROM loaded_datasets GROUP BY run_id"
+    """
+    if not db:
+        raise DatabaseError(database.NO_DATABASE)
+    _print_frame(database.read_only_query(db, query), fmt)
+
+
+def _print_frame(frame: pd.DataFrame, fmt: str) -> None:
+    if fmt == "csv":
+        click.echo(frame.to_csv(index=False), nl=False)
+    elif fmt == "json":
+        click.echo(json.dumps(json.loads(frame.to_json(orient="records", date_format="iso")), indent=1))
+    elif frame.empty:
+        click.echo("(no rows)" if len(frame.columns) else "")
+        if len(frame.columns):
+            click.echo(" ".join(frame.columns), err=True)
+    else:
+        with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,
+                               "display.max_colwidth", 60):
+            click.echo(frame.to_string(index=False))
+
+
+# -- demo -------------------------------------------------------------------------------------
+
+@main.command("demo")
+@click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to create the demo in (default: a new temporary folder).")
+@friendly_errors
+def demo_cmd(folder: Path | None) -> None:
+    """Run an offline end-to-end example: make an ALF repository, record an analysis, audit it."""
+    from .demo import run_demo
+    run_demo(folder, echo=click.echo)

@@ -1,0 +1,104 @@
+"""The ``oneprov`` command, run as a real process."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from oneprov import open_store
+
+
+def oneprov(*args, db=None, cwd=None, check=True):
+    env_db = ["--db", str(db)] if db is not None else []
+    proc = subprocess.run([sys.executable, "-m", "oneprov", *args, *env_db], capture_output=True, text=True,
+                          cwd=cwd, env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"oneprov {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def assert_clean_error(proc, *words):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:"), proc.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+@pytest.fixture
+def db(tmp_path, repo):
+    """A database with the repository imported and one run with two loads."""
+    path = tmp_path / "p.sqlite"
+    store = open_store(path)
+    store.import_cache(repo.root)
+    run = store.start_run("paper", label="fig2")
+    store.record_access(run, [{"method": "load_dataset", "outcome": "loaded", "dataset_id": i}
+                              for i in (repo.revised_id, repo.unknown_size_id)])
+    store.finish_run(run)
+    store.close()
+    return path
+
+
+def test_db_commands(tmp_path):
+    path = tmp_path / "new.sqlite"
+    assert "-> 0001" in oneprov("db", "upgrade", db=path).stdout
+    assert "already at" in oneprov("db", "upgrade", db=path).stdout
+    assert oneprov("db", "current", db=path).stdout.split()[:2] == ["database:", "0001"]
+    assert oneprov("db", "check", db=path).stdout.strip() == "ok"
+
+
+def test_import_runs_and_sql(tmp_path, repo):
+    path = tmp_path / "p.sqlite"
+    out = oneprov("import-cache", str(repo.root), db=path).stdout
+    assert f"imported {len(repo.sessions)} sessions and {len(repo.datasets)} datasets" in out
+    assert "unchanged" in oneprov("import-cache", str(repo.root), db=path).stdout
+    rows = json.loads(oneprov("sql", "SELECT COUNT(*) AS n FROM datasets", "--format", "json", db=path).stdout)
+    assert rows == [{"n": len(repo.datasets)}]
+    assert "(no rows)" in oneprov("runs", db=path).stdout
+
+
+def test_export_loaded_ids_and_cache(db, tmp_path, repo):
+    listed = oneprov("runs", "--format", "csv", db=db).stdout
+    assert "fig2" in listed and "finished" in listed
+    out = tmp_path / "ids.csv"
+    oneprov("export", "loaded-ids", "--run", "last", "-o", str(out), db=db)
+    with open(out) as f:
+        assert list(csv.reader(f)) == [["dataset_uuid"], *([i] for i in sorted([repo.revised_id, repo.unknown_size_id]))]
+    folder = tmp_path / "csvs"
+    folder.mkdir()
+    oneprov("export", "loaded-ids", "--run", "fig2", "--sessions", "-o", str(folder), db=db)
+    (written,) = folder.glob("*_loaded_session_uuids.csv")
+    assert written.read_text().splitlines() == ["session_uuid", repo.eid]
+    proc = oneprov("export", "cache", str(tmp_path / "tables"), "--run", "last", db=db)
+    assert "datasets.pqt" in proc.stdout and (tmp_path / "tables" / "sessions.pqt").exists()
+
+
+def test_sql_cannot_write(db):
+    before = db.read_bytes()
+    for statement in ("DELETE FROM access_events", "DROP VIEW access_log", "UPDATE runs SET status = 'x'"):
+        assert_clean_error(oneprov("sql", statement, db=db, check=False), "refused")
+    assert db.read_bytes() == before
+
+
+def test_errors_are_one_line(tmp_path, repo):
+    assert_clean_error(oneprov("runs", check=False), "ONEPROV_DB")
+    assert_clean_error(oneprov("import-cache", str(tmp_path / "missing"), db=tmp_path / "p.sqlite", check=False),
+                       "does not exist")
+    notdb = tmp_path / "notes.sqlite"
+    notdb.write_text("hello\n" * 1000)
+    assert_clean_error(oneprov("runs", db=notdb, check=False), str(notdb))
+    assert_clean_error(oneprov("export", "loaded-ids", "--run", "nope", db=tmp_path / "p.sqlite", check=False),
+                       "no run matches")
+    assert_clean_error(oneprov("sql", "SELECT * FROM no_such_table", db=tmp_path / "p.sqlite", check=False),
+                       "no_such_table")
+
+
+def test_help_explains():
+    out = oneprov("--help").stdout
+    for command in ("db", "import-cache", "runs", "export", "sql", "demo"):
+        assert command in out
+    assert "read-only" in oneprov("sql", "--help").stdout
