@@ -108,3 +108,80 @@ def ensure_list(value: object) -> list:
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         return [value]
     return list(value)
+
+
+# -- matching dataset names the way ONE does ---------------------------------------------------
+
+#: ALF file name parts: ``[_namespace_]object.attribute[_timescale][.extra].extension``.
+ALF_NAME_RE = re.compile(
+    r"^(?:_(?P<namespace>[a-zA-Z0-9]+)_)?(?P<object>\w+?)\."
+    r"(?P<attribute>(?:_[a-z]+_)?[a-zA-Z0-9]+(?:_times(?=[_.])|_intervals(?=[_.]))?)"
+    r"(?:_(?P<timescale>\w+))?(?:\.(?P<extra>[.\w-]+))?\.(?P<extension>\w+)$"
+)
+_ANY_COLLECTION = r"(?:[\w./-]+/)?"
+_ANY_REVISION = r"(?:#[\w.-]+#/)?"
+
+
+def name_parts(name: str) -> dict[str, str | None]:
+    """The ALF parts of a file name (all None when it is not an ALF name)."""
+    m = ALF_NAME_RE.match(name)
+    keys = ("namespace", "object", "attribute", "timescale", "extra", "extension")
+    return {k: (m[k] if m else None) for k in keys}
+
+
+def _pattern(value: object, wildcards: bool) -> str:
+    """One regex alternative for a value or list of values (globs when ``wildcards``)."""
+    alternatives = []
+    for v in ensure_list(value):
+        v = str(v)
+        if wildcards:
+            # A glob: * matches anything, except a leading * which stays inside one path part.
+            out = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in v)
+            out = ("[^/]*" + out[2:]) if out.startswith(".*") else out
+        else:
+            out = v.removesuffix("$")
+        alternatives.append(f"(?:{out})")
+    return "|".join(alternatives)
+
+
+def _name_pattern(filename: object, wildcards: bool) -> str:
+    if filename is None:
+        return r"[^/]+"
+    if not isinstance(filename, dict):
+        return _pattern(filename, wildcards)
+    parts = {k: v for k, v in filename.items() if v is not None}
+    unknown = set(parts) - {"namespace", "object", "attribute", "timescale", "extra", "extension"}
+    if unknown:
+        raise BadInputError(f"unknown ALF name part {sorted(unknown)[0]!r}")
+
+    def part(key: str, default: str) -> str:
+        return f"(?:{_pattern(parts[key], wildcards)})" if key in parts else default
+
+    namespace = f"_{part('namespace', '')}_" if "namespace" in parts else r"(?:_[a-zA-Z0-9]+_)?"
+    timescale = f"_{part('timescale', '')}" if "timescale" in parts else r"(?:_\w+)?"
+    extra = rf"\.{part('extra', '')}" if "extra" in parts else r"(?:\.[.\w-]+)?"
+    attribute = part("attribute", r"(?:_[a-z]+_)?[a-zA-Z0-9]+(?:_times(?=[_.])|_intervals(?=[_.]))?")
+    return (namespace + part("object", r"\w+") + r"\." + attribute + timescale + extra
+            + r"\." + part("extension", r"\w+"))
+
+
+def rel_path_regex(filename: object = None, collection: object = None, revision: object = None, *,
+                   wildcards: bool = True, match_revision: bool = False) -> re.Pattern:
+    """A regex over ``rel_path`` selecting datasets as ONE's filters do.
+
+    ``None`` matches anything (including absent parts), ``''`` only an absent collection or
+    revision. ``filename`` is a name pattern, a list of them, or a dict of ALF parts; it may
+    include the collection (a relative path). ``revision`` is matched only with ``match_revision``
+    (list methods); loads choose revisions in SQL instead.
+    """
+    col = _ANY_COLLECTION if collection is None else "" if collection == "" else f"(?:{_pattern(collection, wildcards)})/"
+    if not match_revision or revision is None:
+        rev = _ANY_REVISION
+    else:
+        rev = "" if revision == "" else f"#(?:{_pattern(revision, wildcards)})#/"
+    return re.compile(f"^{col}{rev}(?:{_name_pattern(filename, wildcards)})$")
+
+
+def match_rel_paths(rel_paths: pd.Series, pattern: re.Pattern) -> pd.Series:
+    """Boolean mask of the rel_paths matching ``pattern``."""
+    return rel_paths.map(lambda p: pattern.match(p) is not None).astype(bool)

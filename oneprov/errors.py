@@ -24,3 +24,30 @@ class SchemaVersionError(DatabaseError):
 
 class ReadOnlyError(DatabaseError):
     """A statement tried to change a database that was opened read-only."""
+
+
+# ONE's exception names, so that analysis code written against one-api reads the same. They are
+# oneprov's own classes (one-api is not a dependency); catch them from ``oneprov.errors``.
+
+class ALFError(OneprovError):
+    """A dataset request that cannot be answered (ONE's base exception name)."""
+
+
+class ALFObjectNotFound(ALFError):
+    """No dataset, object or collection matches the request, or its file is not on disk."""
+
+
+class ALFMultipleObjectsFound(ALFError):
+    """The request matches several datasets or objects where one was expected."""
+
+
+class ALFMultipleCollectionsFound(ALFError):
+    """The request matches datasets in several collections where one was expected."""
+
+
+class ALFMultipleRevisionsFound(ALFError):
+    """Several revisions match where one was expected (e.g. several default revisions)."""
+
+
+class ALFWarning(UserWarning):
+    """A doubtful but answerable request (ONE's warning name)."""

@@ -45,6 +45,7 @@ def export_loaded_ids(
     scope: str | None = None,
     sessions_only: bool = False,
     since_clear: bool = False,
+    listed_only: bool = False,
 ) -> tuple[list[str], Path | None]:
     """Write the UUIDs of loaded datasets (or their sessions) as ONE's CSV; return ``(ids, path)``.
 
@@ -62,7 +63,7 @@ def export_loaded_ids(
     if not target.parent.is_dir():
         raise BadInputError(f"cannot write {str(target)!r}: folder {str(target.parent)!r} does not exist")
     ids = store.loaded_ids(run=run, project=project, label=label, scope=scope,
-                           sessions_only=sessions_only, since_clear=since_clear)
+                           sessions_only=sessions_only, since_clear=since_clear, listed_only=listed_only)
     if not ids:
         warnings.warn("No datasets loaded; check that the `record_loaded` attribute is True "
                       "and that the filters match a run", stacklevel=2)
@@ -108,18 +109,22 @@ def _write_atomic(target: Path, data: bytes, *, overwrite: bool) -> bool:
             os.unlink(tmp)
 
 
-def cache_frames(store: Store, run: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def cache_frames(store: Store, run: str | None = None, query: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The sessions and datasets to export, in the normalised layout of :mod:`oneprov.tables`.
 
-    Without ``run``: every session and dataset in the store, in its current state. With ``run``:
-    exactly the sessions and datasets that run queried or loaded, each dataset in the latest state
-    the run saw it in.
+    Without ``run``: every session and dataset in the store (or only those ``query`` returned, e.g.
+    one import of cache tables), in its current state. With ``run``: exactly the sessions and
+    datasets that run queried or loaded, each dataset in the latest state the run saw it in.
     """
     d = datasets.c
     if run is None:
         ds = sa.select(d.session_id.label("eid"), d.id, d.rel_path, d.file_size, d.hash, d.exists, d.qc,
                        d.default_revision)
         ss = sa.select(*(sessions.c[c] for c in SESSION_COLUMNS))
+        if query is not None:
+            ds = ds.where(d.id.in_(sa.select(query_datasets.c.dataset_id).where(query_datasets.c.query_id == query)))
+            ss = ss.where(sessions.c.id.in_(sa.select(query_sessions.c.session_id)
+                                            .where(query_sessions.c.query_id == query)))
     else:
         seen = sa.union_all(
             sa.select(query_datasets.c.dataset_id, query_datasets.c.state_id)
@@ -153,6 +158,7 @@ def export_cache(
     out_dir: str | os.PathLike,
     *,
     run: str | None = None,
+    query: int | None = None,
     clobber: bool = False,
     origin: str = "oneprov",
 ) -> dict[str, Path]:
@@ -165,7 +171,7 @@ def export_cache(
     folder = Path(out_dir).expanduser().absolute()
     if not folder.is_dir():
         raise BadInputError(f"export folder {str(folder)!r} does not exist")
-    ses, dsets = cache_frames(store, run)
+    ses, dsets = cache_frames(store, run, query)
     written = {}
     for name, frame, write in (("sessions", ses, tables.write_sessions), ("datasets", dsets, tables.write_datasets)):
         target = folder / f"{name}.pqt"

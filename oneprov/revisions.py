@@ -28,13 +28,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .alf import QC_LEVELS, qc_name
-from .errors import OneprovError
+from .errors import ALFMultipleRevisionsFound
 from .schema import datasets
 
-
-class ALFMultipleRevisionsFound(OneprovError):
-    """Several rows of one dataset are flagged as its default revision (ONE's exception name)."""
-
+__all__ = ["ALFMultipleRevisionsFound", "COLUMNS", "last_before", "last_before_select", "qc_names_up_to"]
 
 #: The columns every revision choice returns, in this order.
 COLUMNS = ["dataset_uuid", "session_uuid", "rel_path", "collection", "revision", "name", "qc",
@@ -54,11 +51,13 @@ def last_before_select(
     qc: str | int = "FAIL",
     ignore_qc_not_set: bool = False,
     where: Iterable[sa.ColumnElement[bool]] = (),
+    strict: bool = True,
 ) -> sa.Select:
     """The SELECT that picks one revision per dataset among the rows passing ``where`` and the QC filter.
 
     Rows come back with :data:`COLUMNS` plus ``n_default``, the number of rows of the dataset
-    flagged as default (more than one is an error the caller reports).
+    flagged as default. With ``strict`` a dataset with several defaults returns all of them (an
+    error the caller reports); without, its greatest revision (ONE with ``assert_unique=False``).
     """
     d = datasets
     rev = d.c.revision.collate("C") if dialect == "postgresql" else d.c.revision
@@ -79,9 +78,12 @@ def last_before_select(
         .subquery("ranked")
     )
     r = ranked.c
-    if revision is None:
+    if revision is None and strict:
         chosen = sa.or_(sa.and_(r.n_default >= 1, r.default_revision == sa.true()),
                         sa.and_(r.n_default == 0, r.newest == 1))
+    elif revision is None:
+        chosen = sa.or_(sa.and_(r.n_default == 1, r.default_revision == sa.true()),
+                        sa.and_(r.n_default != 1, r.newest == 1))
     else:
         chosen = r.newest == 1
     return (sa.select(*(r[c] for c in COLUMNS), r.n_default)
@@ -96,15 +98,17 @@ def last_before(
     qc: str | int = "FAIL",
     ignore_qc_not_set: bool = False,
     where: Iterable[sa.ColumnElement[bool]] = (),
+    strict: bool = True,
 ) -> pd.DataFrame:
     """Run :func:`last_before_select` and return one row per chosen dataset (see :data:`COLUMNS`).
 
     Raises :class:`ALFMultipleRevisionsFound` when no revision is asked and a dataset has several
-    default revisions, as ONE does.
+    default revisions, as ONE does (unless not ``strict``).
     """
-    stmt = last_before_select(conn.dialect.name, revision, qc=qc, ignore_qc_not_set=ignore_qc_not_set, where=where)
+    stmt = last_before_select(conn.dialect.name, revision, qc=qc, ignore_qc_not_set=ignore_qc_not_set,
+                              where=where, strict=strict)
     frame = pd.DataFrame(conn.execute(stmt).mappings().all(), columns=[*COLUMNS, "n_default"])
-    if revision is None and (frame["n_default"] > 1).any():
+    if revision is None and strict and (frame["n_default"] > 1).any():
         bad = frame[frame["n_default"] > 1]
         first = bad.iloc[0]
         revs = ", ".join(f'"{x}"' for x in bad[(bad.session_uuid == first.session_uuid)

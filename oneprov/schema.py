@@ -1,4 +1,4 @@
-"""The provenance schema, version 1: every table in one place (SQLAlchemy Core).
+"""The provenance schema: every table in one place (SQLAlchemy Core).
 
 This module is the model the migrations must agree with (``tests/test_migrations.py`` checks it).
 The schema itself is only ever changed by a new file in ``migrations/versions``; the auditors' views
@@ -23,6 +23,7 @@ from sqlalchemy import (
     BigInteger, Boolean, Column, Date, DateTime, Float, ForeignKey, Index, Integer, MetaData,
     PrimaryKeyConstraint, String, Table, Text,
 )
+from sqlalchemy import true as sa_true
 
 UUID = String(36)
 
@@ -171,6 +172,8 @@ access_events = Table(
     Column("path", Text),
     Column("bytes", BigInteger),
     Column("detail", Text),
+    # counts in the run's loaded-ids list: ONE's record_loaded was on (migration 0002)
+    Column("listed", Boolean, nullable=False, server_default=sa_true()),
 )
 
 #: Things that happen to a run besides loads: a cleared loaded-ids list, a retirement.

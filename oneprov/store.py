@@ -257,10 +257,11 @@ class Store:
 
         Each event is a dict with ``method`` and ``outcome`` and optionally ``dataset_id``,
         ``session_id``, ``rel_path``, ``requested_revision``, ``revision_cutoff``, ``scope``,
-        ``path``, ``bytes``, ``detail`` and ``event_time`` (default: now).
+        ``path``, ``bytes``, ``detail``, ``event_time`` (default: now) and ``listed`` (default True:
+        the load counts in the run's loaded-ids list).
         """
         allowed = {"method", "outcome", "dataset_id", "session_id", "rel_path", "requested_revision",
-                   "revision_cutoff", "scope", "path", "bytes", "detail", "event_time"}
+                   "revision_cutoff", "scope", "path", "bytes", "detail", "event_time", "listed"}
         now = utcnow()
         rows = []
         for i, event in enumerate(events):
@@ -270,6 +271,7 @@ class Store:
                                     + (f", unknown fields {sorted(unknown)}" if unknown else ""))
             row = {k: event.get(k) for k in allowed}
             row["event_time"] = row["event_time"] or now
+            row["listed"] = True if row["listed"] is None else bool(row["listed"])
             for key in ("dataset_id", "session_id"):
                 if row[key] is not None:
                     row[key] = check_uuid(row[key], key.replace("_", " "))
@@ -434,14 +436,16 @@ class Store:
         *,
         ignore_qc_not_set: bool = False,
         within_query: int | None = None,
+        ids: Iterable[str] | None = None,
+        strict: bool = True,
     ) -> pd.DataFrame:
         """The revision ONE would choose for each dataset, for one session, several, or all.
 
         ``revision=None`` picks each dataset's default revision; ``revision='2024-04-01'`` the last
         revision on or before that date (the unrevised file always a candidate). Datasets with QC
         above ``qc`` are left out (CRITICAL by default). ``within_query`` restricts the choice to the
-        datasets an earlier query (e.g. an import) returned. One SQL statement (see
-        :mod:`oneprov.revisions`).
+        datasets an earlier query (e.g. an import) returned, ``ids`` to the given dataset rows.
+        One SQL statement (see :mod:`oneprov.revisions`).
         """
         where = []
         if eid is not None:
@@ -450,8 +454,11 @@ class Store:
         if within_query is not None:
             where.append(datasets.c.id.in_(sa.select(query_datasets.c.dataset_id)
                                            .where(query_datasets.c.query_id == within_query)))
+        if ids is not None:
+            where.append(datasets.c.id.in_(list(ids)))
         with self.reading() as conn:
-            return revisions.last_before(conn, revision, qc=qc, ignore_qc_not_set=ignore_qc_not_set, where=where)
+            return revisions.last_before(conn, revision, qc=qc, ignore_qc_not_set=ignore_qc_not_set,
+                                         where=where, strict=strict)
 
     def loaded_ids(
         self,
@@ -462,11 +469,13 @@ class Store:
         scope: str | None = None,
         sessions_only: bool = False,
         since_clear: bool = False,
+        listed_only: bool = False,
     ) -> list[str]:
         """The sorted UUIDs of datasets (or their sessions) successfully loaded.
 
-        Restrict to a run id, a project, a run label or a scope; ``since_clear`` keeps only the loads
-        after the run's latest 'clear_list' mark (the run's *current list*).
+        Restrict to a run id, a project, a run label or a scope; ``since_clear`` and ``listed_only``
+        keep only the loads after the run's latest 'clear_list' mark that were made with
+        ``record_loaded`` on (together: the run's *current list*, ONE's ``save_loaded_ids``).
         """
         e = access_events.c
         stmt = (sa.select((datasets.c.session_id if sessions_only else e.dataset_id).label("id"))
@@ -485,6 +494,8 @@ class Store:
             stmt = stmt.where(runs.c.label == label)
         if scope is not None:
             stmt = stmt.where(e.scope == scope)
+        if listed_only:
+            stmt = stmt.where(e.listed == sa.true())
         if since_clear:
             last_clear = (sa.select(sa.func.max(run_marks.c.marked_at))
                           .where(run_marks.c.run_id == e.run_id, run_marks.c.kind == "clear_list")

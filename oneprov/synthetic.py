@@ -65,18 +65,19 @@ _MISSING = ("alf", "", "trials.stimOn_times.npy", "PASS", True)
 _UNKNOWN_SIZE = ("alf", "", "trials.goCue_times.npy", "PASS", True)
 
 # Dataset kinds the scale mode draws on: (collection, name).
-_CATALOGUE = [
-    ("alf", "trials.intervals.npy"), ("alf", "trials.choice.npy"), ("alf", "trials.feedbackType.npy"),
-    ("alf", "trials.table.pqt"), ("alf", "trials.stimOn_times.npy"), ("alf", "trials.goCue_times.npy"),
-    ("alf", "_ibl_wheel.position.npy"), ("alf", "_ibl_wheel.timestamps.npy"), ("alf", "licks.times.npy"),
-    ("alf", "probes.description.json"), ("alf", "_ibl_leftCamera.times.npy"), ("alf", "_ibl_leftCamera.dlc.pqt"),
-    ("alf/probe00/pykilosort", "spikes.times.npy"), ("alf/probe00/pykilosort", "spikes.clusters.npy"),
-    ("alf/probe00/pykilosort", "spikes.amps.npy"), ("alf/probe00/pykilosort", "clusters.metrics.pqt"),
-    ("alf/probe01/pykilosort", "spikes.times.npy"), ("alf/probe01/pykilosort", "spikes.clusters.npy"),
-    ("alf/probe01/pykilosort", "clusters.metrics.pqt"), ("raw_video_data", "_iblrig_leftCamera.frameData.csv"),
-    ("raw_video_data", "_iblrig_leftCamera.raw.mp4"), ("raw_behavior_data", "_iblrig_taskSettings.raw.json"),
-    ("raw_ephys_data/probe00", "_spikeglx_ephysData_g0_t0.imec0.ap.meta"),
-    ("raw_ephys_data/probe00", "_spikeglx_ephysData_g0_t0.imec0.ap.cbin"),
+_CATALOGUE = [  # kinds interleaved so that even a few datasets per session span several collections
+    ("alf", "trials.intervals.npy"), ("alf/probe00/pykilosort", "spikes.times.npy"),
+    ("raw_video_data", "_iblrig_leftCamera.frameData.csv"), ("alf", "trials.choice.npy"),
+    ("alf/probe00/pykilosort", "spikes.clusters.npy"), ("raw_behavior_data", "_iblrig_taskSettings.raw.json"),
+    ("alf", "trials.table.pqt"), ("alf/probe01/pykilosort", "spikes.times.npy"),
+    ("raw_ephys_data/probe00", "_spikeglx_ephysData_g0_t0.imec0.ap.meta"), ("alf", "_ibl_wheel.position.npy"),
+    ("alf/probe01/pykilosort", "spikes.clusters.npy"), ("alf", "_ibl_wheel.timestamps.npy"),
+    ("alf/probe00/pykilosort", "clusters.metrics.pqt"), ("alf", "probes.description.json"),
+    ("raw_ephys_data/probe00", "_spikeglx_ephysData_g0_t0.imec0.ap.cbin"), ("alf", "trials.feedbackType.npy"),
+    ("alf/probe00/pykilosort", "spikes.amps.npy"), ("raw_video_data", "_iblrig_leftCamera.raw.mp4"),
+    ("alf", "trials.stimOn_times.npy"), ("alf/probe01/pykilosort", "clusters.metrics.pqt"),
+    ("alf", "trials.goCue_times.npy"), ("alf", "licks.times.npy"), ("alf", "_ibl_leftCamera.times.npy"),
+    ("alf", "_ibl_leftCamera.dlc.pqt"),
 ]
 _REVISIONS = ["2023-11-02", "2024-05-06", "2024-11-20"]
 _QC_WEIGHTS = [0.30, 0.45, 0.15, 0.07, 0.03]  # NOT_SET, PASS, WARNING, FAIL, CRITICAL
@@ -262,21 +263,23 @@ def make_repository(root: str | Path, *, n_subjects: int = 3, sessions_per_subje
     else:
         datasets = _scale_datasets(rng, eids, datasets_per_session)
 
+    planted = datasets_per_session is None  # the small layout plants the awkward cases in eids[0]
     if write_files:
         info_ses = sessions.set_index("id")
         sizes, hashes = datasets["file_size"].copy(), datasets["hash"].copy()
         for row, rec in enumerate(datasets.itertuples(index=False)):
-            if rec.rel_path == _rel_path(*_MISSING[:3]) and rec.eid == eids[0]:
+            special = planted and rec.eid == eids[0]
+            if special and rec.rel_path == _rel_path(*_MISSING[:3]):
                 continue
             ses = info_ses.loc[rec.eid]
             path = root / session_path(ses["lab"], ses["subject"], ses["date"], ses["number"]) / rec.rel_path
             _write_file(path, rec.name, rng, revised=bool(rec.revision))
-            if rec.rel_path == _rel_path(*_UNKNOWN_SIZE[:3]) and rec.eid == eids[0]:
+            if special and rec.rel_path == _rel_path(*_UNKNOWN_SIZE[:3]):
                 continue
             sizes.iloc[row] = path.stat().st_size
             hashes.iloc[row] = hashlib.md5(path.read_bytes()).hexdigest()
         datasets["file_size"], datasets["hash"] = sizes, hashes
-    elif datasets_per_session is None:  # tables only: plausible sizes and hashes, same unknowns
+    elif planted:  # tables only: plausible sizes and hashes, the same unknowns
         unknown = (datasets["eid"] == eids[0]) & (datasets["rel_path"] == _rel_path(*_UNKNOWN_SIZE[:3]))
         datasets["file_size"] = pd.array(np.where(unknown, 0, rng.integers(100, 100_000, len(datasets))),
                                          dtype="Int64")
@@ -290,7 +293,7 @@ def make_repository(root: str | Path, *, n_subjects: int = 3, sessions_per_subje
     write_datasets(datasets, datasets_table, metadata)
 
     def find(collection: str, revision: str, name: str) -> str | None:
-        if datasets_per_session is not None:  # the scale layout has no planted cases
+        if not planted:
             return None
         match = datasets[(datasets["eid"] == eids[0]) & (datasets["rel_path"] == _rel_path(collection, revision, name))]
         return match["id"].iloc[0]

@@ -61,15 +61,16 @@ QC_DTYPE = pd.CategoricalDtype(QC_ORDER, ordered=True)
 METADATA_KEY = b"one_metadata"
 DATE_FORMAT = "%Y-%m-%d %H:%M"
 
-# Exact arrow schemas written (index columns first; pandas metadata marks them as the index).
+# Exact arrow schemas written. The index columns come last, where pandas puts them, and the pandas
+# metadata names them as the index.
 _SESSIONS_SCHEMA = pa.schema([
-    ("id", pa.string()), ("lab", pa.string()), ("subject", pa.string()), ("date", pa.date32()),
-    ("number", pa.uint16()), ("task_protocol", pa.string()), ("projects", pa.string()),
+    ("lab", pa.string()), ("subject", pa.string()), ("date", pa.date32()), ("number", pa.uint16()),
+    ("task_protocol", pa.string()), ("projects", pa.string()), ("id", pa.string()),
 ])
 _DATASETS_SCHEMA = pa.schema([
-    ("eid", pa.string()), ("id", pa.string()), ("rel_path", pa.string()), ("file_size", pa.uint64()),
-    ("hash", pa.string()), ("exists", pa.bool_()),
+    ("rel_path", pa.string()), ("file_size", pa.uint64()), ("hash", pa.string()), ("exists", pa.bool_()),
     ("qc", pa.dictionary(pa.int8(), pa.string(), ordered=True)), ("default_revision", pa.bool_()),
+    ("eid", pa.string()), ("id", pa.string()),
 ])
 
 
@@ -155,17 +156,32 @@ def _text(array: pa.Array) -> np.ndarray:
 
 
 def _located(path: Path, column: str, start: int, values: np.ndarray,
-             check_all: Callable[[pd.Series], Any], check_one: Callable[[Any], Any]) -> Any:
-    """Run a vectorised check; on failure re-run the scalar check to name the first bad row."""
+             check_all: Callable[[pd.Series], Any], check_one: Callable[[Any], Any],
+             rows: Callable[[], np.ndarray] | None = None) -> Any:
+    """Run a vectorised check; on failure re-run the scalar check to name the first bad row.
+
+    ``rows`` gives the column's rows when ``values`` are only its distinct values.
+    """
     try:
         return check_all(_object(values))
     except BadInputError as exc:
-        for row, value in enumerate(values):
+        for row, value in enumerate(values if rows is None else rows()):
             try:
                 check_one(value)
             except BadInputError as err:
                 raise BadInputError(f"{path}: column {column!r}, row {start + row}: {err}") from None
         raise BadInputError(f"{path}: column {column!r}: {exc}") from None
+
+
+def _split(path: Path, start: int, rel_paths: np.ndarray) -> dict[str, np.ndarray]:
+    """Validate and split rel_paths (``collection, revision, name`` object arrays).
+
+    The same few thousand rel_paths recur in every session, so only the distinct ones are parsed.
+    """
+    codes, uniques = pd.factorize(rel_paths, use_na_sentinel=False)
+    parts = _located(path, "rel_path", start, np.asarray(uniques, dtype=object), split_rel_paths, split_rel_path,
+                     rows=lambda: rel_paths)
+    return {c: parts[c].to_numpy(dtype=object)[codes] for c in ("collection", "revision", "name")}
 
 
 def _json_default(value: Any) -> Any:
@@ -187,7 +203,9 @@ def _open(path: str | os.PathLike) -> tuple[Path, pq.ParquetFile]:
     if not path.is_file():
         raise BadInputError(f"{path}: no such file")
     try:
-        return path, pq.ParquetFile(path)
+        # Buffered reads without pre-buffering: arrow then holds a few pages, not whole row groups
+        # (which may hold millions of rows), so that streaming stays within bounded memory.
+        return path, pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
     except (pa.ArrowException, OSError) as exc:
         raise BadInputError(f"{path}: not a readable parquet file (corrupt or truncated?): {exc}") from exc
 
@@ -381,7 +399,7 @@ def iter_datasets(path: str | os.PathLike, batch_size: int = 200_000) -> Iterato
     (null: unknown); ``hash`` is str or None ('' and NaN mean unknown); ``exists`` defaults to True;
     ``qc`` is a canonical name ('NOT_SET' when the column or the value is missing);
     ``default_revision`` is bool, or None when the column is absent. The file's schema is checked
-    when this is called, not on the first iteration.
+    when this is called, not on the first iteration. An empty table yields one empty frame.
     """
     path, pf = _open(path)
     try:
@@ -399,8 +417,13 @@ def iter_datasets(path: str | os.PathLike, batch_size: int = 200_000) -> Iterato
 
     def generate() -> Iterator[pd.DataFrame]:
         try:
+            empty = True
             for batch, start in _batches(path, pf, columns, batch_size):
+                empty = False
                 yield _datasets_frame(path, batch, start, id_source, eid_source)
+            if empty:  # one empty frame, so that pd.concat(iter_datasets(...)) always works
+                yield _datasets_frame(path, pa.RecordBatch.from_pylist([], schema=pa.schema([schema.field(c) for c in columns])),
+                                      0, id_source, eid_source)
         finally:
             pf.close()
 
@@ -412,7 +435,7 @@ def _datasets_frame(path: Path, batch: pa.RecordBatch, start: int, id_source: li
     n = batch.num_rows
     names = batch.schema.names
     rel_path = _text(batch.column("rel_path"))
-    parts = _located(path, "rel_path", start, rel_path, split_rel_paths, split_rel_path)
+    parts = _split(path, start, rel_path)
     hashes = _text(batch.column("hash")) if "hash" in names else np.full(n, None, dtype=object)
     hashes[pd.isna(hashes) | (hashes == "")] = None
     if "exists" in names:
@@ -428,9 +451,9 @@ def _datasets_frame(path: Path, batch: pa.RecordBatch, start: int, id_source: li
         "id": _object(_uuids(path, batch, id_source, start, "dataset id")),
         "eid": _object(_uuids(path, batch, eid_source, start, "session id (eid)")),
         "rel_path": _object(rel_path),
-        "collection": _object(parts["collection"].to_numpy()),
-        "revision": _object(parts["revision"].to_numpy()),
-        "name": _object(parts["name"].to_numpy()),
+        "collection": _object(parts["collection"]),
+        "revision": _object(parts["revision"]),
+        "name": _object(parts["name"]),
         "file_size": _file_sizes(path, batch.column("file_size"), start) if "file_size" in names
         else pd.array([pd.NA] * n, dtype="Int64"),
         "hash": _object(hashes),
@@ -506,7 +529,7 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _table_metadata(path: Path, metadata: Mapping[str, Any] | None) -> bytes:
+def _table_metadata(metadata: Mapping[str, Any] | None) -> bytes:
     meta = dict(metadata or {})
     meta.setdefault("date_created", datetime.datetime.now().strftime(DATE_FORMAT))
     meta.setdefault("origin", "oneprov")
@@ -554,12 +577,32 @@ def _write_atomically(table: pa.Table, path: Path) -> WrittenTable:
     return WrittenTable(path=path, rows=table.num_rows, sha256=sha256)
 
 
-def _to_arrow(frame: pd.DataFrame, schema: pa.Schema, path: Path, metadata: Mapping[str, Any] | None) -> pa.Table:
-    try:
-        table = pa.Table.from_pandas(frame, schema=schema, preserve_index=True)
-    except (pa.ArrowException, TypeError, ValueError) as exc:
-        raise BadInputError(f"cannot write {path}: {exc}") from exc
-    return table.replace_schema_metadata({**table.schema.metadata, METADATA_KEY: _table_metadata(path, metadata)})
+def _pandas_metadata(table: pa.Table, index: list[str]) -> bytes:
+    """The ``pandas`` metadata that pandas writes for ``table`` indexed by ``index``.
+
+    It tells pandas, and so one-api, which columns form the index. It is derived from an empty
+    slice, so that big tables are built straight in arrow, never as pandas frames.
+    """
+    empty = table.slice(0, 0).to_pandas()
+    empty = empty.astype({f.name: object for f in table.schema if pa.types.is_string(f.type)})
+    converted = pa.Table.from_pandas(empty.set_index(index), schema=table.schema, preserve_index=True)
+    return converted.schema.metadata[b"pandas"]
+
+
+def _arrow_table(path: Path, columns: Mapping[str, Any], schema: pa.Schema, index: list[str],
+                 metadata: Mapping[str, Any] | None) -> pa.Table:
+    """An arrow table of ``columns`` in ``schema``, sorted by ``index``, with ONE's metadata."""
+    arrays = []
+    for f in schema:
+        values = columns[f.name]
+        try:
+            arrays.append(values if isinstance(values, pa.Array) else pa.array(values, type=f.type))
+        except (pa.ArrowException, TypeError, ValueError) as exc:
+            raise BadInputError(f"cannot write {path}: column {f.name!r}: {exc}") from exc
+    table = pa.Table.from_arrays(arrays, schema=schema)
+    table = table.take(pc.sort_indices(table, sort_keys=[(k, "ascending") for k in index]))
+    return table.replace_schema_metadata({b"pandas": _pandas_metadata(table, index),
+                                          METADATA_KEY: _table_metadata(metadata)})
 
 
 def write_sessions(df: pd.DataFrame, path: str | os.PathLike,
@@ -588,20 +631,23 @@ def write_sessions(df: pd.DataFrame, path: str | os.PathLike,
                             f"{df['number'].iloc[row]!r}")
     text = {c: _clean_text(df[c]) if c in df.columns else _object([None] * len(df))
             for c in ("lab", "subject", "task_protocol", "projects")}
-    text["projects"] = text["projects"].map(lambda v: ",".join(v) if isinstance(v, (list, tuple)) else v)
-    frame = pd.DataFrame({
-        "id": ids.to_numpy(), "lab": text["lab"].to_numpy(), "subject": text["subject"].to_numpy(),
-        "date": _object([None if pd.isna(d) else d.date() for d in dates]).to_numpy(),
-        "number": number.astype(np.uint16),
-        "task_protocol": text["task_protocol"].to_numpy(), "projects": text["projects"].to_numpy(),
-    }).astype({c: object for c in ("id", "lab", "subject", "date", "task_protocol", "projects")})
-    frame = frame.sort_values("id", kind="stable").set_index("id")
-    return _write_atomically(_to_arrow(frame, _SESSIONS_SCHEMA, path, metadata), path)
+    text["projects"] = _object([",".join(v) if isinstance(v, (list, tuple, np.ndarray)) else v
+                               for v in text["projects"]])
+    columns = {
+        "id": ids, "date": [None if pd.isna(d) else d.date() for d in dates], "number": number.astype(np.uint16),
+        **{name: values.to_numpy() for name, values in text.items()},
+    }
+    return _write_atomically(_arrow_table(path, columns, _SESSIONS_SCHEMA, ["id"], metadata), path)
 
 
-def _frame_check(path: Path, column: str, values: pd.Series, check_all: Callable, check_one: Callable) -> pd.Series:
+def _frame_check(path: Path, column: str, values: pd.Series, check_all: Callable, check_one: Callable,
+                 unique: bool = False) -> Any:
+    """:func:`_located` for a frame being written (rows count from 0 in the frame)."""
+    values = values.to_numpy(dtype=object)
     try:
-        return _located(path, column, 0, values.to_numpy(dtype=object), check_all, check_one)
+        if unique:
+            return _split(path, 0, values)
+        return _located(path, column, 0, values, check_all, check_one)
     except BadInputError as exc:
         raise BadInputError(f"cannot write {exc}") from None
 
@@ -634,7 +680,7 @@ def write_datasets(df: pd.DataFrame, path: str | os.PathLike,
     ids = _frame_check(path, "id", df["id"], lambda s: check_uuids(s, "dataset id"), check_uuid)
     eids = _frame_check(path, "eid", df["eid"], lambda s: check_uuids(s, "session id (eid)"), check_uuid)
     rel_path = _clean_text(df["rel_path"])
-    parts = _frame_check(path, "rel_path", rel_path, split_rel_paths, split_rel_path)
+    parts = _frame_check(path, "rel_path", rel_path, split_rel_paths, split_rel_path, unique=True)
 
     sizes = pd.to_numeric(df["file_size"], errors="coerce") if "file_size" in df.columns \
         else pd.Series(np.nan, index=df.index)
@@ -656,27 +702,22 @@ def write_datasets(df: pd.DataFrame, path: str | os.PathLike,
 
     default = df["default_revision"].astype(object) if "default_revision" in df.columns \
         else _object([None] * n)
-    default = default.where(default.notna(), None)
-    unknown = default.isna().to_numpy()
+    default = default.where(default.notna(), None).to_numpy()
+    unknown = pd.isna(default)
     if unknown.any():
-        keys = [eids.to_numpy(), parts["collection"].to_numpy(), parts["name"].to_numpy()]
-        groups = pd.DataFrame({"k0": keys[0], "k1": keys[1], "k2": keys[2],
-                               "revision": parts["revision"].to_numpy(),
-                               "flagged": (default == True).to_numpy()})  # noqa: E712 (elementwise)
-        by = groups.groupby(["k0", "k1", "k2"], sort=False)
-        latest = groups["revision"] == by["revision"].transform("max")
-        flagged = by["flagged"].transform("any")
-        filled = (latest & ~flagged).to_numpy()
-        default = pd.Series(np.where(unknown, filled, default.to_numpy()), dtype=object)
-    frame = pd.DataFrame({
-        "eid": _object(eids.to_numpy()), "id": _object(ids.to_numpy()),
-        "rel_path": _object(rel_path.to_numpy()), "file_size": file_size,
-        "hash": _object(hashes.to_numpy()), "exists": exists.to_numpy(),
-        "qc": pd.Categorical.from_codes(qc, dtype=QC_DTYPE),
-        "default_revision": default.to_numpy().astype(bool),
-    })
-    frame = frame.sort_values(["eid", "id"], kind="stable").set_index(["eid", "id"])
-    return _write_atomically(_to_arrow(frame, _DATASETS_SCHEMA, path, metadata), path)
+        groups = pd.DataFrame({"eid": eids, "collection": parts["collection"], "name": parts["name"],
+                               "revision": parts["revision"], "flagged": default == True})  # noqa: E712
+        by = groups.groupby(["eid", "collection", "name"], sort=False)
+        latest = (groups["revision"] == by["revision"].transform("max")).to_numpy()
+        flagged = by["flagged"].transform("any").to_numpy()
+        default = np.where(unknown, latest & ~flagged, default)
+    columns = {
+        "eid": eids, "id": ids, "rel_path": rel_path.to_numpy(), "file_size": file_size,
+        "hash": hashes.to_numpy(), "exists": exists.to_numpy(),
+        "qc": pa.DictionaryArray.from_arrays(pa.array(qc, pa.int8()), pa.array(QC_ORDER, pa.string()), ordered=True),
+        "default_revision": default.astype(bool),
+    }
+    return _write_atomically(_arrow_table(path, columns, _DATASETS_SCHEMA, ["eid", "id"], metadata), path)
 
 
 def _write_qc(path: Path, qc: pd.Series | None, n: int) -> np.ndarray:

@@ -1,0 +1,79 @@
+"""Dataset files on disk: checking them against their records, and reading their content.
+
+A file is checked once per process: its md5 is remembered with its size and modification time, so
+loading the same dataset again costs a ``stat``, not a hash (one-api hashes on every load).
+
+>>> import tempfile, pathlib, numpy as np
+>>> path = pathlib.Path(tempfile.mkdtemp()) / "x.times.npy"
+>>> np.save(path, np.arange(3))
+>>> check_file(path, size=None)
+'ok'
+>>> read_file(path).tolist()
+[0, 1, 2]
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+_md5_seen: dict[tuple[str, int, int], str] = {}
+
+
+def file_md5(path: str | os.PathLike) -> str:
+    """The md5 hex digest of a file, remembered for as long as its size and mtime do not change."""
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    digest = _md5_seen.get(key)
+    if digest is None:
+        h = hashlib.md5()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        digest = _md5_seen[key] = h.hexdigest()
+    return digest
+
+
+def check_file(path: Path, size: int | None, md5: str | None = None, *, check_hash: bool = True) -> str:
+    """'ok', 'missing', 'size_mismatch' or 'hash_mismatch' for a file and its recorded size and md5.
+
+    A null (or 0, as ONE writes for unknown) size and a null hash mean "unknown": not checked.
+    """
+    try:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing"
+    if not path.is_file():
+        return "missing"
+    if size is not None and not pd.isna(size) and int(size) > 0 and st.st_size != int(size):
+        return "size_mismatch"
+    if check_hash and isinstance(md5, str) and md5 and file_md5(path) != md5.lower():
+        return "hash_mismatch"
+    return "ok"
+
+
+def read_file(path: Path) -> Any:
+    """The content of a dataset file, by extension, as one-api returns it.
+
+    .npy: numpy array; .pqt/.parquet: DataFrame; .csv/.tsv/.ssv: DataFrame; .json: parsed JSON;
+    .jsonable: list of records; anything else: the path itself.
+    """
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    if suffix in (".pqt", ".parquet"):
+        return pd.read_parquet(path)
+    if suffix in (".csv", ".tsv", ".ssv"):
+        return pd.read_csv(path, sep={".csv": ",", ".tsv": "\t", ".ssv": " "}[suffix])
+    if suffix == ".json":
+        with open(path) as f:
+            return json.load(f)
+    if suffix == ".jsonable":
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    return path

@@ -1,0 +1,645 @@
+"""``from oneprov import ONE``: ONE's local-mode API, with every search and load recorded.
+
+The client resolves datasets in the store (SQL), reads the files, and records what happened: every
+search and list is a query with the rows it returned, every load attempt an access event with its
+outcome. Each call is one transaction, committed before the call returns. A run is started by the
+first recorded call and closed at exit ('finished', or 'failed' when an exception ends the process).
+
+>>> from oneprov import ONE                                        # doctest: +SKIP
+>>> one = ONE(cache_dir="/data/alf", mode="local")                 # doctest: +SKIP
+>>> one.record_loaded = True                                       # doctest: +SKIP
+>>> trials = one.load_object("KS023/2019-12-10/001", "trials")    # doctest: +SKIP
+>>> one.save_loaded_ids()                                          # doctest: +SKIP
+
+Deliberate differences from one-api are listed in the README ("Differences from ONE").
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import sys
+import threading
+import time
+import uuid
+import warnings
+import weakref
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import pandas as pd
+
+from . import alf, exports, files
+from .catalog import Catalog
+from .errors import (
+    ALFError, ALFMultipleCollectionsFound, ALFMultipleObjectsFound, ALFObjectNotFound, ALFWarning,
+    BadInputError,
+)
+from .store import Store, open_store
+
+__all__ = ["ONE", "One", "Bunch"]
+
+QC_CATEGORIES = pd.CategoricalDtype(alf.QC_ORDER, ordered=True)
+SEARCH_TERMS = ("datasets", "date_range", "laboratory", "number", "projects", "subject", "task_protocol",
+                "dataset_qc_lte")
+
+
+class Bunch(dict):
+    """A dict whose keys are also attributes (ONE's ``Bunch``/``AlfBunch``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+
+def revision_cutoff() -> str | None:
+    """``ONE_REVISION_LAST_BEFORE``, read now (ONE reads it once, at import)."""
+    return os.environ.get("ONE_REVISION_LAST_BEFORE") or None
+
+
+class ONE:
+    """A ONE client in local mode whose every search and load is recorded in a provenance store.
+
+    ``cache_dir`` holds the ALF tree (``<lab>/Subjects/<subject>/<date>/<NNN>/<rel_path>``);
+    ``tables_dir`` (default ``cache_dir``) the ONE cache tables, imported into the store when they
+    changed. ``db`` defaults to ``$ONEPROV_DB``, else ``<cache_dir>/provenance.sqlite``; ``project``
+    to ``$ONEPROV_PROJECT``, else "default"; ``label`` names the run.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike | None = None, mode: str = "local",
+                 tables_dir: str | os.PathLike | None = None, db: Any = None, project: str | None = None,
+                 label: str | None = None, wildcards: bool = True, **kwargs: Any):
+        if mode != "local":
+            raise NotImplementedError(f"mode={mode!r}: oneprov's ONE works in local mode only for now; use mode='local'")
+        if kwargs:
+            raise TypeError(f"unexpected argument {sorted(kwargs)[0]!r}")
+        cache_dir = cache_dir or os.environ.get("ONE_CACHE_DIR")
+        if not cache_dir:
+            raise BadInputError("ONE needs a cache_dir (the folder of the ALF tree), or set ONE_CACHE_DIR")
+        self.cache_dir = Path(cache_dir).expanduser().absolute()
+        if not self.cache_dir.is_dir():
+            raise BadInputError(f"cache_dir {str(self.cache_dir)!r} does not exist")
+        self.mode = mode
+        self.wildcards = wildcards
+        self.record_loaded = False
+        self.project = project or os.environ.get("ONEPROV_PROJECT") or "default"
+        self.label = label
+        self._tables_dir = Path(tables_dir).expanduser().absolute() if tables_dir else self.cache_dir
+        self.store: Store = open_store(db or os.environ.get("ONEPROV_DB") or self.cache_dir / "provenance.sqlite")
+        self.run_id: str | None = None
+        self._scope: str | None = None
+        self._lock = threading.RLock()
+        self._catalog = Catalog(self.store, None)
+        self.load_cache(self._tables_dir)
+
+    def __repr__(self) -> str:
+        return f"ONE(cache_dir={str(self.cache_dir)!r}, mode='local', db={self.store!r})"
+
+    @property
+    def offline(self) -> bool:
+        return True
+
+    # -- the run and its records ------------------------------------------------------------
+
+    def _run(self) -> str:
+        with self._lock:
+            if self.run_id is None:
+                self.run_id = self.store.start_run(self.project, label=self.label, cache_dir=self.cache_dir,
+                                                   revision_cutoff=revision_cutoff())
+                _open_runs[self.run_id] = weakref.ref(self)
+                _install_exit_hooks()
+        return self.run_id
+
+    def close(self, error: BaseException | None = None) -> None:
+        """Close the run ('finished', or 'failed' with ``error``) and release the database."""
+        with self._lock:
+            if self.run_id is not None and _open_runs.pop(self.run_id, None) is not None:
+                status = "failed" if error is not None else "finished"
+                self.store.finish_run(self.run_id, status, repr(error) if error is not None else None)
+            self.store.close()
+
+    def __enter__(self) -> "ONE":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(exc)
+
+    @contextlib.contextmanager
+    def scope(self, name: str) -> Iterator["ONE"]:
+        """Record every search and load inside the block under a scope name (e.g. a figure)."""
+        previous, self._scope = self._scope, str(name)
+        try:
+            yield self
+        finally:
+            self._scope = previous
+
+    def _event(self, method: str, outcome: str, row: Any = None, *, requested_revision: str | None = None,
+               rel_path: str | None = None, path: Path | None = None, detail: str | None = None,
+               session_id: str | None = None) -> dict[str, Any]:
+        size = None
+        if path is not None and outcome in ("loaded", "download_only"):
+            size = path.stat().st_size
+        return {
+            "method": method, "outcome": outcome,
+            "dataset_id": getattr(row, "id", None) if row is not None else None,
+            "session_id": getattr(row, "session_id", None) if row is not None else session_id,
+            "rel_path": getattr(row, "rel_path", None) if row is not None else rel_path,
+            "requested_revision": requested_revision, "revision_cutoff": revision_cutoff(),
+            "scope": self._scope, "path": str(path) if path is not None else None, "bytes": size,
+            "detail": detail, "listed": bool(self.record_loaded),
+        }
+
+    def _record(self, events: list[dict[str, Any]]) -> None:
+        self.store.record_access(self._run(), events)
+
+    def _record_query(self, method: str, params: dict[str, Any], started: float, *,
+                      session_ids: Iterable[str] = (), dataset_ids: Iterable[str] = ()) -> None:
+        self.store.record_query(self._run(), method, params, session_ids=session_ids, dataset_ids=dataset_ids,
+                                mode=self.mode, revision_cutoff=revision_cutoff(), scope=self._scope,
+                                duration_s=time.perf_counter() - started)
+
+    # -- cache tables -----------------------------------------------------------------------
+
+    def load_cache(self, tables_dir: str | os.PathLike | None = None) -> None:
+        """Import the cache tables of ``tables_dir`` (default: this client's) and answer from them.
+
+        Unlike ONE, the loaded-ids list and every record survive (they are in the database).
+        """
+        folder = Path(tables_dir).expanduser().absolute() if tables_dir else self._tables_dir
+        if not (folder / "sessions.pqt").exists() and not (folder / "datasets.pqt").exists():
+            warnings.warn(f"no cache tables in {folder}; the client sees no sessions", ALFWarning, stacklevel=2)
+            self._catalog = Catalog(self.store, None)
+            return
+        result = self.store.import_cache(folder)
+        self._tables_dir = folder
+        self._catalog = Catalog(self.store, result.query_id)
+
+    def reset_cache(self) -> None:
+        """Forget the loaded tables (the client then sees nothing); records and the list remain."""
+        self._catalog = Catalog(self.store, None)
+
+    def save_cache(self, save_dir: str | os.PathLike | None = None, clobber: bool = False) -> dict[str, Path]:
+        """Write the client's tables as ONE-format ``sessions.pqt``/``datasets.pqt``.
+
+        Merged with tables already in ``save_dir`` (default ``cache_dir``) unless ``clobber``;
+        ``default_revision`` is always kept. Unlike ONE, it always writes.
+        """
+        return exports.export_cache(self.store, Path(save_dir or self.cache_dir), query=self._catalog.query_id,
+                                    clobber=clobber, origin=str(self.cache_dir))
+
+    def save_loaded_ids(self, sessions_only: bool = False, clear_list: bool = True,
+                        path: str | os.PathLike | None = None) -> tuple[list[str], Path | None]:
+        """Write the current list of loaded dataset (or session) UUIDs in ONE's CSV format.
+
+        The list holds the datasets loaded by this run with ``record_loaded`` on since the last
+        clear. The file goes to ``path`` if given, else ONE's time-stamped name in ``tables_dir``.
+        ``clear_list`` starts a new list; the history stays in the database.
+        """
+        if self.run_id is None:
+            warnings.warn("No datasets loaded; check that the `record_loaded` attribute is True", stacklevel=2)
+            return [], None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ids, written = exports.export_loaded_ids(
+                self.store, self._tables_dir, path=path, run=self.run_id, sessions_only=sessions_only,
+                since_clear=True, listed_only=True)
+        if written is None:
+            warnings.warn("No datasets loaded; check that the `record_loaded` attribute is True", stacklevel=2)
+        for w in caught:
+            if "No datasets loaded" not in str(w.message):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if clear_list and written is not None:
+            self.store.mark(self.run_id, "clear_list", scope=self._scope)
+        return ids, written
+
+    # -- ids and paths ----------------------------------------------------------------------
+
+    def to_eid(self, id: Any) -> str | None:
+        """An eid from a UUID, a UUID string, or a session path / ``subject/date/number`` string."""
+        if id is None:
+            return None
+        if isinstance(id, uuid.UUID):
+            return str(id)
+        text = str(id)
+        if alf.UUID_RE.match(text.strip().lower()):
+            return text.strip().lower()
+        if isinstance(id, (str, os.PathLike)):
+            return self.path2eid(id)
+        return None
+
+    def _eid(self, id: Any) -> str:
+        eid = self.to_eid(id)
+        if eid is None:
+            raise ValueError(f"cannot parse session ID {id!r}: give an eid (UUID) or a 'subject/date/number' path")
+        return eid
+
+    def path2eid(self, path_obj: str | os.PathLike) -> str | None:
+        """The eid of the session whose folder ``path_obj`` is (or is inside)."""
+        m = alf.SESSION_PATH_RE.search(Path(path_obj).as_posix())
+        if m is None:
+            return None
+        found = self._catalog.find_session(m["subject"], m["date"], int(m["number"]), m["lab"])
+        return found[0] if len(found) == 1 else None
+
+    def eid2path(self, eid: Any) -> Path | list[Path] | None:
+        """The local session folder of an eid (a list for a list of eids)."""
+        if isinstance(eid, (list, tuple)):
+            return [self.eid2path(e) for e in eid]
+        eid = self.to_eid(eid)
+        rows = self._catalog.sessions(ids=[eid]) if eid else pd.DataFrame()
+        if rows.empty:
+            return None
+        return self._session_folder(rows.iloc[0])
+
+    def _session_folder(self, row: Any) -> Path:
+        folder = (self.cache_dir / alf.session_path(row.lab, row.subject, row.date, row.number)).resolve()
+        if not folder.is_relative_to(self.cache_dir.resolve()):
+            raise BadInputError(f"session {row.id} has a path outside the cache folder: {folder}")
+        return folder
+
+    def _file(self, row: Any, folders: dict[str, Path]) -> Path:
+        folder = folders.get(row.session_id)
+        if folder is None:
+            folder = folders[row.session_id] = self.eid2path(row.session_id) or self.cache_dir / "__unknown_session__"
+        return folder / row.rel_path
+
+    # -- searching and listing --------------------------------------------------------------
+
+    def search_terms(self, query_type: str | None = None) -> tuple[str, ...]:
+        return SEARCH_TERMS
+
+    def search(self, details: bool = False, query_type: str | None = None, **kwargs: Any):
+        """Sessions matching every term, newest first: a list of eids (UUID), and details if asked.
+
+        Terms: subject, lab, projects, task_protocol (partial matches, regexes), date_range, number,
+        datasets (names all present), dataset_qc_lte. Unique prefixes of term names are accepted.
+        """
+        started = time.perf_counter()
+        terms = {_autocomplete(k): v for k, v in kwargs.items()}
+        frame = self._catalog.search(
+            wildcards=self.wildcards, subject=terms.get("subject"), lab=terms.get("laboratory"),
+            projects=terms.get("projects"), task_protocol=terms.get("task_protocol"),
+            date_range=terms.get("date_range"), number=terms.get("number"), datasets=terms.get("datasets"),
+            dataset_qc_lte=alf.qc_name(terms["dataset_qc_lte"]) if terms.get("dataset_qc_lte") is not None else None)
+        self._record_query("search", {**terms, "details": details}, started, session_ids=frame["id"])
+        eids = [uuid.UUID(e) for e in frame["id"]]
+        if not details:
+            return eids
+        records = [Bunch(r) for r in _ones_session_frame(frame).reset_index(drop=True).to_dict("records")]
+        return eids, records
+
+    def list_subjects(self) -> list[str]:
+        """The subjects of the client's sessions, sorted."""
+        return sorted(self._catalog.sessions()["subject"].dropna().unique().tolist())
+
+    def _list(self, eid: Any, filename=None, collection=None, revision=None, qc="FAIL",
+              ignore_qc_not_set=False, default_revisions_only=False) -> tuple[str | None, pd.DataFrame]:
+        eid = self._eid(eid) if eid is not None and eid != "" else None
+        rows = self._catalog.datasets(eid, qc=qc, ignore_qc_not_set=ignore_qc_not_set)
+        if default_revisions_only:
+            rows = rows[rows["default_revision"].fillna(False).astype(bool)]
+        pattern = alf.rel_path_regex(filename, collection, revision, wildcards=self.wildcards, match_revision=True)
+        return eid, rows[alf.match_rel_paths(rows["rel_path"], pattern)] if len(rows) else rows
+
+    def list_datasets(self, eid: Any = None, filename=None, collection=None, revision=None, qc="FAIL",
+                      ignore_qc_not_set: bool = False, details: bool = False, query_type: str | None = None,
+                      default_revisions_only: bool = False, keep_eid_index: bool = False):
+        """The datasets of a session (or of every session): sorted rel_paths, or a table with ``details``."""
+        started = time.perf_counter()
+        eid, rows = self._list(eid, filename, collection, revision, qc, ignore_qc_not_set, default_revisions_only)
+        self._record_query("list_datasets", {"eid": eid, "filename": filename, "collection": collection,
+                                             "revision": revision, "qc": qc, "details": details},
+                           started, session_ids=[eid] if eid else (), dataset_ids=rows["id"])
+        if details:
+            return _ones_dataset_frame(rows, keep_eid=keep_eid_index or eid is None)
+        paths = rows["rel_path"].tolist()
+        return sorted(paths) if eid else list(dict.fromkeys(paths))
+
+    def list_collections(self, eid: Any = None, filename=None, collection=None, revision=None,
+                         details: bool = False, query_type: str | None = None):
+        """The collections of a session's datasets (a dict of tables with ``details``)."""
+        started = time.perf_counter()
+        eid, rows = self._list(eid, filename, collection, revision)
+        self._record_query("list_collections", {"eid": eid, "filename": filename, "collection": collection,
+                                                "revision": revision}, started,
+                           session_ids=[eid] if eid else (), dataset_ids=rows["id"])
+        if details:
+            return {c: _ones_dataset_frame(g, keep_eid=False) for c, g in rows.groupby("collection")}
+        return list(dict.fromkeys(rows["collection"]))
+
+    def list_revisions(self, eid: Any = None, filename=None, collection=None, revision=None,
+                       details: bool = False, query_type: str | None = None):
+        """The revisions of a session's datasets ('' for unrevised; a dict of tables with ``details``)."""
+        started = time.perf_counter()
+        eid, rows = self._list(eid, filename, collection, revision)
+        self._record_query("list_revisions", {"eid": eid, "filename": filename, "collection": collection,
+                                              "revision": revision}, started,
+                           session_ids=[eid] if eid else (), dataset_ids=rows["id"])
+        if details:
+            return {r: _ones_dataset_frame(g, keep_eid=False) for r, g in rows.groupby("revision")}
+        return list(dict.fromkeys(rows["revision"]))
+
+    def get_details(self, eid: Any, full: bool = False):
+        """A session's record (a Series); with ``full``, its datasets joined with it."""
+        eid = self._eid(eid)
+        rows = self._catalog.sessions(ids=[eid])
+        if rows.empty:
+            raise ALFObjectNotFound(eid)
+        record = _ones_session_frame(rows).iloc[0]
+        if not full:
+            return record
+        table = _ones_dataset_frame(self._catalog.datasets(eid, qc="CRITICAL"), keep_eid=True).reset_index()
+        for key, value in record.items():
+            table[key] = value
+        return table.set_index(["eid", "id"])
+
+    # -- loading ----------------------------------------------------------------------------
+
+    def _requested_revision(self, revision: str | None) -> str | None:
+        return revision if revision is not None else revision_cutoff()
+
+    def _select(self, eid: str, filename: Any, collection: Any, revision: str | None, *,
+                unique: bool, strict: bool = True) -> pd.DataFrame:
+        """Rows of ``eid`` matching the name filters, then the revision ONE would load (SQL)."""
+        rows = self._catalog.datasets(eid)
+        pattern = alf.rel_path_regex(filename, collection, wildcards=self.wildcards)
+        rows = rows[alf.match_rel_paths(rows["rel_path"], pattern)] if len(rows) else rows
+        if unique and rows["collection"].nunique() > 1:
+            raise ALFMultipleCollectionsFound(", ".join(f'"{c}"' for c in sorted(set(rows["collection"]))))
+        chosen = self._catalog.choose(rows["id"].tolist(), revision, strict=strict)
+        if len(chosen) == 0:
+            return rows.iloc[0:0]
+        return rows.set_index("id").loc[chosen["dataset_uuid"]].reset_index()
+
+    def _fetch(self, method: str, rows: pd.DataFrame, *, check_hash: bool, download_only: bool,
+               requested_revision: str | None) -> list[Path | None]:
+        """Check each chosen file, record one event per dataset (one transaction), return the paths."""
+        folders: dict[str, Path] = {}
+        paths, events = [], []
+        for row in rows.itertuples(index=False):
+            path = self._file(row, folders)
+            status = files.check_file(path, row.file_size, row.hash, check_hash=check_hash)
+            outcome = ("download_only" if download_only else "loaded") if status == "ok" else status
+            events.append(self._event(method, outcome, row, requested_revision=requested_revision, path=path))
+            paths.append(path if status == "ok" else None)
+            if status.endswith("mismatch"):
+                warnings.warn(f"{status.replace('_', ' ')} on dataset {row.rel_path} ({path}): not loaded",
+                              ALFWarning, stacklevel=3)
+        if events:
+            self._record(events)
+        return paths
+
+    def _refuse(self, method: str, outcome: str, eid: str | None, request: str, revision: str | None,
+                error: ALFError) -> None:
+        """Record a request that matched nothing loadable, then raise ``error``."""
+        self._record([self._event(method, outcome, session_id=eid, rel_path=request,
+                                  requested_revision=revision, detail=str(error))])
+        raise error
+
+    def load_dataset(self, eid: Any, dataset: str, collection: str | None = None, revision: str | None = None,
+                     query_type: str | None = None, download_only: bool = False, check_hash: bool = True) -> Any:
+        """Load one dataset of a session: its content, or its path with ``download_only``."""
+        eid = self._eid(eid)
+        name = dataset
+        if self.wildcards and isinstance(name, str) and len(name.split(".")) == 2:
+            name += ".*"
+        unique = "/" not in name
+        if not unique and (collection is not None or revision is not None):
+            raise ValueError("collection and revision kwargs must be None when dataset is a relative path")
+        revision = self._requested_revision(revision) if unique else None  # a rel_path names one file
+        try:
+            rows = self._select(eid, name, collection, revision, unique=unique)
+        except ALFError as err:
+            self._refuse("load_dataset", "ambiguous", eid, dataset, revision, err)
+        if len(rows) == 0:
+            self._refuse("load_dataset", "not_found", eid, dataset, revision,
+                         ALFObjectNotFound(f'Dataset "{dataset}" not found'))
+        if len(rows) > 1:
+            self._refuse("load_dataset", "ambiguous", eid, dataset, revision,
+                         ALFMultipleObjectsFound(", ".join(f'"{p}"' for p in rows["rel_path"])))
+        (path,) = self._fetch("load_dataset", rows, check_hash=check_hash, download_only=download_only,
+                              requested_revision=revision)
+        if path is None:
+            raise ALFObjectNotFound(f"Dataset not found: {rows['rel_path'].iloc[0]} is missing or altered on disk")
+        return path if download_only else files.read_file(path)
+
+    def load_object(self, eid: Any, obj: str, collection: str | None = None, revision: str | None = None,
+                    query_type: str | None = None, download_only: bool = False, check_hash: bool = True,
+                    **kwargs: Any):
+        """Load every attribute of an ALF object: a Bunch, or the list of paths with ``download_only``."""
+        eid = self._eid(eid)
+        revision = self._requested_revision(revision)
+        rows = self._select(eid, {"object": obj, **kwargs}, collection, revision, unique=False, strict=False)
+        if len(rows) == 0:
+            self._refuse("load_object", "not_found", eid, obj, revision, ALFObjectNotFound(obj))
+        objects = {alf.name_parts(n)["object"] or "" for n in rows["name"]}
+        if len(objects) > 1:
+            self._refuse("load_object", "ambiguous", eid, obj, revision, ALFMultipleObjectsFound(*sorted(objects)))
+        if rows["collection"].nunique() > 1:
+            self._refuse("load_object", "ambiguous", eid, obj, revision,
+                         ALFMultipleCollectionsFound(*sorted(set(rows["collection"]))))
+        paths = self._fetch("load_object", rows, check_hash=check_hash, download_only=download_only,
+                            requested_revision=revision)
+        present = [p for p in paths if p is not None]
+        if not present:
+            raise ALFObjectNotFound(f'ALF object "{obj}" not found on disk')
+        return present if download_only else _load_object(present)
+
+    def load_datasets(self, eid: Any, datasets: list, collections: Any = None, revisions: Any = None,
+                      query_type: str | None = None, assert_present: bool = True, download_only: bool = False,
+                      check_hash: bool = True) -> tuple[list | None, list | None]:
+        """Load several datasets of a session: ``(contents or paths, records)``, None for the absent ones."""
+        if isinstance(datasets, str):
+            raise TypeError("`datasets` must be a non-string iterable")
+        eid = self._eid(eid)
+        if isinstance(datasets, pd.DataFrame):
+            datasets = datasets["rel_path"].tolist()
+        datasets = list(datasets)
+        if not datasets:
+            return None, []
+        rel_paths = any("/" in str(d) for d in datasets if isinstance(d, str))
+        if rel_paths and (collections is not None or revisions is not None):
+            raise ValueError("collection and revision kwargs must be None when dataset is a relative path")
+        n = len(datasets)
+        collections = collections if isinstance(collections, (list, tuple)) else [collections] * n
+        revisions = revisions if isinstance(revisions, (list, tuple)) else [revisions] * n
+        if len(collections) != n or len(revisions) != n:
+            raise ValueError("Collection and revision specifiers must match number of datasets")
+        chosen, missing = [], []
+        for spec, coll, rev in zip(datasets, collections, revisions):
+            name = spec
+            if self.wildcards and isinstance(name, str) and len(name.split(".")) == 2:
+                name += ".*"
+            rev = rev if rel_paths else self._requested_revision(rev)
+            rows = self._select(eid, name, coll, rev, unique=True)
+            if len(rows) > 1:
+                raise ALFMultipleObjectsFound(", ".join(f'"{p}"' for p in rows["rel_path"]))
+            chosen.append(rows)
+            if len(rows) == 0:
+                missing.append(self._event("load_datasets", "not_found", session_id=eid, rel_path=str(spec),
+                                           requested_revision=rev))
+        if missing:
+            self._record(missing)
+            message = "The following datasets are not in the cache: " + ", ".join(e["rel_path"] for e in missing)
+            if assert_present:
+                raise ALFObjectNotFound(message)
+            warnings.warn(message, ALFWarning, stacklevel=2)
+        found = pd.concat([r for r in chosen if len(r)]) if any(len(r) for r in chosen) else None
+        paths = iter(self._fetch("load_datasets", found, check_hash=check_hash, download_only=download_only,
+                                 requested_revision=None) if found is not None else [])
+        records = iter(_ones_dataset_frame(found, keep_eid=True).reset_index().to_dict("records", into=Bunch)
+                       if found is not None else [])
+        out_paths, out_records = [], []
+        for rows in chosen:
+            if len(rows):
+                out_paths.append(next(paths))
+                out_records.append(next(records))
+            else:
+                out_paths.append(None)
+                out_records.append(None)
+        absent = [r["rel_path"] for p, r in zip(out_paths, out_records) if r is not None and p is None]
+        if absent:
+            message = "The following datasets were not downloaded: " + ", ".join(absent)
+            if assert_present:
+                raise ALFObjectNotFound(message)
+            warnings.warn(message, ALFWarning, stacklevel=2)
+        if download_only:
+            return out_paths, out_records
+        return [files.read_file(p) if p is not None else None for p in out_paths], out_records
+
+    def load_collection(self, eid: Any, collection: str, object: str | None = None, revision: str | None = None,
+                        query_type: str | None = None, download_only: bool = False, check_hash: bool = True,
+                        **kwargs: Any):
+        """Load every object of a collection: a Bunch of object Bunches, or paths with ``download_only``.
+
+        Unlike one-api 3.6.1, ``revision`` selects a revision (ONE passes it as the collection filter).
+        """
+        eid = self._eid(eid)
+        revision = self._requested_revision(revision)
+        rows = self._select(eid, {"object": object, **kwargs}, collection, revision, unique=False, strict=False)
+        if len(rows) == 0:
+            self._refuse("load_collection", "not_found", eid, f"{collection}/{object or '*'}", revision,
+                         ALFObjectNotFound(object or collection))
+        paths = self._fetch("load_collection", rows, check_hash=check_hash, download_only=download_only,
+                            requested_revision=revision)
+        present = [(p, n) for p, n in zip(paths, rows["name"]) if p is not None]
+        if not present:
+            raise ALFObjectNotFound(f'ALF collection "{collection}" not found on disk')
+        if download_only:
+            return [p for p, _ in present]
+        by_object: dict[str, list[Path]] = {}
+        for path, name in present:
+            by_object.setdefault(alf.name_parts(name)["object"] or "", []).append(path)
+        return Bunch({obj: _load_object(ps) for obj, ps in by_object.items()})
+
+    def load_dataset_from_id(self, dset_id: Any, download_only: bool = False, details: bool = False,
+                             check_hash: bool = True) -> Any:
+        """Load a dataset by its UUID (any QC); with ``details`` also return its record."""
+        did = alf.check_uuid(dset_id, "dataset id")
+        rows = self._catalog.dataset(did)
+        if len(rows) == 0:
+            self._refuse("load_dataset_from_id", "not_found", None, did, None, ALFObjectNotFound("Dataset not found"))
+        (path,) = self._fetch("load_dataset_from_id", rows, check_hash=check_hash, download_only=download_only,
+                              requested_revision=None)
+        if path is None:
+            raise ALFObjectNotFound("Dataset not found")
+        output = path if download_only else files.read_file(path)
+        if details:
+            return output, _ones_dataset_frame(rows, keep_eid=True).iloc[0]
+        return output
+
+
+One = ONE
+
+
+def _autocomplete(term: str) -> str:
+    """The search term a (unique prefix of a) name stands for."""
+    aliases = {"dataset": "datasets", "lab": "laboratory", "date": "date_range", "project": "projects",
+               "task": "task_protocol"}
+    if term in SEARCH_TERMS:
+        return term
+    if term in aliases:
+        return aliases[term]
+    matches = [t for t in SEARCH_TERMS if t.startswith(term)]
+    if len(matches) != 1:
+        raise ValueError(f'Invalid search term "{term}", see `one.search_terms()`')
+    return matches[0]
+
+
+def _ones_session_frame(rows: pd.DataFrame) -> pd.DataFrame:
+    """Session rows shaped like ONE's sessions table (index ``id``)."""
+    frame = rows[["id", "lab", "subject", "date", "number", "task_protocol", "projects"]].copy()
+    frame["number"] = frame["number"].astype("int64")
+    return frame.set_index("id")
+
+
+def _ones_dataset_frame(rows: pd.DataFrame, *, keep_eid: bool) -> pd.DataFrame:
+    """Dataset rows shaped like ONE's datasets table: index ``id`` (or ``(eid, id)``), ONE's columns."""
+    frame = pd.DataFrame({
+        "eid": rows["session_id"].to_numpy(), "id": rows["id"].to_numpy(),
+        "rel_path": rows["rel_path"].to_numpy(),
+        "file_size": pd.array(rows["file_size"].to_numpy(), dtype="UInt64") if len(rows) else pd.array([], dtype="UInt64"),
+        "hash": rows["hash"].to_numpy(), "exists": rows["exists"].astype(bool).to_numpy(),
+        "qc": pd.Categorical(rows["qc"].to_numpy(), dtype=QC_CATEGORIES),
+        "default_revision": rows["default_revision"].fillna(False).astype(bool).to_numpy(),
+    })
+    return frame.set_index(["eid", "id"] if keep_eid else ["id"]).drop(columns=[] if keep_eid else ["eid"])
+
+
+def _load_object(paths: list[Path]) -> Bunch:
+    """Read the files of one ALF object into a Bunch keyed by attribute (``attribute_timescale``).
+
+    A ``table`` attribute (a parquet table) is spread into one key per column, as ONE does.
+    """
+    out = Bunch()
+    for path in sorted(paths):
+        parts = alf.name_parts(path.name)
+        key = "_".join(filter(None, (parts["attribute"], parts["timescale"]))) or path.stem
+        key = ".".join(filter(None, (key, parts["extra"])))
+        out[key] = files.read_file(path)
+    table_key = next((k for k in out if k == "table" or k.startswith(("table_", "table."))), None)
+    if table_key is not None and isinstance(out[table_key], pd.DataFrame):
+        table = out.pop(table_key)
+        suffix = table_key[5:]
+        for column in table.columns:
+            out[f"{column}{suffix}"] = table[column].to_numpy()
+    return out
+
+
+# -- closing runs at exit -------------------------------------------------------------------
+
+_open_runs: dict[str, "weakref.ReferenceType[ONE]"] = {}
+_exit_error: list[BaseException] = []
+_hooks_installed = False
+
+
+def _install_exit_hooks() -> None:
+    """Close open runs at interpreter exit: 'failed' when an uncaught exception ends the process."""
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    previous = sys.excepthook
+
+    def excepthook(exc_type, exc, tb):
+        _exit_error.append(exc)
+        previous(exc_type, exc, tb)
+
+    sys.excepthook = excepthook
+    atexit.register(_close_open_runs)
+
+
+def _close_open_runs() -> None:
+    error = _exit_error[-1] if _exit_error else None
+    for ref in list(_open_runs.values()):
+        client = ref()
+        if client is not None:
+            try:
+                client.close(error)
+            except Exception:  # at exit, a closed database must not hide the real error
+                pass
