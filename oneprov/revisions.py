@@ -115,7 +115,7 @@ def last_before(
                                                & (bad.collection == first.collection)
                                                & (bad.name == first["name"])].revision)
         raise ALFMultipleRevisionsFound(
-            f"{first.collection}/{first['name']} of session {first.session_uuid} has several default revisions: {revs}")
+            f"{'/'.join(filter(None, (first.collection, first['name'])))} of session {first.session_uuid} has several default revisions: {revs}")
     frame = frame.drop(columns="n_default")
     for col in ("default_revision", "exists"):
         frame[col] = frame[col].astype("boolean") if frame[col].isna().any() else frame[col].astype(bool)
