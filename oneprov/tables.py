@@ -297,9 +297,10 @@ _SESSION_CHECKS = {
 def read_sessions(path: str | os.PathLike) -> pd.DataFrame:
     """Read and validate a sessions table into the normalised frame (columns :data:`SESSIONS_COLUMNS`).
 
-    ``id`` is a lowercase UUID string, ``date`` a :class:`datetime.date` or None, ``number`` int64,
-    ``projects`` a comma-joined string or None; ``lab`` and ``task_protocol`` are str or None. The
-    legacy layout (``id_0/id_1``, ``project``) is converted as one-api converts it.
+    ``id`` is a lowercase UUID string, ``date`` a :class:`datetime.date` or None, ``number`` an
+    int64 from 0 to 999 (the ``NNN`` folder), ``projects`` a comma-joined string or None; ``lab``
+    and ``task_protocol`` are str or None. The legacy layout (``id_0/id_1``, ``project``) is
+    converted as one-api converts it. Duplicate ids are refused.
     """
     path, pf = _open(path)
     try:
@@ -307,7 +308,8 @@ def read_sessions(path: str | os.PathLike) -> pd.DataFrame:
         id_source = _id_source(path, schema, "id", "sessions")
         for required in ("subject", "date", "number"):
             if required not in schema.names:
-                raise BadInputError(f"{path}: the sessions table has no column {required!r}; columns are {schema.names}")
+                raise BadInputError(f"{path}: the sessions table has no column {required!r}; "
+                                    f"columns are {schema.names}")
         _check_columns(path, schema, "sessions", _SESSION_CHECKS)
         projects = "projects" if "projects" in schema.names else "project" if "project" in schema.names else None
         optional = [c for c in ("lab", "task_protocol", projects) if c and c in schema.names]
@@ -422,8 +424,8 @@ def iter_datasets(path: str | os.PathLike, batch_size: int = 200_000) -> Iterato
                 empty = False
                 yield _datasets_frame(path, batch, start, id_source, eid_source)
             if empty:  # one empty frame, so that pd.concat(iter_datasets(...)) always works
-                yield _datasets_frame(path, pa.RecordBatch.from_pylist([], schema=pa.schema([schema.field(c) for c in columns])),
-                                      0, id_source, eid_source)
+                no_rows = pa.RecordBatch.from_pylist([], schema=pa.schema([schema.field(c) for c in columns]))
+                yield _datasets_frame(path, no_rows, 0, id_source, eid_source)
         finally:
             pf.close()
 

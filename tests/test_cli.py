@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from oneprov import open_store
+from oneprov import database, open_store
 
 
 def oneprov(*args, db=None, cwd=None, check=True):
@@ -45,9 +45,10 @@ def db(tmp_path, repo):
 
 def test_db_commands(tmp_path):
     path = tmp_path / "new.sqlite"
-    assert "-> 0001" in oneprov("db", "upgrade", db=path).stdout
+    head = database.head_revision()
+    assert f"empty -> {head}" in oneprov("db", "upgrade", db=path).stdout
     assert "already at" in oneprov("db", "upgrade", db=path).stdout
-    assert oneprov("db", "current", db=path).stdout.split()[:2] == ["database:", "0001"]
+    assert oneprov("db", "current", db=path).stdout.split() == ["database:", head, "oneprov:", head]
     assert oneprov("db", "check", db=path).stdout.strip() == "ok"
 
 
@@ -95,6 +96,16 @@ def test_errors_are_one_line(tmp_path, repo):
                        "no run matches")
     assert_clean_error(oneprov("sql", "SELECT * FROM no_such_table", db=tmp_path / "p.sqlite", check=False),
                        "no_such_table")
+
+
+def test_demo_runs_offline(tmp_path):
+    out = oneprov("demo", "--dir", str(tmp_path / "demo")).stdout
+    assert "_loaded_dataset_uuids.csv" in out and "older revision" in out and "Audit" in out
+    db = tmp_path / "demo" / "alf_cache" / "provenance.sqlite"
+    assert oneprov("db", "check", db=db).stdout.strip() == "ok"
+    rows = json.loads(oneprov("sql", "SELECT DISTINCT project, outcome FROM access_log ORDER BY 2", "--format", "json",
+                              db=db).stdout)
+    assert {r["outcome"] for r in rows} >= {"loaded", "download_only", "missing", "not_found"}
 
 
 def test_help_explains():
