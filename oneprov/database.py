@@ -13,6 +13,7 @@ True
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -84,10 +85,13 @@ def create_engine(db: str | os.PathLike | URL | None = None, *, readonly: bool =
     backend = url.get_backend_name()
     if backend == "sqlite":
         path = url.database or ""
-        if not readonly and path not in ("", ":memory:"):
+        if path.startswith("file:"):
+            path = path[5:]
+        if path not in ("", ":memory:"):
             parent = Path(path).parent
-            if not parent.is_dir():
+            if not readonly and not parent.is_dir():
                 raise DatabaseError(f"cannot create database {path!r}: folder {str(parent)!r} does not exist")
+            warn_if_network(Path(path))
         engine = sa.create_engine(url, poolclass=sa.pool.StaticPool if path in ("", ":memory:") else None)
         _setup_sqlite(engine, readonly)
     elif backend == "postgresql":
@@ -97,6 +101,42 @@ def create_engine(db: str | os.PathLike | URL | None = None, *, readonly: bool =
     else:
         raise DatabaseError(f"unsupported database {redact(url)!r}: use a SQLite path or a postgresql+psycopg:// URL")
     return engine
+
+
+#: File systems on which SQLite's WAL mode is unsafe (it needs shared memory on one host).
+NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "sshfs", "9p", "afs", "ceph",
+                       "glusterfs", "fuse.glusterfs", "lustre", "gpfs", "beegfs", "fuse.gcsfuse", "fuse.s3fs"}
+
+
+def filesystem_type(path: Path, mounts: str | None = None) -> str | None:
+    """The type of the file system holding ``path``, from ``/proc/mounts`` (None if unknown)."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return None
+    target = path.absolute().as_posix()
+    best, kind = "", None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
+def warn_if_network(path: Path, mounts: str | None = None) -> bool:
+    """Warn (and return True) when a SQLite file is on a network file system, where WAL is unsafe."""
+    kind = filesystem_type(path, mounts)
+    if kind in NETWORK_FILESYSTEMS:
+        warnings.warn(f"database {str(path)!r} is on a network file system ({kind}): SQLite's WAL mode needs every "
+                      "process on one host, so concurrent writers from other machines can corrupt it. Share a "
+                      "PostgreSQL database between machines instead.", RuntimeWarning, stacklevel=3)
+        return True
+    return False
 
 
 def _setup_sqlite(engine: Engine, readonly: bool) -> None:

@@ -20,6 +20,7 @@ import socket
 import sys
 import time
 import uuid
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -302,7 +303,8 @@ class Store:
         """Ingest ONE cache tables (``sessions.pqt``, ``datasets.pqt``) as one recorded query.
 
         Importing tables identical to an earlier import into this database writes nothing and
-        returns that import (unless ``force``). Changed rows update the current state and append to
+        returns that import (unless ``force``). A row repeating the id of an earlier row (seen in
+        real Alyx exports) is left out with a warning. Changed rows update the current state and append to
         the dataset history. Everything happens in one transaction: a bad row anywhere leaves the
         database as it was. The datasets table streams in batches, with a progress bar on a
         terminal (``progress``).
@@ -332,12 +334,19 @@ class Store:
             n_sessions = self._import_sessions(conn, qid, tables.read_sessions(files["sessions"]))
             total = tables.count_rows(files["datasets"])
             n_datasets = changed = 0
+            repeated: list[str] = []
             show = progress if progress is not None else sys.stderr.isatty()
             with tqdm(total=total, unit="rows", desc="import datasets", disable=not show) as bar:
                 for batch in tables.iter_datasets(files["datasets"], batch_size=batch_size):
-                    changed += self._import_datasets(conn, qid, batch, files["datasets"])
+                    changed += self._import_datasets(conn, qid, batch, files["datasets"], repeated)
                     n_datasets += len(batch)
                     bar.update(len(batch))
+            n_datasets -= len(repeated)
+            if repeated:
+                # Real Alyx exports repeat ids (one-api keeps both rows); a dataset id names one record here.
+                warnings.warn(f"{files['datasets']}: {len(repeated)} row(s) repeat a dataset id of an earlier row "
+                              f"(first: {repeated[0]}); the first row of each id was imported", UserWarning,
+                              stacklevel=2)
             conn.execute(queries.update().where(queries.c.id == qid).values(
                 n_sessions=n_sessions, n_datasets=n_datasets, duration_s=time.perf_counter() - started))
         return ImportResult(qid, n_sessions, n_datasets, changed, False)
@@ -368,10 +377,12 @@ class Store:
             stage.drop(conn)
         return len(rows)
 
-    def _import_datasets(self, conn: Connection, qid: int, frame: pd.DataFrame, path: Path) -> int:
+    def _import_datasets(self, conn: Connection, qid: int, frame: pd.DataFrame, path: Path,
+                         repeated: list[str]) -> int:
+        """Upsert one batch; ids seen before in this import are left out and added to ``repeated``."""
         dup = frame["id"].duplicated()
-        if dup.any():
-            raise BadInputError(f"duplicate dataset id {frame['id'][dup].iloc[0]!r} in {str(path)!r}")
+        repeated.extend(frame["id"][dup])
+        frame = frame[~dup]
         now = utcnow()
         columns = ["id", "session_id", "rel_path", "collection", "revision", "name", "file_size", "hash",
                    "exists", "qc", "default_revision"]
@@ -380,6 +391,11 @@ class Store:
         try:
             conn.execute(stage.insert(), _records(frame.rename(columns={"eid": "session_id"})[columns]))
             i, d = stage.c, datasets.c
+            earlier = sa.select(query_datasets.c.dataset_id).where(query_datasets.c.query_id == qid)
+            again = conn.execute(sa.select(i.id).where(i.id.in_(earlier))).scalars().all()
+            if again:
+                repeated.extend(again)
+                conn.execute(stage.delete().where(i.id.in_(again)))
             mutable = ["session_id", "rel_path", "collection", "revision", "name", "file_size", "hash",
                        "exists", "qc", "default_revision"]
             same = sa.and_(*(d[f].is_not_distinct_from(i[f]) for f in mutable))
