@@ -318,31 +318,48 @@ def read_only_query(db: str | os.PathLike | URL | None, query: str, params: dict
     """Run one SQL query on a read-only connection and return a DataFrame.
 
     SQLite files are opened with ``mode=ro`` and ``PRAGMA query_only``; PostgreSQL sessions with
-    ``default_transaction_read_only``. A statement that tries to write raises
-    :class:`~oneprov.errors.ReadOnlyError`; parameters are bound, never formatted into the SQL.
+    ``default_transaction_read_only``, and the query is sent as a prepared statement so that it is
+    exactly one statement (``COMMIT; SET ...; INSERT ...`` cannot escape the read-only
+    transaction). A statement that tries to write raises :class:`~oneprov.errors.ReadOnlyError`;
+    parameters (``:name``) are bound, never formatted into the SQL.
     """
     import pandas as pd
 
     engine = create_engine(db, readonly=True)
     try:
-        with engine.connect() as conn:
+        with connect_errors(engine), engine.connect() as conn:
             try:
-                result = conn.execute(sa.text(query), params or {})
-            except (sa.exc.OperationalError, sa.exc.InternalError, sa.exc.ProgrammingError, sa.exc.DatabaseError) as exc:
-                message = str(exc.orig).strip().splitlines()[0]
-                if "readonly" in message or "read-only" in message or "read only" in message:
+                columns, rows = _run_one_statement(conn, query, params or {})
+            except Exception as exc:
+                message = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+                if any(word in message for word in ("readonly", "read-only", "read only")):
                     raise ReadOnlyError(f"refused: the statement tries to change the database, which "
                                         f"`sql` opens read-only ({message})") from None
-                raise DatabaseError(f"query failed on {redact(engine.url)}: {message}") from None
-            if not result.returns_rows:
-                raise ReadOnlyError("refused: the statement returns no rows; only queries are allowed")
-            frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+                if "multiple commands" in message or "one statement at a time" in message:
+                    raise ReadOnlyError("refused: give one statement at a time") from None
+                if isinstance(exc, (sa.exc.DBAPIError, sa.exc.StatementError)) or type(exc).__module__.startswith("psycopg"):
+                    raise DatabaseError(f"query failed on {redact(engine.url)}: {message}") from None
+                raise
             conn.rollback()
-        return frame
-    except sa.exc.SQLAlchemyError as exc:
-        raise DatabaseError(f"cannot use database {redact(engine.url)}: {str(getattr(exc, 'orig', exc)).strip().splitlines()[0]}") from None
+        if columns is None:
+            raise ReadOnlyError("refused: the statement returns no rows; only queries are allowed")
+        return pd.DataFrame(rows, columns=columns)
     finally:
         engine.dispose()
+
+
+def _run_one_statement(conn: Connection, query: str, params: dict) -> tuple[list[str] | None, list]:
+    """``(columns, rows)`` of one statement; ``columns`` is None when it returns no rows."""
+    if conn.dialect.name != "postgresql":
+        result = conn.execute(sa.text(query), params)   # sqlite3 itself refuses several statements
+        return (list(result.keys()), result.fetchall()) if result.returns_rows else (None, [])
+    compiled = sa.text(query).compile(dialect=conn.dialect)
+    bound = {**compiled.params, **params}
+    with conn.connection.driver_connection.cursor() as cursor:
+        cursor.execute(compiled.string, bound, prepare=True)
+        if cursor.description is None:
+            return None, []
+        return [d.name for d in cursor.description], cursor.fetchall()
 
 
 def check(db: str | os.PathLike | URL | None) -> list[str]:

@@ -226,7 +226,11 @@ def test_sql_is_read_only(store, repo):
     store.import_cache(repo.root)
     before = snapshot(store)
     for statement in ("DELETE FROM datasets", "UPDATE runs SET status = 'x'", "DROP TABLE datasets",
-                      "INSERT INTO projects (name, created_at) VALUES ('x', '2020-01-01')"):
+                      "INSERT INTO projects (name, created_at) VALUES ('x', '2020-01-01')",
+                      # escaping the read-only transaction with several statements
+                      "COMMIT; SET default_transaction_read_only = off; COMMIT; "
+                      "INSERT INTO projects (name, created_at) VALUES ('x', '2020-01-01')",
+                      "SELECT 1; DELETE FROM run_marks"):
         with pytest.raises(Exception, match="refused|read-only|readonly"):
             store.sql(statement)
     assert snapshot(store) == before
