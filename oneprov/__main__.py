@@ -1,4 +1,5 @@
 """``python -m oneprov`` is the ``oneprov`` command."""
 from .cli import main
 
-main()
+if __name__ == "__main__":
+    main()

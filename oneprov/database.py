@@ -6,7 +6,7 @@ A database is named by a file path (SQLite, the default) or a SQLAlchemy URL suc
 start with ``BEGIN IMMEDIATE`` so that a transaction never fails half-way on a lock upgrade.
 
 >>> engine = create_engine(":memory:")
->>> upgrade(engine)
+>>> status = upgrade(engine)
 >>> schema_status(engine).current == head_revision()
 True
 """

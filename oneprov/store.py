@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import socket
 import sys
 import time
@@ -155,9 +156,9 @@ class Store:
             conn.execute(runs.insert().values(
                 id=run_id, project_id=project_id, label=label, status="running", started_at=utcnow(),
                 user_name=_user(), host=socket.gethostname(), pid=os.getpid(),
-                command=" ".join(sys.argv)[:4000], versions=json.dumps(versions),
+                command=scrub_credentials(" ".join(sys.argv))[:4000], versions=json.dumps(versions),
                 cache_dir=str(cache_dir) if cache_dir is not None else None,
-                base_url=base_url, revision_cutoff=revision_cutoff,
+                base_url=scrub_credentials(base_url) if base_url else None, revision_cutoff=revision_cutoff,
             ))
         return run_id
 
@@ -527,6 +528,20 @@ class Store:
             run_id=run_id, kind=kind, path=str(path), rows=rows, bytes=path.stat().st_size,
             sha256=tables.file_sha256(path), params=json.dumps(params or {}, default=str, sort_keys=True),
             created_at=utcnow()))
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*):[^@\s]*@")
+_SECRET_OPTION = re.compile(r"(?i)(--?(?:password|passwd|token|secret)[= ])\S+|((?:password|token|secret)=)[^&\s]+")
+
+
+def scrub_credentials(text: str) -> str:
+    """Hide passwords and tokens in a command line or URL before it is stored or logged.
+
+    >>> scrub_credentials("analysis.py --db postgresql://me:s3cret@host/db --token abc")
+    'analysis.py --db postgresql://me:***@host/db --token ***'
+    """
+    text = _URL_PASSWORD.sub(r"\1:***@", text)
+    return _SECRET_OPTION.sub(lambda m: (m.group(1) or m.group(2)) + "***", text)
 
 
 def _state_of(param: str) -> sa.ScalarSelect:

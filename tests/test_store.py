@@ -252,3 +252,12 @@ def test_two_stores_share_one_file(tmp_path, repo):
     two.record_access(run, [{"method": "load_dataset", "outcome": "loaded", "dataset_id": repo.revised_id}])
     assert one.loaded_ids() == [repo.revised_id]
     one.close(), two.close()
+
+
+def test_credentials_never_reach_the_database(store, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["analysis.py", "--db", "postgresql+psycopg://me:s3cret@db.lab/prov",
+                                     "--token", "abc123"])
+    run = store.start_run(base_url="https://me:pw@alyx.example.org")
+    row = store.sql("SELECT command, base_url FROM runs WHERE id = :r", {"r": run}).iloc[0]
+    assert "s3cret" not in row.command and "abc123" not in row.command and "me:***@" in row.command
+    assert "pw" not in row.base_url
