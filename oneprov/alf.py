@@ -129,15 +129,16 @@ def name_parts(name: str) -> dict[str, str | None]:
     return {k: (m[k] if m else None) for k in keys}
 
 
-def _pattern(value: object, wildcards: bool) -> str:
+def _pattern(value: object, wildcards: bool, *, file_name: bool = False) -> str:
     """One regex alternative for a value or list of values (globs when ``wildcards``)."""
     alternatives = []
     for v in ensure_list(value):
         v = str(v)
         if wildcards:
-            # A glob: * matches anything, except a leading * which stays inside one path part.
+            # A glob: * matches anything (across folders, as in ONE: collection='*probe01'),
+            # except a leading * of a file name, which stays inside the name.
             out = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in v)
-            out = ("[^/]*" + out[2:]) if out.startswith(".*") else out
+            out = ("[^/]*" + out[2:]) if file_name and out.startswith(".*") else out
         else:
             out = v.removesuffix("$")
         alternatives.append(f"(?:{out})")
@@ -148,7 +149,7 @@ def _name_pattern(filename: object, wildcards: bool) -> str:
     if filename is None:
         return r"[^/]+"
     if not isinstance(filename, dict):
-        return _pattern(filename, wildcards)
+        return _pattern(filename, wildcards, file_name=True)
     parts = {k: v for k, v in filename.items() if v is not None}
     unknown = set(parts) - {"namespace", "object", "attribute", "timescale", "extra", "extension"}
     if unknown:

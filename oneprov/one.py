@@ -5,11 +5,15 @@ search and list is a query with the rows it returned, every load attempt an acce
 outcome. Each call is one transaction, committed before the call returns. A run is started by the
 first recorded call and closed at exit ('finished', or 'failed' when an exception ends the process).
 
->>> from oneprov import ONE                                        # doctest: +SKIP
->>> one = ONE(cache_dir="/data/alf", mode="local")                 # doctest: +SKIP
->>> one.record_loaded = True                                       # doctest: +SKIP
->>> trials = one.load_object("KS023/2019-12-10/001", "trials")    # doctest: +SKIP
->>> one.save_loaded_ids()                                          # doctest: +SKIP
+>>> import tempfile
+>>> from oneprov.synthetic import make_repository
+>>> repo = make_repository(tempfile.mkdtemp())          # a small ALF tree with ONE cache tables
+>>> one = ONE(cache_dir=repo.root, mode="local")
+>>> one.record_loaded = True
+>>> trials = one.load_object(repo.eid, "trials")
+>>> ids, path = one.save_loaded_ids()
+>>> path.name.endswith("_loaded_dataset_uuids.csv")
+True
 
 Deliberate differences from one-api are listed in the README ("Differences from ONE").
 """
@@ -250,8 +254,7 @@ class ONE:
         """The local session folder of an eid (a list for a list of eids)."""
         if isinstance(eid, (list, tuple)):
             return [self.eid2path(e) for e in eid]
-        eid = self.to_eid(eid)
-        rows = self._catalog.sessions(ids=[eid]) if eid else pd.DataFrame()
+        rows = self._catalog.sessions(ids=[self._eid(eid)])  # ValueError for a bad id, as in ONE
         if rows.empty:
             return None
         return self._session_folder(rows.iloc[0])
@@ -492,8 +495,9 @@ class ONE:
         found = pd.concat([r for r in chosen if len(r)]) if any(len(r) for r in chosen) else None
         paths = iter(self._fetch("load_datasets", found, check_hash=check_hash, download_only=download_only,
                                  requested_revision=None) if found is not None else [])
-        records = iter(_ones_dataset_frame(found, keep_eid=True).reset_index().to_dict("records", into=Bunch)
-                       if found is not None else [])
+        records = iter(_ones_dataset_frame(found, keep_eid=True).reset_index()
+                       .assign(revision=found["revision"].to_numpy())  # ONE's records carry the revision
+                       .to_dict("records", into=Bunch) if found is not None else [])
         out_paths, out_records = [], []
         for rows in chosen:
             if len(rows):
@@ -523,8 +527,10 @@ class ONE:
         revision = self._requested_revision(revision)
         rows = self._select(eid, {"object": object, **kwargs}, collection, revision, unique=False, strict=False)
         if len(rows) == 0:
+            known = len(self._list(eid, collection=collection)[1]) > 0  # ONE: ALFError for an absent collection
             self._refuse("load_collection", "not_found", eid, f"{collection}/{object or '*'}", revision,
-                         ALFObjectNotFound(object or collection))
+                         ALFObjectNotFound(object or collection) if known
+                         else ALFError(f"{collection} not found for session {eid}"))
         paths = self._fetch("load_collection", rows, check_hash=check_hash, download_only=download_only,
                             requested_revision=revision)
         present = [(p, n) for p, n in zip(paths, rows["name"]) if p is not None]
@@ -558,7 +564,8 @@ One = ONE
 
 
 def _autocomplete(term: str) -> str:
-    """The search term a (unique prefix of a) name stands for."""
+    """The search term a (unique prefix of a) name stands for, in any case as in ONE."""
+    term = term.casefold()
     aliases = {"dataset": "datasets", "lab": "laboratory", "date": "date_range", "project": "projects",
                "task": "task_protocol"}
     if term in SEARCH_TERMS:
