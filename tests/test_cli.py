@@ -113,3 +113,22 @@ def test_help_explains():
     for command in ("db", "import-cache", "runs", "export", "sql", "demo"):
         assert command in out
     assert "read-only" in oneprov("sql", "--help").stdout
+
+
+def test_export_per_scope_and_label(tmp_path, repo):
+    cache = tmp_path / "cache"
+    import shutil
+    shutil.copytree(repo.root, cache)
+    from oneprov import ONE
+    db = tmp_path / "p.sqlite"
+    one = ONE(cache_dir=cache, db=db, label="paper-v2")
+    with one.scope("figure3"):
+        one.load_dataset(repo.eid, "spikes.times.npy")
+    one.load_dataset(repo.eid, "probes.description")
+    one.close()
+    fig3 = tmp_path / "figure3_dataset_uuids.csv"
+    oneprov("export", "loaded-ids", "--scope", "figure3", "-o", str(fig3), db=db)
+    assert fig3.read_text().splitlines() == ["dataset_uuid", repo.revised_id]
+    everything = tmp_path / "paper.csv"
+    oneprov("export", "loaded-ids", "--label", "paper-v2", "-o", str(everything), db=db)
+    assert len(everything.read_text().splitlines()) == 3
