@@ -107,7 +107,7 @@ def last_before(
     """
     stmt = last_before_select(conn.dialect.name, revision, qc=qc, ignore_qc_not_set=ignore_qc_not_set,
                               where=where, strict=strict)
-    frame = pd.DataFrame(conn.execute(stmt).mappings().all(), columns=[*COLUMNS, "n_default"])
+    frame = pd.DataFrame([tuple(r) for r in conn.execute(stmt).fetchall()], columns=[*COLUMNS, "n_default"])
     if revision is None and strict and (frame["n_default"] > 1).any():
         bad = frame[frame["n_default"] > 1]
         first = bad.iloc[0]

@@ -435,8 +435,7 @@ class Store:
 
     def _frame(self, stmt: sa.Select, params: dict | None = None) -> pd.DataFrame:
         with self.reading() as conn:
-            result = conn.execute(stmt, params or {})
-            return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+            return result_frame(conn.execute(stmt, params or {}))
 
     def sql(self, query: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Run one read-only SQL query and return its rows; writes are refused.
@@ -542,6 +541,15 @@ def scrub_credentials(text: str) -> str:
     """
     text = _URL_PASSWORD.sub(r"\1:***@", text)
     return _SECRET_OPTION.sub(lambda m: (m.group(1) or m.group(2)) + "***", text)
+
+
+def result_frame(result: sa.CursorResult) -> pd.DataFrame:
+    """A DataFrame of a result's rows.
+
+    Rows become plain tuples first: pandas probes each SQLAlchemy Row for array attributes, and
+    every probe raises inside SQLAlchemy (about 8x slower).
+    """
+    return pd.DataFrame([tuple(row) for row in result.fetchall()], columns=list(result.keys()))
 
 
 def _state_of(param: str) -> sa.ScalarSelect:
