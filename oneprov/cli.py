@@ -107,6 +107,38 @@ def db_check(db: str | None) -> None:
     click.echo("ok")
 
 
+@db.command("grant")
+@click.option("--role", required=True, help="An existing PostgreSQL role (creating roles is the administrator's job).")
+@click.option("--kind", type=click.Choice(["client", "auditor"]), required=True,
+              help="client: read, record, import (no DDL, no change to the history); auditor: read only.")
+@click.option("--dry-run", is_flag=True, help="Print the SQL statements without running them.")
+@db_option
+@friendly_errors
+def db_grant(role: str, kind: str, dry_run: bool, db: str | None) -> None:
+    """Give an existing PostgreSQL ROLE exactly the privileges of a client or an auditor.
+
+    Run it as the owner of the tables (the role that ran `oneprov db upgrade`), and again after an
+    upgrade. It replaces the role's privileges on oneprov's tables. PostgreSQL only.
+    """
+    if not db:
+        raise DatabaseError(database.NO_DATABASE)
+    if database.database_url(db).get_backend_name() == "sqlite":   # refused before SQLite could make a file
+        from .roles import NOT_POSTGRESQL
+        raise DatabaseError(NOT_POSTGRESQL.format(where=database.redact(db)))
+    engine = database.create_engine(db)
+    try:
+        result = database.grant(engine, role, kind, dry_run=dry_run)
+    finally:
+        engine.dispose()
+    if dry_run:
+        click.echo("\n".join(result.statements))
+        return
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"role {role!r} has the privileges of a oneprov {kind} on {database.redact(engine.url)} "
+               f"({len(result.statements)} statements)")
+
+
 # -- import, runs -----------------------------------------------------------------------------
 
 @main.command("import-cache")

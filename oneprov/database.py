@@ -284,6 +284,7 @@ def upgrade(engine: Engine, target: str = "head", *, script_location: str | os.P
         status = _status(conn)  # again, under the lock: another process may have done it
         _refuse_unknown(status, engine)
         if not (target == "head" and status.up_to_date) or script_location is not None:
+            require_migration_rights(conn, status, engine)
             command.upgrade(alembic_config(conn, script_location), target)
     return schema_status(engine)
 
@@ -352,7 +353,7 @@ def _run_one_statement(conn: Connection, query: str, params: dict) -> tuple[list
     """``(columns, rows)`` of one statement; ``columns`` is None when it returns no rows."""
     if conn.dialect.name != "postgresql":
         result = conn.execute(sa.text(query), params)   # sqlite3 itself refuses several statements
-        return (list(result.keys()), result.fetchall()) if result.returns_rows else (None, [])
+        return (list(result.keys()), [tuple(r) for r in result.fetchall()]) if result.returns_rows else (None, [])
     compiled = sa.text(query).compile(dialect=conn.dialect)
     bound = {**compiled.params, **params}
     with conn.connection.driver_connection.cursor() as cursor:
@@ -383,3 +384,37 @@ def check(db: str | os.PathLike | URL | None) -> list[str]:
     finally:
         engine.dispose()
     return problems
+
+
+def require_migration_rights(conn: Connection, status: SchemaStatus, engine: Engine) -> None:
+    """Refuse, saying what to do, a migration that this PostgreSQL role may not run.
+
+    On a shared PostgreSQL only the owner of the tables migrates (see :mod:`oneprov.roles`); a
+    client or auditor that finds the schema out of date is told to have the owner upgrade it,
+    instead of failing half-way on a missing privilege.
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    where = redact(engine.url)
+    if status.current is None:
+        me, can_create = conn.execute(sa.text(
+            "SELECT current_user, has_schema_privilege(current_schema(), 'CREATE')")).one()
+        if not can_create:
+            raise DatabaseError(f"database {where} has no oneprov schema yet and role {me!r} cannot create tables "
+                                "in it: the owner must run `oneprov db upgrade` first. Nothing was changed.")
+        return
+    row = conn.execute(sa.text(
+        "SELECT current_user AS me, tableowner AS owner, pg_has_role(current_user, tableowner, 'USAGE') AS ok "
+        "FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'alembic_version'")).first()
+    if row is not None and not row.ok:
+        raise DatabaseError(
+            f"database {where} is at schema version {status.current} and this oneprov needs {status.head}, but "
+            f"role {row.me!r} cannot migrate it (the tables belong to {row.owner!r}): the owner must run "
+            f"`oneprov db upgrade` as {row.owner!r}. Nothing was changed.")
+
+
+def grant(engine: Engine, role: str, kind: str, *, dry_run: bool = False):
+    """Give an existing PostgreSQL role the privileges of a 'client' or an 'auditor' (see :mod:`oneprov.roles`)."""
+    from .roles import grant as grant_role
+
+    return grant_role(engine, role, kind, dry_run=dry_run)

@@ -1,0 +1,167 @@
+"""The history is append-only in the database itself: plain SQL cannot change or delete it.
+
+Migration 0003: triggers on SQLite, trigger functions on PostgreSQL. Every refused statement is an
+IntegrityError that names the table, and leaves every row as it was.
+"""
+from __future__ import annotations
+
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+
+from oneprov import exports
+from oneprov.schema import metadata
+
+ALL_TABLES = sorted(metadata.tables)
+HISTORY = ["access_events", "dataset_history", "query_sessions", "query_datasets", "run_marks", "exports"]
+NEVER_DELETED = ["runs", "sessions", "datasets", "queries"]
+
+
+def snapshot(engine) -> dict[str, list]:
+    with engine.connect() as conn:
+        return {t: sorted(map(tuple, conn.execute(sa.text(f"SELECT * FROM {t}")).fetchall()), key=repr)
+                for t in ALL_TABLES}
+
+
+def refused(engine, statement: str, params: dict | None = None) -> str:
+    """Run ``statement`` in its own transaction; it must fail as append-only. Return the message."""
+    with pytest.raises(sa.exc.IntegrityError) as err:
+        with engine.begin() as conn:
+            conn.execute(sa.text(statement), params or {})
+    message = str(err.value.orig)
+    assert "oneprov:" in message and ("append-only" in message or "never deleted" in message), message
+    return message
+
+
+@pytest.fixture
+def recorded(store, repo, tmp_path):
+    """A store after an import (twice, the second with a changed row), a run with a query, loads,
+    a mark and an export, all through the Store API."""
+    folder = tmp_path / "tables"
+    folder.mkdir()
+    for name in ("sessions.pqt", "datasets.pqt"):
+        shutil.copy(repo.root / name, folder / name)
+    store.import_cache(folder)
+    table = pq.read_table(folder / "datasets.pqt")
+    frame = table.to_pandas()
+    frame["qc"] = frame["qc"].astype(str)
+    frame.iloc[0, frame.columns.get_loc("qc")] = "CRITICAL"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=True).replace_schema_metadata(table.schema.metadata),
+                   folder / "datasets.pqt")
+    assert store.import_cache(folder).changed == 1           # updates datasets, appends history
+
+    run = store.start_run("paper", label="fig1")
+    ids = sorted(repo.datasets["id"].tolist()[:3])
+    store.record_query(run, "search", {"subject": "x"}, session_ids=[repo.eid], dataset_ids=ids)
+    store.record_access(run, [{"method": "load_dataset", "outcome": "loaded", "dataset_id": i} for i in ids])
+    store.mark(run, "clear_list")
+    exports.export_loaded_ids(store, tmp_path, run=run)
+    store.finish_run(run)                                     # updates the run's status
+    counts = {t: len(rows) for t, rows in snapshot(store.engine).items()}
+    assert all(counts[t] > 0 for t in HISTORY + NEVER_DELETED), counts
+    return store
+
+
+def test_store_api_works_with_the_triggers(recorded):
+    runs = recorded.runs()
+    assert runs.status.tolist() == ["finished"] and runs.loads.tolist() == [3]
+    imports = recorded.sql("SELECT n_sessions, n_datasets, duration_s FROM queries WHERE method = 'import_cache'")
+    assert len(imports) == 2 and imports.notna().all().all()  # the totals were filled in after each import
+
+
+PLAIN_SQL = [
+    "UPDATE access_events SET outcome = 'x'",
+    "DELETE FROM access_events",
+    "DELETE FROM access_events WHERE id = (SELECT MIN(id) FROM access_events)",
+    "UPDATE dataset_history SET qc = 'PASS'",
+    "DELETE FROM dataset_history",
+    "UPDATE query_datasets SET state_id = NULL",
+    "DELETE FROM query_datasets",
+    "UPDATE query_sessions SET session_id = '00000000-0000-0000-0000-000000000000'",
+    "DELETE FROM query_sessions",
+    "UPDATE run_marks SET kind = 'x'",
+    "DELETE FROM run_marks",
+    "UPDATE exports SET sha256 = 'x'",
+    "DELETE FROM exports",
+    "UPDATE queries SET method = 'x'",
+    "UPDATE queries SET id = id + 1000",
+    "UPDATE queries SET params = '{}', n_datasets = n_datasets",
+    "UPDATE queries SET n_datasets = n_datasets + 1",        # already filled in: fixed
+    "UPDATE queries SET duration_s = 0",
+    "DELETE FROM queries",
+    "DELETE FROM runs",
+    "DELETE FROM sessions",
+    "DELETE FROM datasets",
+]
+
+
+@pytest.mark.parametrize("statement", PLAIN_SQL)
+def test_plain_sql_cannot_change_or_delete_history(recorded, statement):
+    before = snapshot(recorded.engine)
+    message = refused(recorded.engine, statement)
+    table = statement.replace("DELETE FROM", "UPDATE").split()[1]
+    assert table in message
+    assert snapshot(recorded.engine) == before
+
+
+def test_each_back_ends_own_ways_to_overwrite_are_refused(recorded):
+    """PostgreSQL: TRUNCATE and ON CONFLICT DO UPDATE. SQLite: INSERT OR REPLACE, which deletes the
+    old row without firing DELETE triggers (a BEFORE INSERT trigger refuses an existing key), and
+    ``rowid``, another name of an INTEGER PRIMARY KEY."""
+    engine = recorded.engine
+    before = snapshot(engine)
+    if recorded.dialect == "postgresql":
+        for table in HISTORY + NEVER_DELETED:
+            refused(engine, f"TRUNCATE {table} CASCADE")
+        refused(engine, "INSERT INTO access_events (id, run_id, event_time, method, outcome) "
+                        "SELECT id, run_id, event_time, method, outcome FROM access_events "
+                        "ON CONFLICT (id) DO UPDATE SET outcome = 'x'")
+    else:
+        refused(engine, "INSERT OR REPLACE INTO access_events (id, run_id, event_time, method, outcome) "
+                        "SELECT id, run_id, event_time, method, 'x' FROM access_events")
+        refused(engine, "REPLACE INTO query_datasets (query_id, dataset_id, state_id) "
+                        "SELECT query_id, dataset_id, NULL FROM query_datasets LIMIT 1")
+        refused(engine, "INSERT OR REPLACE INTO queries (id, method, started_at) "
+                        "SELECT id, 'x', started_at FROM queries LIMIT 1")
+        refused(engine, "UPDATE queries SET rowid = rowid + 1000")   # the id, by its other name
+    assert snapshot(engine) == before
+
+
+def test_current_state_is_still_updated_in_place(recorded):
+    engine = recorded.engine
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE datasets SET qc = 'PASS'"))
+        conn.execute(sa.text("UPDATE sessions SET lab = 'renamed'"))
+        conn.execute(sa.text("UPDATE runs SET label = 'relabelled'"))
+    assert set(recorded.sql("SELECT qc FROM datasets").qc) == {"PASS"}
+
+
+def test_query_totals_are_filled_in_once(recorded):
+    engine = recorded.engine
+    with engine.begin() as conn:
+        qid = conn.execute(sa.text("INSERT INTO queries (method, started_at) VALUES ('import_cache', '2026-01-01') "
+                                   "RETURNING id")).scalar_one()
+    fill = "UPDATE queries SET n_sessions = :n, n_datasets = 2, duration_s = 0.5 WHERE id = :id"
+    with engine.begin() as conn:
+        conn.execute(sa.text(fill), {"n": 1, "id": qid})
+        conn.execute(sa.text(fill), {"n": 1, "id": qid})      # the same values again: no change
+        conn.execute(sa.text("UPDATE queries SET error = 'late' WHERE id = :id"), {"id": qid})
+    refused(engine, fill, {"n": 7, "id": qid})
+    refused(engine, "UPDATE queries SET error = 'changed' WHERE id = :id", {"id": qid})
+    refused(engine, "UPDATE queries SET n_sessions = NULL WHERE id = :id", {"id": qid})
+    row = recorded.sql("SELECT n_sessions, n_datasets, duration_s, error FROM queries WHERE id = :id", {"id": qid})
+    assert row.iloc[0].tolist() == [1, 2, 0.5, "late"]
+
+
+def test_new_rows_are_still_appended(recorded):
+    before = snapshot(recorded.engine)
+    run = recorded.resolve_run("last")
+    with recorded.engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO run_marks (run_id, marked_at, kind) VALUES (:r, '2026-01-01', 'note')"),
+                     {"r": run})
+    after = snapshot(recorded.engine)
+    assert len(after["run_marks"]) == len(before["run_marks"]) + 1
+    assert set(before["run_marks"]) <= set(after["run_marks"])
