@@ -11,15 +11,16 @@ True
 from __future__ import annotations
 
 import datetime as dt
+from functools import lru_cache
 from typing import Any, Iterable
 
 import pandas as pd
 import sqlalchemy as sa
 
 from . import alf
-from .revisions import qc_names_up_to
+from .revisions import chosen_ids, qc_names_up_to
 from .schema import datasets, query_datasets, query_sessions, sessions
-from .store import Store
+from .store import Store, result_frame
 
 SESSION_COLUMNS = ["id", "lab", "subject", "date", "number", "task_protocol", "projects"]
 DATASET_COLUMNS = ["id", "session_id", "rel_path", "collection", "revision", "name", "file_size", "hash",
@@ -82,13 +83,20 @@ class Catalog:
             stmt = stmt.where(sessions.c.number.in_([int(n) for n in alf.ensure_list(number)]))
         if datasets is not None or dataset_qc_lte is not None:
             stmt = stmt.where(sessions.c.id.in_(self._sessions_with(datasets, dataset_qc_lte or "FAIL")))
-        frame = self.store._frame(stmt)
+        regex_terms = []
         for column, value in (("subject", subject), ("lab", lab), ("projects", projects),
                               ("task_protocol", task_protocol)):
-            if value is not None and len(frame):
-                query = "|".join(str(v) for v in alf.ensure_list(value))
-                text = frame[column].astype("string").fillna("")
-                frame = frame[text.str.contains(query, regex=wildcards).fillna(False).astype(bool)]
+            if value is None:
+                continue
+            values = [str(v) for v in alf.ensure_list(value)]
+            if wildcards and any(_REGEX_CHARS.intersection(v) for v in values):
+                regex_terms.append((column, "|".join(values)))   # a regex: matched in pandas below
+            else:                                                # substrings: matched in SQL
+                stmt = stmt.where(sa.or_(*(_contains(self.store.dialect, sessions.c[column], v) for v in values)))
+        frame = self.store._frame(stmt)
+        for column, query in regex_terms:
+            text = frame[column].astype("string").fillna("")
+            frame = frame[text.str.contains(query, regex=True).fillna(False).astype(bool)]
         return frame.sort_values(["date", "subject", "number"], ascending=False).reset_index(drop=True)
 
     def _sessions_with(self, names: Any, qc: str | int) -> sa.Select:
@@ -114,22 +122,53 @@ class Catalog:
     def datasets(self, eid: str | None = None, *, qc: str | int = "FAIL", ignore_qc_not_set: bool = False,
                  ids: Iterable[str] | None = None) -> pd.DataFrame:
         """The catalog's dataset rows passing QC, of one session or all, ordered by rel_path."""
-        stmt = self._dataset_rows().where(datasets.c.qc.in_(qc_names_up_to(qc, ignore_qc_not_set)))
+        params: dict[str, Any] = {"query_id": self._query_param(), "qc": qc_names_up_to(qc, ignore_qc_not_set)}
         if eid is not None:
-            stmt = stmt.where(datasets.c.session_id == eid)
+            params["eid"] = eid
         if ids is not None:
-            stmt = stmt.where(datasets.c.id.in_(list(ids)))
-        return self.store._frame(stmt.order_by(datasets.c.session_id, datasets.c.rel_path))
+            params["ids"] = list(ids)
+        with self.store.reading() as conn:
+            return result_frame(conn.execute(_datasets_statement(eid is not None, ids is not None), params))
+
+    def dataset_rows(self, eid: str) -> list:
+        """One session's dataset rows passing ONE's default QC filter, as plain rows (the load path)."""
+        params = {"query_id": self._query_param(), "qc": qc_names_up_to("FAIL"), "eid": eid}
+        with self.store.reading() as conn:
+            return conn.execute(_datasets_statement(True, False), params).fetchall()
+
+    def _query_param(self) -> int:
+        return self.query_id if self.query_id is not None else -1
 
     def dataset(self, dataset_id: str) -> pd.DataFrame:
         """The row(s) of one dataset id, whatever its QC."""
         return self.store._frame(self._dataset_rows().where(datasets.c.id == dataset_id))
 
-    def choose(self, ids: list[str], revision: str | None, *, strict: bool = True) -> pd.DataFrame:
-        """The revision ONE would load among the given dataset rows (SQL, see revisions.py)."""
-        if not ids:
-            return pd.DataFrame(columns=["dataset_uuid"])
-        return self.store.datasets_last_before(revision, qc="CRITICAL", ids=ids, strict=strict)
+    def choose(self, ids: list[str], revision: str | None, *, strict: bool = True) -> list[str]:
+        """The ids of the revisions ONE would load among the given dataset rows (SQL, see revisions.py)."""
+        with self.store.reading() as conn:
+            return chosen_ids(conn, ids, revision, strict=strict)
+
+
+_REGEX_CHARS = set("^$*+?()[]{}|\\.")
+
+
+def _contains(dialect: str, column: sa.ColumnElement, text: str) -> sa.ColumnElement[bool]:
+    """Case-sensitive substring test (SQLite's LIKE ignores case, ONE's search does not)."""
+    return (sa.func.strpos(column, text) if dialect == "postgresql" else sa.func.instr(column, text)) > 0
+
+
+@lru_cache(maxsize=8)
+def _datasets_statement(one_session: bool, some_ids: bool) -> sa.Select:
+    """The catalog's dataset rows passing QC (bound: query_id, qc, eid, ids), built once."""
+    q = query_datasets.c
+    stmt = (sa.select(*(datasets.c[c] for c in DATASET_COLUMNS))
+            .join(query_datasets, q.dataset_id == datasets.c.id)
+            .where(q.query_id == sa.bindparam("query_id"), datasets.c.qc.in_(sa.bindparam("qc", expanding=True))))
+    if one_session:
+        stmt = stmt.where(datasets.c.session_id == sa.bindparam("eid"))
+    if some_ids:
+        stmt = stmt.where(datasets.c.id.in_(sa.bindparam("ids", expanding=True)))
+    return stmt.order_by(datasets.c.session_id, datasets.c.rel_path)
 
 
 def date_bounds(date_range: Any) -> tuple[dt.date | None, dt.date | None]:

@@ -99,6 +99,7 @@ class ONE:
         self._scope: str | None = None
         self._lock = threading.RLock()
         self._catalog = Catalog(self.store, None)
+        self._folders: dict[str, Path] = {}   # eid -> session folder, for the current catalog
         self.load_cache(self._tables_dir)
 
     def __repr__(self) -> str:
@@ -182,10 +183,12 @@ class ONE:
         result = self.store.import_cache(folder)
         self._tables_dir = folder
         self._catalog = Catalog(self.store, result.query_id)
+        self._folders = {}
 
     def reset_cache(self) -> None:
         """Forget the loaded tables (the client then sees nothing); records and the list remain."""
         self._catalog = Catalog(self.store, None)
+        self._folders = {}
 
     def save_cache(self, save_dir: str | os.PathLike | None = None, clobber: bool = False) -> dict[str, Path]:
         """Write the client's tables as ONE-format ``sessions.pqt``/``datasets.pqt``.
@@ -265,10 +268,12 @@ class ONE:
             raise BadInputError(f"session {row.id} has a path outside the cache folder: {folder}")
         return folder
 
-    def _file(self, row: Any, folders: dict[str, Path]) -> Path:
-        folder = folders.get(row.session_id)
+    def _file(self, row: Any) -> Path:
+        """The local file of a dataset row (session folders are looked up once per catalog)."""
+        folder = self._folders.get(row.session_id)
         if folder is None:
-            folder = folders[row.session_id] = self.eid2path(row.session_id) or self.cache_dir / "__unknown_session__"
+            folder = self.eid2path(row.session_id) or self.cache_dir / "__unknown_session__"
+            self._folders[row.session_id] = folder
         return folder / row.rel_path
 
     # -- searching and listing --------------------------------------------------------------
@@ -367,25 +372,25 @@ class ONE:
         return revision if revision is not None else revision_cutoff()
 
     def _select(self, eid: str, filename: Any, collection: Any, revision: str | None, *,
-                unique: bool, strict: bool = True) -> pd.DataFrame:
-        """Rows of ``eid`` matching the name filters, then the revision ONE would load (SQL)."""
-        rows = self._catalog.datasets(eid)
-        pattern = alf.rel_path_regex(filename, collection, wildcards=self.wildcards)
-        rows = rows[alf.match_rel_paths(rows["rel_path"], pattern)] if len(rows) else rows
-        if unique and rows["collection"].nunique() > 1:
-            raise ALFMultipleCollectionsFound(", ".join(f'"{c}"' for c in sorted(set(rows["collection"]))))
-        chosen = self._catalog.choose(rows["id"].tolist(), revision, strict=strict)
-        if len(chosen) == 0:
-            return rows.iloc[0:0]
-        return rows.set_index("id").loc[chosen["dataset_uuid"]].reset_index()
+                unique: bool, strict: bool = True) -> list:
+        """Rows of ``eid`` matching the name filters, then the revision ONE would load (SQL).
 
-    def _fetch(self, method: str, rows: pd.DataFrame, *, check_hash: bool, download_only: bool,
+        Rows are plain result rows (attribute access), not DataFrames: this is every load's hot path.
+        """
+        pattern = alf.rel_path_regex(filename, collection, wildcards=self.wildcards)
+        rows = [r for r in self._catalog.dataset_rows(eid) if pattern.match(r.rel_path)]
+        collections = {r.collection for r in rows}
+        if unique and len(collections) > 1:
+            raise ALFMultipleCollectionsFound(", ".join(f'"{c}"' for c in sorted(collections)))
+        chosen = set(self._catalog.choose([r.id for r in rows], revision, strict=strict))
+        return [r for r in rows if r.id in chosen]
+
+    def _fetch(self, method: str, rows: list, *, check_hash: bool, download_only: bool,
                requested_revision: str | None) -> list[Path | None]:
         """Check each chosen file, record one event per dataset (one transaction), return the paths."""
-        folders: dict[str, Path] = {}
         paths, events = [], []
-        for row in rows.itertuples(index=False):
-            path = self._file(row, folders)
+        for row in rows:
+            path = self._file(row)
             status = files.check_file(path, row.file_size, row.hash, check_hash=check_hash)
             outcome = ("download_only" if download_only else "loaded") if status == "ok" else status
             events.append(self._event(method, outcome, row, requested_revision=requested_revision, path=path))
@@ -424,11 +429,11 @@ class ONE:
                          ALFObjectNotFound(f'Dataset "{dataset}" not found'))
         if len(rows) > 1:
             self._refuse("load_dataset", "ambiguous", eid, dataset, revision,
-                         ALFMultipleObjectsFound(", ".join(f'"{p}"' for p in rows["rel_path"])))
+                         ALFMultipleObjectsFound(", ".join(f'"{r.rel_path}"' for r in rows)))
         (path,) = self._fetch("load_dataset", rows, check_hash=check_hash, download_only=download_only,
                               requested_revision=revision)
         if path is None:
-            raise ALFObjectNotFound(f"Dataset not found: {rows['rel_path'].iloc[0]} is missing or altered on disk")
+            raise ALFObjectNotFound(f"Dataset not found: {rows[0].rel_path} is missing or altered on disk")
         return path if download_only else files.read_file(path)
 
     def load_object(self, eid: Any, obj: str, collection: str | None = None, revision: str | None = None,
@@ -440,12 +445,12 @@ class ONE:
         rows = self._select(eid, {"object": obj, **kwargs}, collection, revision, unique=False, strict=False)
         if len(rows) == 0:
             self._refuse("load_object", "not_found", eid, obj, revision, ALFObjectNotFound(obj))
-        objects = {alf.name_parts(n)["object"] or "" for n in rows["name"]}
+        objects = {alf.name_parts(r.name)["object"] or "" for r in rows}
         if len(objects) > 1:
             self._refuse("load_object", "ambiguous", eid, obj, revision, ALFMultipleObjectsFound(*sorted(objects)))
-        if rows["collection"].nunique() > 1:
-            self._refuse("load_object", "ambiguous", eid, obj, revision,
-                         ALFMultipleCollectionsFound(*sorted(set(rows["collection"]))))
+        collections = {r.collection for r in rows}
+        if len(collections) > 1:
+            self._refuse("load_object", "ambiguous", eid, obj, revision, ALFMultipleCollectionsFound(*sorted(collections)))
         paths = self._fetch("load_object", rows, check_hash=check_hash, download_only=download_only,
                             requested_revision=revision)
         present = [p for p in paths if p is not None]
@@ -481,7 +486,7 @@ class ONE:
             rev = rev if rel_paths else self._requested_revision(rev)
             rows = self._select(eid, name, coll, rev, unique=True)
             if len(rows) > 1:
-                raise ALFMultipleObjectsFound(", ".join(f'"{p}"' for p in rows["rel_path"]))
+                raise ALFMultipleObjectsFound(", ".join(f'"{r.rel_path}"' for r in rows))
             chosen.append(rows)
             if len(rows) == 0:
                 missing.append(self._event("load_datasets", "not_found", session_id=eid, rel_path=str(spec),
@@ -492,12 +497,13 @@ class ONE:
             if assert_present:
                 raise ALFObjectNotFound(message)
             warnings.warn(message, ALFWarning, stacklevel=2)
-        found = pd.concat([r for r in chosen if len(r)]) if any(len(r) for r in chosen) else None
+        found = [row for rows in chosen for row in rows]
         paths = iter(self._fetch("load_datasets", found, check_hash=check_hash, download_only=download_only,
-                                 requested_revision=None) if found is not None else [])
-        records = iter(_ones_dataset_frame(found, keep_eid=True).reset_index()
-                       .assign(revision=found["revision"].to_numpy())  # ONE's records carry the revision
-                       .to_dict("records", into=Bunch) if found is not None else [])
+                                 requested_revision=None))
+        frame = pd.DataFrame([tuple(r) for r in found], columns=list(found[0]._fields)) if found else None
+        records = iter(_ones_dataset_frame(frame, keep_eid=True).reset_index()
+                       .assign(revision=frame["revision"].to_numpy())  # ONE's records carry the revision
+                       .to_dict("records", into=Bunch) if found else [])
         out_paths, out_records = [], []
         for rows in chosen:
             if len(rows):
@@ -533,7 +539,7 @@ class ONE:
                          else ALFError(f"{collection} not found for session {eid}"))
         paths = self._fetch("load_collection", rows, check_hash=check_hash, download_only=download_only,
                             requested_revision=revision)
-        present = [(p, n) for p, n in zip(paths, rows["name"]) if p is not None]
+        present = [(p, r.name) for p, r in zip(paths, rows) if p is not None]
         if not present:
             raise ALFObjectNotFound(f'ALF collection "{collection}" not found on disk')
         if download_only:
@@ -550,7 +556,7 @@ class ONE:
         rows = self._catalog.dataset(did)
         if len(rows) == 0:
             self._refuse("load_dataset_from_id", "not_found", None, did, None, ALFObjectNotFound("Dataset not found"))
-        (path,) = self._fetch("load_dataset_from_id", rows, check_hash=check_hash, download_only=download_only,
+        (path,) = self._fetch("load_dataset_from_id", list(rows.itertuples(index=False)), check_hash=check_hash, download_only=download_only,
                               requested_revision=None)
         if path is None:
             raise ALFObjectNotFound("Dataset not found")

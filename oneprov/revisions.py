@@ -21,6 +21,7 @@ True
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Iterable
 
 import pandas as pd
@@ -31,7 +32,7 @@ from .alf import QC_LEVELS, qc_name
 from .errors import ALFMultipleRevisionsFound
 from .schema import datasets
 
-__all__ = ["ALFMultipleRevisionsFound", "COLUMNS", "last_before", "last_before_select", "qc_names_up_to"]
+__all__ = ["ALFMultipleRevisionsFound", "COLUMNS", "chosen_ids", "last_before", "last_before_select", "qc_names_up_to"]
 
 #: The columns every revision choice returns, in this order.
 COLUMNS = ["dataset_uuid", "session_uuid", "rel_path", "collection", "revision", "name", "qc",
@@ -107,17 +108,43 @@ def last_before(
     """
     stmt = last_before_select(conn.dialect.name, revision, qc=qc, ignore_qc_not_set=ignore_qc_not_set,
                               where=where, strict=strict)
-    frame = pd.DataFrame([tuple(r) for r in conn.execute(stmt).fetchall()], columns=[*COLUMNS, "n_default"])
-    if revision is None and strict and (frame["n_default"] > 1).any():
-        bad = frame[frame["n_default"] > 1]
-        first = bad.iloc[0]
-        revs = ", ".join(f'"{x}"' for x in bad[(bad.session_uuid == first.session_uuid)
-                                               & (bad.collection == first.collection)
-                                               & (bad.name == first["name"])].revision)
-        raise ALFMultipleRevisionsFound(
-            f"{'/'.join(filter(None, (first.collection, first['name'])))} of session {first.session_uuid} has several default revisions: {revs}")
+    rows = conn.execute(stmt).fetchall()
+    if revision is None and strict:
+        _refuse_several_defaults(rows)
+    frame = pd.DataFrame([tuple(r) for r in rows], columns=[*COLUMNS, "n_default"])
     frame = frame.drop(columns="n_default")
     for col in ("default_revision", "exists"):
         frame[col] = frame[col].astype("boolean") if frame[col].isna().any() else frame[col].astype(bool)
     frame["file_size"] = frame["file_size"].astype("Int64")
     return frame.reset_index(drop=True)
+
+
+def _refuse_several_defaults(rows: list) -> None:
+    """Raise ALFMultipleRevisionsFound for the first dataset with several default rows, as ONE does."""
+    bad = [r for r in rows if r.n_default > 1]
+    if bad:
+        first = bad[0]
+        key = (first.session_uuid, first.collection, first.name)
+        revs = ", ".join(f'"{r.revision}"' for r in bad if (r.session_uuid, r.collection, r.name) == key)
+        raise ALFMultipleRevisionsFound(f"{'/'.join(filter(None, (first.collection, first.name)))} of session "
+                                        f"{first.session_uuid} has several default revisions: {revs}")
+
+
+@lru_cache(maxsize=16)
+def _choice_statement(dialect: str, with_revision: bool, strict: bool) -> sa.Select:
+    """:func:`last_before_select` over bound dataset ids, built once (the client's hot path)."""
+    return last_before_select(dialect, sa.bindparam("revision") if with_revision else None, qc="CRITICAL",
+                              where=[datasets.c.id.in_(sa.bindparam("ids", expanding=True))], strict=strict)
+
+
+def chosen_ids(conn: Connection, ids: list[str], revision: str | None = None, *, strict: bool = True) -> list[str]:
+    """The ids ONE would load among the given dataset rows (QC already applied by the caller)."""
+    if not ids:
+        return []
+    params: dict = {"ids": list(ids)}
+    if revision is not None:
+        params["revision"] = revision
+    rows = conn.execute(_choice_statement(conn.dialect.name, revision is not None, strict), params).fetchall()
+    if revision is None and strict:
+        _refuse_several_defaults(rows)
+    return [r.dataset_uuid for r in rows]
