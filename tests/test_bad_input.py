@@ -224,3 +224,15 @@ def test_network_filesystem_warning(tmp_path):
         warnings.simplefilter("error")
         assert not warn_if_network(Path("/srv/provenance.sqlite"), mounts)
         open_store(tmp_path / "local.sqlite").close()            # a local disk: no warning
+
+
+def test_session_path_cannot_escape_the_cache_folder(repo, tmp_path):
+    from oneprov import tables
+    cache = shutil.copytree(repo.root, tmp_path / "cache")
+    sessions = tables.read_sessions(cache / "sessions.pqt")
+    sessions.loc[sessions["id"] == repo.eid, ["lab", "subject"]] = [None, "../../../../../../tmp/evil"]
+    tables.write_sessions(sessions, cache / "sessions.pqt", {"origin": "test"})
+    one = ONE(cache_dir=cache, db=tmp_path / "p.sqlite")
+    with pytest.raises(BadInputError, match="outside the cache folder"):
+        one.load_dataset(repo.eid, "spikes.times.npy")
+    assert one.store.sql("SELECT COUNT(*) AS n FROM access_events").n[0] == 0
