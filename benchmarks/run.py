@@ -713,7 +713,7 @@ def report(ctx: Context, info: dict[str, str], command: str, total_s: float) -> 
         lines += ["", "Notes:", "", *(f"- {n}" for n in ctx.notes)]
     missed = [r for r in ctx.rows if r.met is False]
     lines += ["", f"Targets met: {sum(r.met is True for r in ctx.rows)} of {sum(r.met is not None for r in ctx.rows)}"
-              + (f"; missed: " + "; ".join(f"{r.section}: {r.operation}" for r in missed) if missed else "") + "."]
+              + ("; missed: " + "; ".join(f"{r.section}: {r.operation}" for r in missed) if missed else "") + "."]
     if ctx.failures:
         lines += ["", "ERRORS:", "", *(f"- {f}" for f in ctx.failures)]
     return "\n".join(lines) + "\n"

@@ -11,7 +11,6 @@ table with its row count and sha256.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +19,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from . import tables
+from .files import write_atomically
 from .errors import BadInputError
 from .schema import access_events, dataset_history, datasets, queries, query_datasets, query_sessions, sessions
 from .store import Store
@@ -71,11 +71,11 @@ def export_loaded_ids(
     header = "session_uuid" if sessions_only else "dataset_uuid"
     data = (header + "\n" + "".join(f"{i}\n" for i in ids)).encode()
     if path is not None:
-        _write_atomic(target, data, overwrite=True)
+        write_atomically(target, lambda f: f.write(data))
     else:
         stamp, rest = target.name.split("_", 1)
         n = 1
-        while not _write_atomic(target, data, overwrite=False):
+        while not write_atomically(target, lambda f: f.write(data), overwrite=False):
             n += 1
             target = target.with_name(f"{stamp}-{n}_{rest}")
     with store.transaction() as conn:
@@ -83,30 +83,6 @@ def export_loaded_ids(
                             path=target, rows=len(ids), run_id=run,
                             params={"project": project, "label": label, "scope": scope, "since_clear": since_clear})
     return ids, target
-
-
-def _write_atomic(target: Path, data: bytes, *, overwrite: bool) -> bool:
-    """Write ``data`` to a temporary file beside ``target`` and move it into place.
-
-    Without ``overwrite`` the move is a hard link that fails if ``target`` exists: returns False.
-    """
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, target)
-            return True
-        try:
-            os.link(tmp, target)
-        except FileExistsError:
-            return False
-        return True
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def cache_frames(store: Store, run: str | None = None, query: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:

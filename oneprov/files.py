@@ -16,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -77,3 +78,37 @@ def read_file(path: Path) -> Any:
         with open(path) as f:
             return [json.loads(line) for line in f if line.strip()]
     return path
+
+
+def write_atomically(path: Path, write: Callable[[IO[bytes]], None], *, overwrite: bool = True) -> bool:
+    """Write a file through ``write(f)`` into a temporary file beside ``path``, fsync it, move it in place.
+
+    Readers never see a partial file; on any error (a full disk...) the temporary file is removed
+    and the error propagates, leaving a previous ``path`` untouched. The temporary name starts with
+    '.' and ends in '.tmp' (ONE loads every ``*.pqt`` of a folder). Without ``overwrite`` the move
+    is a hard link that fails when ``path`` exists: then nothing is written and False is returned.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:  # make the rename itself durable; not possible on every platform
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    return True

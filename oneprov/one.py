@@ -331,26 +331,23 @@ class ONE:
     def list_collections(self, eid: Any = None, filename=None, collection=None, revision=None,
                          details: bool = False, query_type: str | None = None):
         """The collections of a session's datasets (a dict of tables with ``details``)."""
-        started = time.perf_counter()
-        eid, rows = self._list(eid, filename, collection, revision)
-        self._record_query("list_collections", {"eid": eid, "filename": filename, "collection": collection,
-                                                "revision": revision}, started,
-                           session_ids=[eid] if eid else (), dataset_ids=rows["id"])
-        if details:
-            return {c: _ones_dataset_frame(g, keep_eid=False) for c, g in rows.groupby("collection")}
-        return list(dict.fromkeys(rows["collection"]))
+        return self._list_by("collection", eid, filename, collection, revision, details)
 
     def list_revisions(self, eid: Any = None, filename=None, collection=None, revision=None,
                        details: bool = False, query_type: str | None = None):
         """The revisions of a session's datasets ('' for unrevised; a dict of tables with ``details``)."""
+        return self._list_by("revision", eid, filename, collection, revision, details)
+
+    def _list_by(self, column: str, eid: Any, filename, collection, revision, details: bool):
+        """``list_collections``/``list_revisions``: the distinct values of ``column``, recorded."""
         started = time.perf_counter()
         eid, rows = self._list(eid, filename, collection, revision)
-        self._record_query("list_revisions", {"eid": eid, "filename": filename, "collection": collection,
-                                              "revision": revision}, started,
+        self._record_query(f"list_{column}s", {"eid": eid, "filename": filename, "collection": collection,
+                                               "revision": revision}, started,
                            session_ids=[eid] if eid else (), dataset_ids=rows["id"])
         if details:
-            return {r: _ones_dataset_frame(g, keep_eid=False) for r, g in rows.groupby("revision")}
-        return list(dict.fromkeys(rows["revision"]))
+            return {value: _ones_dataset_frame(group, keep_eid=False) for value, group in rows.groupby(column)}
+        return list(dict.fromkeys(rows[column]))
 
     def get_details(self, eid: Any, full: bool = False):
         """A session's record (a Series); with ``full``, its datasets joined with it."""

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from . import database, revisions, tables
 from .alf import check_uuid
-from .errors import BadInputError, DatabaseError, OneprovError
+from .errors import BadInputError, DatabaseError
 from .schema import (
     SUCCESS_OUTCOMES, access_events, dataset_history, datasets, exports, projects, queries,
     query_datasets, query_sessions, revisions as revisions_table, run_marks, runs, sessions,

@@ -30,7 +30,6 @@ import datetime
 import hashlib
 import json
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -42,6 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .alf import QC_ORDER, check_uuid, check_uuids, qc_name, split_rel_path, split_rel_paths
+from .files import write_atomically
 from .errors import BadInputError
 
 __all__ = [
@@ -552,31 +552,9 @@ def _clean_text(values: pd.Series) -> pd.Series:
 
 
 def _write_atomically(table: pa.Table, path: Path) -> WrittenTable:
-    """Write ``table`` to a temporary file next to ``path``, fsync it, then rename it over ``path``.
-
-    The temporary name ends in ``.tmp`` so that ONE (which loads every ``*.pqt``) never sees a
-    partial table. On any error the temporary file is removed and the error propagates unchanged.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            pq.write_table(table, f)
-            f.flush()
-            os.fsync(f.fileno())
-        sha256 = file_sha256(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not possible on every platform
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-    return WrittenTable(path=path, rows=table.num_rows, sha256=sha256)
+    """Write ``table`` to ``path`` atomically (see :func:`oneprov.files.write_atomically`)."""
+    write_atomically(path, lambda f: pq.write_table(table, f))
+    return WrittenTable(path=path, rows=table.num_rows, sha256=file_sha256(path))
 
 
 def _pandas_metadata(table: pa.Table, index: list[str]) -> bytes:

@@ -365,7 +365,7 @@ def test_db_grant_command(pg, shared, tmp_path):
         store.finish_run(store.start_run("cli"))
 
     dry = oneprov("db", "grant", "--role", newcomer, "--kind", "auditor", "--dry-run", "--db", shared.owner_url).stdout
-    assert f'GRANT SELECT ON TABLE "public"."access_events"' in dry and "INSERT" not in dry.replace("REVOKE ALL", "")
+    assert 'GRANT SELECT ON TABLE "public"."access_events"' in dry and "INSERT" not in dry.replace("REVOKE ALL", "")
 
     assert "does not exist" in one_line_error(oneprov("db", "grant", "--role", "nobody_at_all", "--kind", "client",
                                                       "--db", shared.owner_url, check=False))
