@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import BACKENDS
 
 import one.api
 from iblutil.io import hashfile
@@ -65,10 +66,13 @@ def ref(repo):
     return One(cache_dir=repo.root, mode="local")
 
 
-@pytest.fixture(scope="module")
-def ours(repo, tmp_path_factory):
-    """oneprov's client on the same repository, its database outside the (read-only) repository."""
-    client = ONE(cache_dir=repo.root, mode="local", db=tmp_path_factory.mktemp("parity") / "p.sqlite")
+@pytest.fixture(scope="module", params=BACKENDS)
+def ours(request, repo, tmp_path_factory):
+    """oneprov's client on the same repository, its database outside the (read-only) repository:
+    a SQLite file, or a PostgreSQL database of the test session's cluster."""
+    db = (tmp_path_factory.mktemp("parity") / "p.sqlite" if request.param == "sqlite"
+          else request.getfixturevalue("pg").create_database())
+    client = ONE(cache_dir=repo.root, mode="local", db=db)
     yield client
     client.close()
 
