@@ -168,6 +168,19 @@ def runs_cmd(project: str | None, fmt: str, db: str | None) -> None:
         _print_frame(store.runs(project), fmt)
 
 
+@main.command("retire")
+@click.argument("run")
+@click.option("--reason", required=True, help="Why the run is retired (recorded with it).")
+@db_option
+@friendly_errors
+def retire_cmd(run: str, reason: str, db: str | None) -> None:
+    """Retire RUN (an id, a unique prefix, a label or 'last'): adds a record, deletes nothing."""
+    with _store(db) as store:
+        run_id = store.resolve_run(run)
+        store.retire_run(run_id, reason)
+    click.echo(f"retired run {run_id}")
+
+
 # -- exports ----------------------------------------------------------------------------------
 
 @main.group()

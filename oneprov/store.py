@@ -183,15 +183,29 @@ class Store:
             conn.execute(run_marks.insert().values(run_id=run_id, marked_at=utcnow(), kind=kind,
                                                    scope=scope, detail=detail))
 
+    def retire_run(self, run_id: str, reason: str) -> None:
+        """Retire a run (e.g. one left 'running' by a killed process, or one found wrong).
+
+        Retiring adds a 'retired' mark with the reason; nothing of the run is changed or deleted.
+        """
+        if not reason or not reason.strip():
+            raise BadInputError("retiring a run needs a reason")
+        with self.transaction() as conn:
+            if conn.execute(sa.select(runs.c.id).where(runs.c.id == run_id)).first() is None:
+                raise BadInputError(f"no run {run_id!r}")
+            conn.execute(run_marks.insert().values(run_id=run_id, marked_at=utcnow(), kind="retired",
+                                                   detail=reason.strip()))
+
     def runs(self, project: str | None = None) -> pd.DataFrame:
-        """Every run, newest first, with its project name and counts of loads and queries."""
+        """Every run, newest first, with its project, counts of loads and queries, and whether it was retired."""
         loads = (sa.select(sa.func.count()).where(access_events.c.run_id == runs.c.id,
                                                   access_events.c.outcome.in_(SUCCESS_OUTCOMES))
                  .scalar_subquery())
         n_queries = sa.select(sa.func.count()).where(queries.c.run_id == runs.c.id).scalar_subquery()
+        retired = sa.exists().where(run_marks.c.run_id == runs.c.id, run_marks.c.kind == "retired")
         stmt = (sa.select(runs.c.id.label("run_id"), projects.c.name.label("project"), runs.c.label,
                           runs.c.status, runs.c.started_at, runs.c.finished_at, runs.c.user_name,
-                          runs.c.host, loads.label("loads"), n_queries.label("queries"))
+                          runs.c.host, loads.label("loads"), n_queries.label("queries"), retired.label("retired"))
                 .join(projects, projects.c.id == runs.c.project_id)
                 .order_by(runs.c.started_at.desc(), runs.c.id))
         if project is not None:

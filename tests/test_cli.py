@@ -132,3 +132,13 @@ def test_export_per_scope_and_label(tmp_path, repo):
     everything = tmp_path / "paper.csv"
     oneprov("export", "loaded-ids", "--label", "paper-v2", "-o", str(everything), db=db)
     assert len(everything.read_text().splitlines()) == 3
+
+
+def test_retire(db):
+    out = oneprov("retire", "fig2", "--reason", "figure redone", db=db).stdout
+    assert out.startswith("retired run ")
+    listed = json.loads(oneprov("runs", "--format", "json", db=db).stdout)
+    assert listed[0]["retired"] in (True, 1)
+    missing = oneprov("retire", "fig2", db=db, check=False)     # a usage error: click's usage line + one error
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "Error: Missing option '--reason'" in missing.stderr

@@ -261,3 +261,17 @@ def test_credentials_never_reach_the_database(store, monkeypatch):
     row = store.sql("SELECT command, base_url FROM runs WHERE id = :r", {"r": run}).iloc[0]
     assert "s3cret" not in row.command and "abc123" not in row.command and "me:***@" in row.command
     assert "pw" not in row.base_url
+
+
+def test_retiring_a_run_adds_a_record(store):
+    run = store.start_run("p")
+    store.record_access(run, [{"method": "load_dataset", "outcome": "not_found", "rel_path": "x.npy"}])
+    before = store.sql("SELECT * FROM access_events")
+    with pytest.raises(BadInputError, match="reason"):
+        store.retire_run(run, " ")
+    store.retire_run(run, "killed by the scheduler; rerun as another run")
+    runs = store.runs()
+    assert runs.retired.astype(bool).tolist() == [True] and runs.status.tolist() == ["running"]
+    marks = store.sql("SELECT kind, detail FROM run_marks")
+    assert marks.values.tolist() == [["retired", "killed by the scheduler; rerun as another run"]]
+    assert store.sql("SELECT * FROM access_events").equals(before)
