@@ -30,9 +30,10 @@ import datetime
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -47,7 +48,8 @@ from .errors import BadInputError
 __all__ = [
     "SESSIONS_COLUMNS", "DATASETS_COLUMNS", "QC_DTYPE", "WrittenTable",
     "read_metadata", "read_sessions", "iter_datasets", "count_rows",
-    "write_sessions", "write_datasets", "file_sha256", "merge_tables", "merge_metadata",
+    "write_sessions", "write_datasets", "sessions_batch", "datasets_batch", "write_batches",
+    "file_sha256", "merge_tables", "merge_metadata",
     "uuid_strings", "hex_strings",
 ]
 
@@ -682,7 +684,19 @@ def write_datasets(df: pd.DataFrame, path: str | os.PathLike,
 
     default = df["default_revision"].astype(object) if "default_revision" in df.columns \
         else _object([None] * n)
-    default = default.where(default.notna(), None).to_numpy()
+    default = _fill_default_revision(default.where(default.notna(), None).to_numpy(), eids, parts)
+    columns = {
+        "eid": eids, "id": ids, "rel_path": rel_path.to_numpy(), "file_size": file_size,
+        "hash": hashes.to_numpy(), "exists": exists.to_numpy(),
+        "qc": pa.DictionaryArray.from_arrays(pa.array(qc, pa.int8()), pa.array(QC_ORDER, pa.string()), ordered=True),
+        "default_revision": default.astype(bool),
+    }
+    return _write_atomically(_arrow_table(path, columns, _DATASETS_SCHEMA, ["eid", "id"], metadata), path)
+
+
+def _fill_default_revision(default: np.ndarray, eids: Any, parts: Mapping[str, Any]) -> np.ndarray:
+    """Fill the None of ``default`` (object array) as ONE would choose: True for the greatest
+    revision of its dataset (same eid, collection and name) unless another revision is flagged."""
     unknown = pd.isna(default)
     if unknown.any():
         groups = pd.DataFrame({"eid": eids, "collection": parts["collection"], "name": parts["name"],
@@ -691,13 +705,7 @@ def write_datasets(df: pd.DataFrame, path: str | os.PathLike,
         latest = (groups["revision"] == by["revision"].transform("max")).to_numpy()
         flagged = by["flagged"].transform("any").to_numpy()
         default = np.where(unknown, latest & ~flagged, default)
-    columns = {
-        "eid": eids, "id": ids, "rel_path": rel_path.to_numpy(), "file_size": file_size,
-        "hash": hashes.to_numpy(), "exists": exists.to_numpy(),
-        "qc": pa.DictionaryArray.from_arrays(pa.array(qc, pa.int8()), pa.array(QC_ORDER, pa.string()), ordered=True),
-        "default_revision": default.astype(bool),
-    }
-    return _write_atomically(_arrow_table(path, columns, _DATASETS_SCHEMA, ["eid", "id"], metadata), path)
+    return default
 
 
 def _write_qc(path: Path, qc: pd.Series | None, n: int) -> np.ndarray:
@@ -715,6 +723,100 @@ def _write_qc(path: Path, qc: pd.Series | None, n: int) -> np.ndarray:
             raise BadInputError(f"cannot write {path}: column 'qc', row {row}: {err}") from None
     lookup.append(0)  # null -> NOT_SET
     return np.array(lookup, dtype=np.int8)[codes]
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming writes of trusted records (the store's)
+# --------------------------------------------------------------------------------------------
+
+_QC_NAMES = pa.array(QC_ORDER, pa.string())
+
+
+def _qc_array(codes: Any) -> pa.DictionaryArray:
+    """ONE's ordered QC categorical from codes (positions in QC_ORDER)."""
+    codes = codes.cast(pa.int8()) if isinstance(codes, pa.Array) else pa.array(codes, pa.int8())
+    return pa.DictionaryArray.from_arrays(codes, _QC_NAMES, ordered=True)
+
+
+def _as_array(values: Any, type_: pa.DataType) -> pa.Array:
+    return values.cast(type_) if isinstance(values, pa.Array) else pa.array(values, type_)
+
+
+def sessions_batch(columns: Mapping[str, Any]) -> pa.RecordBatch:
+    """Session records already validated (e.g. the store's) as a batch of ONE's sessions table.
+
+    ``columns`` maps :data:`SESSIONS_COLUMNS` to arrow arrays or sequences (``date`` as dates or
+    'YYYY-MM-DD' text). Nothing is checked again and the rows keep their order.
+    """
+    return pa.RecordBatch.from_arrays([_as_array(columns[f.name], f.type) for f in _SESSIONS_SCHEMA],
+                                      schema=_SESSIONS_SCHEMA)
+
+
+def datasets_batch(columns: Mapping[str, Any], path: str | os.PathLike = "<store>") -> pa.RecordBatch:
+    """Dataset records already validated (e.g. the store's) as a batch of ONE's datasets table.
+
+    ``columns`` maps ``eid, id, rel_path, file_size, hash, exists, qc, default_revision`` to arrow
+    arrays or sequences. Ids and rel_paths are not checked again and the rows keep their order.
+    The output is that of :func:`write_datasets`: unknown sizes become 0, '' hashes null, QC names
+    codes, and a None ``default_revision`` is filled by ONE's rule, which looks at the other
+    revisions of the dataset: each session's rows must come in one batch. ``path`` names the file
+    in error messages.
+    """
+    hashes = _as_array(columns["hash"], pa.string())
+    qc = _as_array(columns["qc"], pa.string())
+    codes = pc.index_in(qc, value_set=_QC_NAMES)
+    if codes.null_count:  # not a canonical name: the lenient reading of write_datasets
+        codes = _write_qc(Path(path), _object(qc.to_numpy(zero_copy_only=False)), len(qc))
+    default = _as_array(columns["default_revision"], pa.bool_())
+    if default.null_count:
+        rel_paths = _as_array(columns["rel_path"], pa.string()).to_numpy(zero_copy_only=False)
+        default = pa.array(_fill_default_revision(
+            default.to_numpy(zero_copy_only=False).astype(object),
+            _as_array(columns["eid"], pa.string()).to_numpy(zero_copy_only=False), _split(Path(path), 0, rel_paths),
+        ).astype(bool))
+    arrays = {
+        "rel_path": _as_array(columns["rel_path"], pa.string()),
+        "file_size": _as_array(columns["file_size"], pa.int64()).fill_null(0).cast(pa.uint64()),
+        "hash": pc.if_else(pc.equal(hashes, ""), pa.scalar(None, pa.string()), hashes),
+        "exists": _as_array(columns["exists"], pa.bool_()).fill_null(True),
+        "qc": _qc_array(codes),
+        "default_revision": default,
+        "eid": _as_array(columns["eid"], pa.string()),
+        "id": _as_array(columns["id"], pa.string()),
+    }
+    return pa.RecordBatch.from_arrays([arrays[f.name] for f in _DATASETS_SCHEMA], schema=_DATASETS_SCHEMA)
+
+
+def write_batches(batches: Iterable[pa.RecordBatch], path: str | os.PathLike, table: str,
+                  metadata: Mapping[str, Any] | None = None) -> WrittenTable:
+    """Write ONE's ``sessions.pqt`` or ``datasets.pqt`` (``table``) from record batches, atomically.
+
+    The batches, from :func:`sessions_batch` or :func:`datasets_batch`, must come sorted by the
+    table's key (id; eid then id); each is written as it comes, so memory holds two batches. The
+    schema metadata is that of :func:`write_sessions` and :func:`write_datasets`.
+    """
+    path = Path(path)
+    schema, index = {"sessions": (_SESSIONS_SCHEMA, ["id"]), "datasets": (_DATASETS_SCHEMA, ["eid", "id"])}[table]
+    empty = pa.Table.from_arrays([_qc_array([]) if pa.types.is_dictionary(f.type) else pa.array([], f.type)
+                                  for f in schema], schema=schema)
+    schema = schema.with_metadata({b"pandas": _pandas_metadata(empty, index), METADATA_KEY: _table_metadata(metadata)})
+    rows = 0
+
+    def write(f: Any) -> None:
+        nonlocal rows
+        # Each batch is written in a thread (arrow releases the GIL) while the next one is made.
+        with pq.ParquetWriter(f, schema) as writer, ThreadPoolExecutor(1) as pool:
+            writing = None
+            for batch in batches:
+                if writing is not None:
+                    writing.result()
+                writing = pool.submit(writer.write_batch, batch)
+                rows += batch.num_rows
+            if writing is not None:
+                writing.result()
+
+    write_atomically(path, write)
+    return WrittenTable(path=path, rows=rows, sha256=file_sha256(path))
 
 
 # --------------------------------------------------------------------------------------------
