@@ -5,8 +5,13 @@ table with its row count and sha256.
 
 >>> from oneprov import open_store
 >>> store = open_store(":memory:")
->>> export_loaded_ids(store, "/tmp")   # nothing loaded yet: a warning, no file
+>>> import warnings
+>>> with warnings.catch_warnings(record=True) as caught:
+...     warnings.simplefilter("always")
+...     export_loaded_ids(store, "/tmp")   # nothing loaded yet: a warning, no file
 ([], None)
+>>> "record_loaded" in str(caught[0].message)
+True
 """
 from __future__ import annotations
 
