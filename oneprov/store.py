@@ -200,7 +200,11 @@ class Store:
                                                    detail=reason.strip()))
 
     def runs(self, project: str | None = None) -> pd.DataFrame:
-        """Every run, newest first, with its project, counts of loads and queries, and whether it was retired."""
+        """Every run, newest first, with its project, counts of loads and queries, and whether it was retired.
+
+        ``status`` is running, finished or failed as recorded, or 'interrupted' for a run still
+        'running' whose process (on this host) no longer exists: it was killed.
+        """
         loads = (sa.select(sa.func.count()).where(access_events.c.run_id == runs.c.id,
                                                   access_events.c.outcome.in_(SUCCESS_OUTCOMES))
                  .scalar_subquery())
@@ -208,12 +212,19 @@ class Store:
         retired = sa.exists().where(run_marks.c.run_id == runs.c.id, run_marks.c.kind == "retired")
         stmt = (sa.select(runs.c.id.label("run_id"), projects.c.name.label("project"), runs.c.label,
                           runs.c.status, runs.c.started_at, runs.c.finished_at, runs.c.user_name,
-                          runs.c.host, loads.label("loads"), n_queries.label("queries"), retired.label("retired"))
+                          runs.c.host, runs.c.pid, loads.label("loads"), n_queries.label("queries"),
+                          retired.label("retired"))
                 .join(projects, projects.c.id == runs.c.project_id)
                 .order_by(runs.c.started_at.desc(), runs.c.id))
         if project is not None:
             stmt = stmt.where(projects.c.name == project)
-        return self._frame(stmt)
+        frame = self._frame(stmt)
+        # A killed process cannot close its run: show it as interrupted when its process is gone.
+        host = socket.gethostname()
+        gone = [status == "running" and h == host and not _process_alive(pid)
+                for status, h, pid in zip(frame["status"], frame["host"], frame["pid"])]
+        frame.loc[gone, "status"] = "interrupted"
+        return frame
 
     def resolve_run(self, run: str, project: str | None = None) -> str:
         """A run id from an id, a unique id prefix, a label (its latest run) or 'last'."""
@@ -679,6 +690,19 @@ def _digest(paths: Iterable[Path]) -> str:
     for path in paths:
         h.update(tables.file_sha256(path).encode())
     return h.hexdigest()
+
+
+def _process_alive(pid: Any) -> bool:
+    """Whether a process with this id exists on this host (an unknown pid counts as alive)."""
+    if pid is None or pd.isna(pid):
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
 
 
 def _user() -> str | None:

@@ -173,4 +173,5 @@ def test_sigkill_mid_analysis_loses_no_returned_load(cache, repo, tmp_path, db_u
     assert {(e, n) for e, n in returned} <= set(map(tuple, loaded.values.tolist()))
     events = store.sql("SELECT COUNT(*) AS n FROM access_events WHERE outcome = 'download_only'").n[0]
     assert events >= 60
-    assert store.runs().status.tolist() == ["running"]       # killed: visible as interrupted
+    assert store.runs().status.tolist() == ["interrupted"]   # killed: visible as such
+    assert store.sql("SELECT status FROM runs").status.tolist() == ["running"]   # as recorded
