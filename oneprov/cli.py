@@ -15,7 +15,7 @@ import pandas as pd
 
 from . import database, exports
 from .errors import DatabaseError, OneprovError
-from .store import Store, open_store
+from .store import open_store
 
 DB_HELP = "Database: a SQLite file path or a SQLAlchemy URL (postgresql+psycopg://...). Default: $ONEPROV_DB."
 
@@ -33,12 +33,6 @@ def friendly_errors(func):
         except (OneprovError, OSError) as exc:
             raise click.ClickException(str(exc)) from None
     return wrapper
-
-
-def _store(db: str | None) -> Store:
-    if not db:
-        raise DatabaseError(database.NO_DATABASE)
-    return open_store(db)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -66,8 +60,6 @@ def db() -> None:
 @friendly_errors
 def db_upgrade(db: str | None) -> None:
     """Create the schema, or upgrade it to this oneprov's version."""
-    if not db:
-        raise DatabaseError(database.NO_DATABASE)
     engine = database.create_engine(db)
     try:
         before = database.schema_status(engine).current
@@ -82,8 +74,6 @@ def db_upgrade(db: str | None) -> None:
 @friendly_errors
 def db_current(db: str | None) -> None:
     """Print the database's schema version and this oneprov's."""
-    if not db:
-        raise DatabaseError(database.NO_DATABASE)
     engine = database.create_engine(db, readonly=True)
     try:
         status = database.schema_status(engine)
@@ -97,8 +87,6 @@ def db_current(db: str | None) -> None:
 @friendly_errors
 def db_check(db: str | None) -> None:
     """Check the schema version and the database's integrity; exit 1 on any problem."""
-    if not db:
-        raise DatabaseError(database.NO_DATABASE)
     problems = database.check(db)
     for line in problems:
         click.echo(f"problem: {line}", err=True)
@@ -120,8 +108,6 @@ def db_grant(role: str, kind: str, dry_run: bool, db: str | None) -> None:
     Run it as the owner of the tables (the role that ran `oneprov db upgrade`), and again after an
     upgrade. It replaces the role's privileges on oneprov's tables. PostgreSQL only.
     """
-    if not db:
-        raise DatabaseError(database.NO_DATABASE)
     if database.database_url(db).get_backend_name() == "sqlite":   # refused before SQLite could make a file
         from .roles import NOT_POSTGRESQL
         raise DatabaseError(NOT_POSTGRESQL.format(where=database.redact(db)))
@@ -148,7 +134,7 @@ def db_grant(role: str, kind: str, dry_run: bool, db: str | None) -> None:
 @friendly_errors
 def import_cache(tables_dir: Path, force: bool, db: str | None) -> None:
     """Import ONE cache tables (sessions.pqt, datasets.pqt) from TABLES_DIR as a recorded query."""
-    with _store(db) as store:
+    with open_store(db) as store:
         result = store.import_cache(tables_dir, force=force, progress=sys.stderr.isatty())
     if result.unchanged_tables:
         click.echo(f"unchanged: these tables were imported before (query {result.query_id}); nothing written")
@@ -164,7 +150,7 @@ def import_cache(tables_dir: Path, force: bool, db: str | None) -> None:
 @friendly_errors
 def runs_cmd(project: str | None, fmt: str, db: str | None) -> None:
     """List the recorded runs, newest first, with their counts of loads and queries."""
-    with _store(db) as store:
+    with open_store(db) as store:
         _print_frame(store.runs(project), fmt)
 
 
@@ -175,7 +161,7 @@ def runs_cmd(project: str | None, fmt: str, db: str | None) -> None:
 @friendly_errors
 def retire_cmd(run: str, reason: str, db: str | None) -> None:
     """Retire RUN (an id, a unique prefix, a label or 'last'): adds a record, deletes nothing."""
-    with _store(db) as store:
+    with open_store(db) as store:
         run_id = store.resolve_run(run)
         store.retire_run(run_id, reason)
     click.echo(f"retired run {run_id}")
@@ -203,7 +189,7 @@ def export_loaded_ids(run, project, label, scope, sessions_only, output, db) -> 
 
     Without filters: every load in the database.
     """
-    with _store(db) as store:
+    with open_store(db) as store:
         run_id = store.resolve_run(run, project) if run else None
         directory, path = (output, None) if output is None or output.is_dir() else (None, output)
         ids, written = exports.export_loaded_ids(store, directory or Path.cwd(), path=path, run=run_id,
@@ -222,7 +208,7 @@ def export_loaded_ids(run, project, label, scope, sessions_only, output, db) -> 
 @friendly_errors
 def export_cache(out_dir: Path, run: str | None, clobber: bool, db: str | None) -> None:
     """Write ONE-format sessions.pqt and datasets.pqt into OUT_DIR (created if needed)."""
-    with _store(db) as store:
+    with open_store(db) as store:
         run_id = store.resolve_run(run) if run else None
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = exports.export_cache(store, out_dir, run=run_id, clobber=clobber)
@@ -244,8 +230,6 @@ def sql_cmd(query: str, fmt: str, db: str | None) -> None:
     Public views: access_log, loaded_datasets, loaded_sessions. Example:
       oneprov sql "SELECT run_id, count(*) FROM loaded_datasets GROUP BY run_id"
     """
-    if not db:
-        raise DatabaseError(database.NO_DATABASE)
     _print_frame(database.read_only_query(db, query), fmt)
 
 

@@ -44,7 +44,7 @@ def database_url(db: str | os.PathLike | URL | None = None, *, readonly: bool = 
 
     A plain path becomes a SQLite URL; ``readonly`` opens SQLite files with ``mode=ro``.
     """
-    if db is None:
+    if db is None or db == "":
         db = os.environ.get("ONEPROV_DB") or None
         if db is None:
             raise DatabaseError(NO_DATABASE)
