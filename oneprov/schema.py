@@ -142,6 +142,7 @@ query_sessions = Table(
     Column("query_id", Integer, ForeignKey("queries.id"), nullable=False),
     Column("session_id", UUID, nullable=False),
     PrimaryKeyConstraint("query_id", "session_id"),
+    sqlite_with_rowid=False,  # stored by its key alone (migration 0004)
 )
 
 #: The datasets a query returned, with the history row that was current when it ran.
@@ -151,6 +152,7 @@ query_datasets = Table(
     Column("dataset_id", UUID, nullable=False),
     Column("state_id", Integer),
     PrimaryKeyConstraint("query_id", "dataset_id"),
+    sqlite_with_rowid=False,
 )
 
 #: Every load attempt, successful or not. ``outcome`` is 'loaded' or 'download_only' for a success

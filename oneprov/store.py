@@ -347,7 +347,7 @@ class Store:
             raise BadInputError(f"missing cache table {missing[0]!r}: expected sessions.pqt and datasets.pqt in {str(folder)!r}")
         checksum = _digest(files.values())
         source = str(folder)
-        with self.transaction() as conn, _import_cache_size(conn):
+        with self.transaction() as conn, _import_cache_size(conn), _bulk_load(conn):
             if not force:
                 previous = conn.execute(
                     sa.select(queries.c.id, queries.c.n_sessions, queries.c.n_datasets)
@@ -647,6 +647,34 @@ def _import_cache_size(conn: Connection) -> Iterator[None]:
         yield
     finally:
         conn.exec_driver_sql(f"PRAGMA cache_size = {int(before)}")
+
+
+@contextmanager
+def _bulk_load(conn: Connection) -> Iterator[None]:
+    """On SQLite, with no datasets stored yet, build the datasets' indexes after the rows are in.
+
+    A first import writes a million rows into tables whose indexes are keyed by random UUIDs;
+    inserting into an index row by row costs several times more than building it once from the
+    sorted rows. So the secondary indexes of ``datasets`` and ``dataset_history`` and the
+    append-only insert checks of the tables an import fills (which look up each new row) are
+    dropped here and created again from their own stored SQL before the transaction commits:
+    other connections never see the schema without them, and a failed import rolls the drop back.
+    An empty table has nothing for the append-only checks to protect, and primary keys stay.
+    """
+    if conn.dialect.name != "sqlite" or conn.execute(sa.select(datasets.c.id).limit(1)).first() is not None:
+        yield
+        return
+    saved = conn.exec_driver_sql(
+        "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL AND ("
+        "(type = 'index' AND tbl_name IN ('datasets', 'dataset_history')) OR "
+        "(type = 'trigger' AND tbl_name IN ('dataset_history', 'query_datasets') AND name LIKE '%no_replace'))"
+    ).fetchall()
+    quote = conn.dialect.identifier_preparer.quote
+    for kind, name, _ in saved:
+        conn.exec_driver_sql(f"DROP {kind.upper()} {quote(name)}")
+    yield
+    for _, _, sql in saved:
+        conn.exec_driver_sql(sql)
 
 
 #: The columns of a datasets batch, as staged; all but ``id`` may change between imports.

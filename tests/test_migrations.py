@@ -150,3 +150,48 @@ def test_wheel_carries_migrations_and_upgrades_without_the_repo(tmp_path):
                          check=True, capture_output=True, text=True).stdout.split()
     assert out[0].startswith(str(site))
     assert out[1] == database.head_revision()
+
+
+def _link_tables(engine: sa.Engine) -> dict[str, str]:
+    with engine.connect() as conn:
+        return dict(conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'table' "
+                                         "AND name IN ('query_sessions', 'query_datasets')").fetchall())
+
+
+def _triggers(engine: sa.Engine) -> set[str]:
+    with engine.connect() as conn:
+        return {r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+
+
+def test_link_tables_are_rebuilt_without_rowid_keeping_rows_and_triggers(tmp_path):
+    """Migration 0004 (SQLite): same rows and append-only triggers before and after, both ways."""
+    engine = database.create_engine(tmp_path / "p.sqlite")
+    try:
+        database.upgrade(engine, "0003")
+        triggers = _triggers(engine)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("INSERT INTO queries (id, method, started_at) VALUES (7, 'search', '2026-01-01')")
+            conn.exec_driver_sql("INSERT INTO query_sessions VALUES (7, 'a'), (7, 'b')")
+            conn.exec_driver_sql("INSERT INTO query_datasets VALUES (7, 'c', 3)")
+        rows = {t: sorted(open_rows(engine, t)) for t in ("query_sessions", "query_datasets")}
+        database.upgrade(engine)
+        assert all(sql.rstrip().endswith("WITHOUT ROWID") for sql in _link_tables(engine).values())
+        assert {t: sorted(open_rows(engine, t)) for t in rows} == rows and _triggers(engine) == triggers
+        with pytest.raises(sa.exc.IntegrityError, match="append-only"):
+            with engine.begin() as conn:
+                conn.exec_driver_sql("INSERT OR REPLACE INTO query_datasets VALUES (7, 'c', 4)")
+        database.downgrade(engine, "0003")
+        assert not any("WITHOUT ROWID" in sql for sql in _link_tables(engine).values())
+        assert {t: sorted(open_rows(engine, t)) for t in rows} == rows and _triggers(engine) == triggers
+    finally:
+        engine.dispose()
+    # the models say the same: a table created from them is stored without rowid too
+    fresh = sa.create_engine(f"sqlite:///{tmp_path / 'models.sqlite'}")
+    metadata.create_all(fresh)
+    assert all(sql.rstrip().endswith("WITHOUT ROWID") for sql in _link_tables(fresh).values())
+    fresh.dispose()
+
+
+def open_rows(engine: sa.Engine, table: str) -> list[tuple]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.exec_driver_sql(f"SELECT * FROM {table}")]

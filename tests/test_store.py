@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -124,6 +125,35 @@ def test_import_is_all_or_nothing(store, repo, tmp_path):
     with pytest.raises(BadInputError, match="not-a-uuid"):
         store.import_cache(folder, batch_size=5)
     assert snapshot(store) == before
+
+
+def _sqlite_schema(store) -> list[tuple]:
+    with store.engine.connect() as conn:
+        return sorted(map(tuple, conn.exec_driver_sql("SELECT type, name, tbl_name, sql FROM sqlite_master")))
+
+
+def test_first_import_builds_indexes_after_the_rows_and_keeps_the_schema(tmp_path, repo):
+    """On SQLite a first import drops and rebuilds secondary indexes and insert checks (store._bulk_load):
+    afterwards, and after a first import that failed, the schema is exactly what the migrations made."""
+    store = open_store(tmp_path / "p.sqlite")
+    schema = _sqlite_schema(store)
+    assert any(name == "ix_datasets_name" for _, name, _, _ in schema)
+    assert any(name.endswith("dataset_history_no_replace") for _, name, _, _ in schema)
+    folder = copy_tables(repo, tmp_path / "bad")
+    rewrite_datasets(folder, lambda df: df.assign(qc=df["qc"].where(np.arange(len(df)) != len(df) - 1, "EXCELLENT")))
+    with pytest.raises(BadInputError, match="EXCELLENT"):
+        store.import_cache(folder, batch_size=5)           # fails in its last batch
+    assert _sqlite_schema(store) == schema and counts(store)["datasets"] == 0
+    store.import_cache(repo.root)
+    assert _sqlite_schema(store) == schema
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+        plan = " ".join(r[-1] for r in conn.exec_driver_sql(
+            "EXPLAIN QUERY PLAN SELECT id FROM datasets WHERE name = 'spikes.times.npy'"))
+    assert "ix_datasets_name" in plan
+    with pytest.raises(sa.exc.IntegrityError, match="append-only"):   # the rebuilt insert check works
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("INSERT OR REPLACE INTO dataset_history SELECT * FROM dataset_history LIMIT 1")
 
 
 def test_missing_tables_are_named(store, tmp_path):
