@@ -641,12 +641,15 @@ def _import_cache_size(conn: Connection) -> Iterator[None]:
     if conn.dialect.name != "sqlite":
         yield
         return
-    before = conn.exec_driver_sql("PRAGMA cache_size").scalar_one()
-    conn.exec_driver_sql(f"PRAGMA cache_size = -{IMPORT_CACHE_MIB * 1024}")
+    before = {schema: conn.exec_driver_sql(f"PRAGMA {schema}.cache_size").scalar_one() for schema in ("main", "temp")}
+    conn.exec_driver_sql(f"PRAGMA main.cache_size = -{IMPORT_CACHE_MIB * 1024}")
+    # the stage tables (temp) hold one batch: in a cache that size they are not written to a file
+    conn.exec_driver_sql(f"PRAGMA temp.cache_size = -{IMPORT_CACHE_MIB * 1024 // 4}")
     try:
         yield
     finally:
-        conn.exec_driver_sql(f"PRAGMA cache_size = {int(before)}")
+        for schema, size in before.items():
+            conn.exec_driver_sql(f"PRAGMA {schema}.cache_size = {int(size)}")
 
 
 @contextmanager
