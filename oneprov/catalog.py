@@ -65,26 +65,17 @@ class Catalog:
         return self.store._frame(stmt)["id"].tolist()
 
     def search(self, *, wildcards: bool = True, subject=None, lab=None, projects=None, task_protocol=None,
-               date_range=None, number=None, datasets: Any = None, dataset_qc_lte=None) -> pd.DataFrame:
+               date_range=None, number=None, datasets: Any = None, dataset_qc_lte=None,
+               ids_only: bool = False) -> pd.DataFrame | list[str]:
         """Sessions matching every given term, newest first (ONE's local search rules).
 
         Text terms are partial matches (regular expressions when ``wildcards``), any of a list;
         ``datasets`` lists exact names (regexes) a session must all have, present on disk and with
         QC at or below ``dataset_qc_lte`` (FAIL by default). ``dataset_qc_lte`` alone keeps the
-        sessions with any such dataset.
+        sessions with any such dataset. With ``ids_only``, the list of eids instead of the rows.
         """
-        stmt = self._session_rows()
-        if date_range is not None:
-            start, end = date_bounds(date_range)
-            if start is not None:
-                stmt = stmt.where(sessions.c.date >= start)
-            if end is not None:
-                stmt = stmt.where(sessions.c.date <= end)
-        if number is not None:
-            stmt = stmt.where(sessions.c.number.in_([int(n) for n in alf.ensure_list(number)]))
-        if datasets is not None or dataset_qc_lte is not None:
-            stmt = stmt.where(sessions.c.id.in_(self._sessions_with(datasets, dataset_qc_lte or "FAIL")))
-        regex_terms = []
+        params: dict[str, Any] = {"query_id": self._query_param()}
+        text, regex_terms = [], []
         for column, value in (("subject", subject), ("lab", lab), ("projects", projects),
                               ("task_protocol", task_protocol)):
             if value is None:
@@ -93,30 +84,47 @@ class Catalog:
             if wildcards and any(_REGEX_CHARS.intersection(v) for v in values):
                 regex_terms.append((column, "|".join(values)))   # a regex: matched in pandas below
             else:                                                # substrings: matched in SQL
-                stmt = stmt.where(sa.or_(*(_contains(self.store.dialect, sessions.c[column], v) for v in values)))
-        frame = self.store._frame(stmt)
+                text.append((column, len(values)))
+                params.update({f"{column}_{i}": v for i, v in enumerate(values)})
+        start = end = None
+        if date_range is not None:
+            start, end = date_bounds(date_range)
+            params.update(date_start=start, date_end=end)
+        if number is not None:
+            params["numbers"] = [int(n) for n in alf.ensure_list(number)]
+        names: tuple[bool, ...] = ()
+        if datasets is not None or dataset_qc_lte is not None:
+            params["qc"] = qc_names_up_to(dataset_qc_lte or "FAIL")
+            patterns = [str(n) for n in alf.ensure_list(datasets)] or [""]
+            names = tuple(pattern != "" for pattern in patterns)   # False: any dataset (dataset_qc_lte alone)
+            for i, pattern in enumerate(patterns):
+                if pattern:
+                    params[f"names_{i}"] = self._dataset_names(pattern)
+        columns = ("id",) if ids_only and not regex_terms else tuple(SESSION_COLUMNS)
+        stmt = _search_statement(self.store.dialect, columns, tuple(text), start is not None, end is not None,
+                                 number is not None, names)
+        with self.store.reading() as conn:   # one snapshot for both statements
+            if self.store.dialect == "sqlite":
+                covered = conn.execute(_COVERAGE, {"query_id": self.query_id}).first() if self.query_id is not None else None
+                params["all_sessions"], params["all_datasets"] = (bool(c) for c in covered or (False, False))
+            rows = conn.execute(stmt, params).fetchall()
+        if columns == ("id",):
+            return [row[0] for row in rows]
+        frame = pd.DataFrame([tuple(row) for row in rows], columns=list(columns))
         for column, query in regex_terms:
-            text = frame[column].astype("string").fillna("")
-            frame = frame[text.str.contains(query, regex=True).fillna(False).astype(bool)]
-        return frame.sort_values(["date", "subject", "number"], ascending=False).reset_index(drop=True)
+            text_values = frame[column].astype("string").fillna("")
+            frame = frame[text_values.str.contains(query, regex=True).fillna(False).astype(bool)]
+        frame = frame.reset_index(drop=True)
+        return frame["id"].tolist() if ids_only else frame
 
-    def _sessions_with(self, names: Any, qc: str | int) -> sa.Select:
-        """SELECT of the sessions having, for each name (a regex, as in ONE), a present dataset passing QC."""
-        base = self._dataset_rows().where(datasets.c.exists == sa.true(), datasets.c.qc.in_(qc_names_up_to(qc)))
-        patterns = [str(n) for n in alf.ensure_list(names)] or [""]
-        per_pattern = []
-        for pattern in patterns:
-            if pattern == "":      # dataset_qc_lte alone: any dataset
-                per_pattern.append(base.with_only_columns(datasets.c.session_id))
-            elif any(c in pattern for c in "^$*+?()[]{}|\\"):
-                # a regex: match names of the candidate rows in Python, keep their sessions
-                rows = self.store._frame(base.with_only_columns(datasets.c.session_id, datasets.c.name))
-                keep = rows[rows["name"].astype(str).str.fullmatch(pattern)]["session_id"].unique().tolist()
-                per_pattern.append(sa.select(sessions.c.id).where(sessions.c.id.in_(keep)))
-            else:                  # plain name: an indexed equality (with regex dots meaning any char)
-                literal = pattern.replace("\\.", ".")
-                per_pattern.append(base.with_only_columns(datasets.c.session_id).where(datasets.c.name == literal))
-        return sa.intersect(*per_pattern) if len(per_pattern) > 1 else per_pattern[0]
+    def _dataset_names(self, pattern: str) -> list[str]:
+        """The dataset names a ``datasets`` search term stands for: itself, or those its regex matches whole."""
+        if not any(c in pattern for c in "^$*+?()[]{}|\\"):
+            return [pattern]   # a plain name: an indexed equality (a dot is a dot)
+        with self.store.reading() as conn:
+            known = conn.execute(_DISTINCT_NAMES).scalars().all()
+        names = pd.Series(known, dtype=object)
+        return names[names.astype(str).str.fullmatch(pattern).fillna(False).astype(bool)].tolist()
 
     # -- datasets ---------------------------------------------------------------------------
 
@@ -131,11 +139,13 @@ class Catalog:
         with self.store.reading() as conn:
             return result_frame(conn.execute(_datasets_statement(eid is not None, ids is not None), params))
 
-    def dataset_rows(self, eid: str) -> list:
-        """One session's dataset rows passing ONE's default QC filter, as plain rows (the load path)."""
-        params = {"query_id": self._query_param(), "qc": qc_names_up_to("FAIL"), "eid": eid}
+    def dataset_rows(self, eid: str | None, *, qc: str | int = "FAIL", ignore_qc_not_set: bool = False) -> list:
+        """:meth:`datasets` as plain rows (attribute access), without a DataFrame: the load and list paths."""
+        params: dict[str, Any] = {"query_id": self._query_param(), "qc": qc_names_up_to(qc, ignore_qc_not_set)}
+        if eid is not None:
+            params["eid"] = eid
         with self.store.reading() as conn:
-            return conn.execute(_datasets_statement(True, False), params).fetchall()
+            return conn.execute(_datasets_statement(eid is not None, False), params).fetchall()
 
     def _query_param(self) -> int:
         return self.query_id if self.query_id is not None else -1
@@ -153,9 +163,88 @@ class Catalog:
 _REGEX_CHARS = set("^$*+?()[]{}|\\.")
 
 
-def _contains(dialect: str, column: sa.ColumnElement, text: str) -> sa.ColumnElement[bool]:
+def _contains(dialect: str, column: sa.ColumnElement, text: Any) -> sa.ColumnElement[bool]:
     """Case-sensitive substring test (SQLite's LIKE ignores case, ONE's search does not)."""
     return (sa.func.strpos(column, text) if dialect == "postgresql" else sa.func.instr(column, text)) > 0
+
+
+@lru_cache(maxsize=256)
+def _search_statement(dialect: str, columns: tuple[str, ...], text: tuple[tuple[str, int], ...], date_start: bool,
+                      date_end: bool, numbers: bool, names: tuple[bool, ...]) -> sa.Select:
+    """The SELECT of a search, newest first, built once per shape of the terms (values are bound).
+
+    Bound: ``query_id``; ``<column>_<i>`` for the i-th value of each text term in ``text``;
+    ``date_start``, ``date_end``, ``numbers``; ``qc`` and ``names_<i>`` (a list of names, for each
+    ``names[i]`` that is True) for the datasets terms; ``all_sessions`` and ``all_datasets``, True
+    when the catalog is known to hold every row of that table (then membership is not looked up).
+    """
+    s = sessions.c
+    q = query_sessions.c
+
+    def unless(flag: str, lookup: sa.Exists) -> sa.ColumnElement[bool]:
+        # SQLite: skip the lookup when the catalog holds the whole table (see _COVERAGE). Not on
+        # PostgreSQL, which turns a plain EXISTS into a (hash) semi-join, and an OR'ed one into a
+        # lookup per row.
+        return sa.or_(sa.bindparam(flag, type_=sa.Boolean), lookup) if dialect == "sqlite" else lookup
+
+    member = unless("all_sessions", _exists(q.query_id == sa.bindparam("query_id"), q.session_id == s.id))
+    stmt = sa.select(*(s[c] for c in columns)).where(member)
+    for column, n in text:
+        if column == "subject" and dialect == "sqlite":
+            # The subject index holds each subject with its rowid: scanning it for the matches is
+            # ~3x cheaper than scanning the table (a substring test cannot seek in an index).
+            inner = sessions.alias("subject_match")
+            matches = [_contains(dialect, inner.c.subject, sa.bindparam(f"subject_{i}")) for i in range(n)]
+            rowids = sa.select(sa.literal_column("subject_match.rowid")).where(sa.or_(*matches))
+            stmt = stmt.where(sa.literal_column("sessions.rowid").in_(rowids))
+        else:
+            stmt = stmt.where(sa.or_(*(_contains(dialect, s[column], sa.bindparam(f"{column}_{i}")) for i in range(n))))
+    if date_start:
+        stmt = stmt.where(s.date >= sa.bindparam("date_start"))
+    if date_end:
+        stmt = stmt.where(s.date <= sa.bindparam("date_end"))
+    if numbers:
+        stmt = stmt.where(s.number.in_(sa.bindparam("numbers", expanding=True)))
+    d = datasets.c
+    in_catalog = unless("all_datasets", _exists(query_datasets.c.query_id == sa.bindparam("query_id"),
+                                                query_datasets.c.dataset_id == d.id))
+    for i, named in enumerate(names):
+        # Per session: one seek in the (name, session_id, id, exists, qc) index, and the catalog
+        # membership of its first passing dataset (not of every dataset with that name).
+        has = [d.session_id == s.id, d.exists == sa.true(), d.qc.in_(sa.bindparam("qc", expanding=True)), in_catalog]
+        if named:
+            has.insert(0, d.name.in_(sa.bindparam(f"names_{i}", expanding=True)))
+        stmt = stmt.where(_exists(*has))
+    # ONE sorts its table (ordered by id) by date, subject and number, descending, NULLs last: ties
+    # stay in id order. Text compares byte-wise, as in pandas ("C" collation on PostgreSQL).
+    subject, eid = (s.subject.collate("C"), s.id.collate("C")) if dialect == "postgresql" else (s.subject, s.id)
+    keys = [s.date.desc(), subject.desc(), s.number.desc()]
+    if dialect == "postgresql":   # (SQLite puts NULLs last in descending order already)
+        keys = [k.nulls_last() for k in keys]
+    return stmt.order_by(*keys, eid)
+
+
+def _exists(*where: sa.ColumnElement[bool]) -> sa.Exists:
+    """``EXISTS (SELECT 1 ...)``: with ``SELECT *`` SQLite does not count an index as covering."""
+    return sa.select(sa.literal_column("1")).where(*where).exists()
+
+
+#: SQLite: whether the catalog (an import) holds every session, and every dataset, of the database,
+#: as when one cache has its own database: then a search needs no membership lookup per row (the
+#: lookups of 50,000 sessions and their datasets are most of a search's time). Rows of these tables
+#: are never deleted and have distinct positive rowids, so a table has at most max(rowid) rows; an
+#: import links n_sessions (n_datasets) distinct rows of it: if that is max(rowid), it links them all.
+_COVERAGE = sa.text(
+    "SELECT q.n_sessions = (SELECT max(rowid) FROM sessions) AND (SELECT min(rowid) FROM sessions) >= 1, "
+    "q.n_datasets = (SELECT max(rowid) FROM datasets) AND (SELECT min(rowid) FROM datasets) >= 1 "
+    "FROM queries AS q WHERE q.id = :query_id AND q.method = 'import_cache'")
+
+#: Every dataset name in the database, one index seek per name (a skip scan).
+_names = sa.select(sa.func.min(datasets.c.name).label("name")).cte("names", recursive=True)
+_names = _names.union_all(
+    sa.select(sa.select(sa.func.min(datasets.c.name)).where(datasets.c.name > _names.c.name).scalar_subquery())
+    .where(_names.c.name.is_not(None)))
+_DISTINCT_NAMES = sa.select(_names.c.name).where(_names.c.name.is_not(None))
 
 
 @lru_cache(maxsize=8)

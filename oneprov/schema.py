@@ -84,7 +84,7 @@ datasets = Table(
     Column("rel_path", Text, nullable=False),
     Column("collection", Text, nullable=False),
     Column("revision", String(200), nullable=False),
-    Column("name", String(400), nullable=False, index=True),
+    Column("name", String(400), nullable=False),
     Column("file_size", BigInteger),   # NULL: unknown
     Column("hash", String(128)),       # NULL: unknown
     Column("exists", Boolean, nullable=False),
@@ -94,6 +94,8 @@ datasets = Table(
     Column("first_seen_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
     Index("ix_datasets_session_id_collection_name", "session_id", "collection", "name"),
+    # search(datasets=...): one seek per session, answered from the index alone (migration 0004)
+    Index("ix_datasets_name_session_id_id_exists_qc", "name", "session_id", "id", "exists", "qc"),
 )
 
 revisions = Table(

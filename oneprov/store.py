@@ -19,6 +19,7 @@ import os
 import platform
 import re
 import socket
+import sqlite3
 import sys
 import time
 import uuid
@@ -26,6 +27,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -265,16 +267,47 @@ class Store:
         """
         sids = sorted({check_uuid(s, "session id") for s in session_ids})
         dids = sorted({check_uuid(d, "dataset id") for d in dataset_ids})
+        return self.record_query_rows(run_id, method, params, session_ids=sids, dataset_ids=dids, mode=mode,
+                                      revision_cutoff=revision_cutoff, scope=scope, duration_s=duration_s,
+                                      error=error)
+
+    def record_query_rows(
+        self,
+        run_id: str | None,
+        method: str,
+        params: dict[str, Any] | None = None,
+        *,
+        session_ids: Sequence[str] = (),
+        dataset_ids: Sequence[str] = (),
+        state_ids: Sequence[int | None] | None = None,
+        mode: str | None = None,
+        revision_cutoff: str | None = None,
+        scope: str | None = None,
+        duration_s: float | None = None,
+        error: str | None = None,
+    ) -> int:
+        """:meth:`record_query` for ids read from this database: canonical and distinct, not checked again.
+
+        ``state_ids[i]`` is the state ``dataset_ids[i]`` was read in (the ``state_id`` of the row the
+        caller returned); without ``state_ids`` each dataset's current state is linked. The links
+        are written in bulk, a few statements whatever their number.
+        """
+        if state_ids is not None and len(state_ids) != len(dataset_ids):
+            raise BadInputError(f"{len(dataset_ids)} dataset ids but {len(state_ids)} state ids")
         with self.transaction() as conn:
-            qid = self._new_query(conn, run_id, method, params, mode=mode, revision_cutoff=revision_cutoff,
-                                  scope=scope, duration_s=duration_s, error=error,
-                                  n_sessions=len(sids), n_datasets=len(dids))
-            if sids:
-                conn.execute(query_sessions.insert(), [{"query_id": qid, "session_id": s} for s in sids])
-            if dids:
-                conn.execute(query_datasets.insert().values(query_id=qid, dataset_id=sa.bindparam("b_id"),
-                                                            state_id=_state_of("b_id")),
-                             [{"b_id": d} for d in dids])
+            qid = conn.execute(_INSERT_QUERY, {
+                "run_id": run_id, "method": method, "params": json.dumps(params or {}, default=str, sort_keys=True),
+                "started_at": utcnow(), "mode": mode, "revision_cutoff": revision_cutoff, "scope": scope,
+                "duration_s": duration_s, "error": error, "n_sessions": len(session_ids),
+                "n_datasets": len(dataset_ids)}).scalar_one()
+            if len(session_ids):   # (in key order: the index is then appended to, not written all over)
+                _link(conn, "sessions", {"qid": qid, "ids": sorted(session_ids)})
+            if len(dataset_ids):
+                if state_ids is None:
+                    _link(conn, "datasets_current", {"qid": qid, "ids": sorted(dataset_ids)})
+                else:
+                    pairs = sorted(zip(dataset_ids, state_ids))
+                    _link(conn, "datasets", {"qid": qid, "ids": [d for d, _ in pairs], "states": [s for _, s in pairs]})
         return qid
 
     def _new_query(self, conn: Connection, run_id: str | None, method: str, params: dict | None, **values) -> int:
@@ -611,6 +644,64 @@ def result_frame(result: sa.CursorResult) -> pd.DataFrame:
     every probe raises inside SQLAlchemy (about 8x slower).
     """
     return pd.DataFrame([tuple(row) for row in result.fetchall()], columns=list(result.keys()))
+
+
+_INSERT_QUERY = queries.insert().returning(queries.c.id)
+
+#: A query's result rows, linked in one statement: a JSON array (SQLite) or arrays (PostgreSQL)
+#: unpacked in SQL, instead of one INSERT (and one state lookup) per row.
+_LINKS = {
+    "sqlite": {
+        "sessions": "INSERT INTO query_sessions (query_id, session_id) SELECT :qid, value FROM json_each(:ids)",
+        "datasets": "INSERT INTO query_datasets (query_id, dataset_id, state_id) "
+                    "SELECT :qid, json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:pairs)",
+        "datasets_current": "INSERT INTO query_datasets (query_id, dataset_id, state_id) "
+                            "SELECT :qid, j.value, d.state_id FROM json_each(:ids) AS j LEFT JOIN datasets AS d ON d.id = j.value",
+    },
+    "postgresql": {
+        "sessions": "INSERT INTO query_sessions (query_id, session_id) SELECT :qid, unnest(CAST(:ids AS TEXT[]))",
+        "datasets": "INSERT INTO query_datasets (query_id, dataset_id, state_id) "
+                    "SELECT :qid, t.id, t.state FROM unnest(CAST(:ids AS TEXT[]), CAST(:states AS INTEGER[])) AS t(id, state)",
+        "datasets_current": "INSERT INTO query_datasets (query_id, dataset_id, state_id) "
+                            "SELECT :qid, t.id, d.state_id FROM unnest(CAST(:ids AS TEXT[])) AS t(id) "
+                            "LEFT JOIN datasets AS d ON d.id = t.id",
+    },
+}
+_LINK_STATEMENTS = {dialect: {kind: sa.text(sql) for kind, sql in kinds.items()} for dialect, kinds in _LINKS.items()}
+
+
+def _link(conn: Connection, kind: str, params: dict[str, Any]) -> None:
+    """Insert a query's links of one ``kind`` (see :data:`_LINKS`) in one statement."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(_LINK_STATEMENTS["postgresql"][kind], params)
+        return
+    if not _sqlite_json():  # an SQLite built without JSON1 (before 3.38 it was optional): row by row
+        table, rows = ((query_sessions, [{"query_id": params["qid"], "session_id": s} for s in params["ids"]])
+                       if kind == "sessions" else
+                       (query_datasets, [{"query_id": params["qid"], "dataset_id": d, "state_id": st} for d, st in
+                                         zip(params["ids"], params.get("states") or [None] * len(params["ids"]))]))
+        if kind == "datasets_current":
+            stmt = query_datasets.insert().values(query_id=params["qid"], dataset_id=sa.bindparam("b_id"),
+                                                  state_id=_state_of("b_id"))
+            conn.execute(stmt, [{"b_id": r["dataset_id"]} for r in rows])
+        else:
+            conn.execute(table.insert(), rows)
+        return
+    if kind == "datasets":
+        params = {"qid": params["qid"], "pairs": json.dumps(list(zip(params["ids"], params["states"])))}
+    else:
+        params = {"qid": params["qid"], "ids": json.dumps(params["ids"])}
+    conn.execute(_LINK_STATEMENTS["sqlite"][kind], params)
+
+
+@lru_cache(maxsize=1)
+def _sqlite_json() -> bool:
+    """Whether this process's SQLite library has the JSON functions."""
+    try:
+        sqlite3.connect(":memory:").execute("SELECT value FROM json_each('[1]')").fetchall()
+    except sqlite3.OperationalError:
+        return False
+    return True
 
 
 def _state_of(param: str) -> sa.ScalarSelect:
