@@ -94,7 +94,7 @@ datasets = Table(
     Column("first_seen_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
     Index("ix_datasets_session_id_collection_name", "session_id", "collection", "name"),
-    # search(datasets=...): one seek per session, answered from the index alone (migration 0004)
+    # search(datasets=...): one seek per session, answered from the index alone (migration 0005)
     Index("ix_datasets_name_session_id_id_exists_qc", "name", "session_id", "id", "exists", "qc"),
 )
 

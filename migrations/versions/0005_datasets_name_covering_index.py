@@ -8,14 +8,14 @@ index entry. It replaces the index on ``name`` alone, which it serves as well.
 
 Only indexes change: no table is rebuilt (SQLite cannot rebuild a table that views depend on).
 
-Revision ID: 0004_search
-Revises: 0003
-Create Date: 2026-11-27
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-11-25
 """
 from alembic import op
 
-revision = "0004_search"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
