@@ -17,10 +17,12 @@ import itertools
 import json
 import os
 import platform
+import queue
 import re
 import socket
 import sqlite3
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -399,10 +401,13 @@ class Store:
             repeated: list[str] = []
             show = progress if progress is not None else sys.stderr.isatty()
             with tqdm(total=total, unit="rows", desc="import datasets", disable=not show) as bar:
-                for batch in tables.iter_datasets(files["datasets"], batch_size=batch_size):
-                    changed += self._import_datasets(conn, qid, batch, files["datasets"], repeated)
-                    n_datasets += len(batch)
-                    bar.update(len(batch))
+                # Batch k+1 is read and checked in a thread while batch k is written: SQLite
+                # works without holding the GIL, so the two overlap on two cores.
+                for batch in _in_background(_prepared(tables.iter_datasets(files["datasets"], batch_size=batch_size))):
+                    changed += self._import_datasets(conn, qid, batch, files["datasets"])
+                    repeated.extend(batch.repeated)
+                    n_datasets += batch.rows
+                    bar.update(batch.rows)
             n_datasets -= len(repeated)
             if repeated:
                 # Real Alyx exports repeat ids (one-api keeps both rows); a dataset id names one record here.
@@ -439,25 +444,20 @@ class Store:
             stage.drop(conn)
         return len(rows)
 
-    def _import_datasets(self, conn: Connection, qid: int, frame: pd.DataFrame, path: Path,
-                         repeated: list[str]) -> int:
-        """Upsert one batch; ids seen before in this import are left out and added to ``repeated``.
+    def _import_datasets(self, conn: Connection, qid: int, batch: _Batch, path: Path) -> int:
+        """Upsert one batch; ids seen before in this import are left out and added to ``batch.repeated``.
 
         The batch goes into a temporary stage table, each row with the id of the history row it
         will get (``state_id``); set-based statements then write the current state (``datasets``),
         one history row per new or changed dataset, and a ``query_datasets`` link for every row.
         """
-        dup = frame["id"].duplicated()
-        repeated.extend(frame["id"][dup])
-        # In id order, the inserts below walk each index on the dataset id in order instead of
-        # jumping around it at random: several times faster once the database outgrows its cache.
-        frame = frame[~dup].rename(columns={"eid": "session_id"}).sort_values("id")
+        n = len(batch.values[0])
         sqlite = self.dialect != "postgresql"
         if sqlite:
             # This transaction holds SQLite's write lock (BEGIN IMMEDIATE): the history ids after
             # the largest one are ours. Numbered as if every row were new (renumbered below if not).
             base = conn.execute(sa.select(sa.func.coalesce(sa.func.max(dataset_history.c.id), 0))).scalar_one()
-            state_ids = range(base + 1, base + len(frame) + 1)
+            state_ids = range(base + 1, base + n + 1)
         else:
             state_ids = itertools.repeat(None)  # drawn from the sequence (_number_history_rows)
         now = utcnow()
@@ -465,7 +465,7 @@ class Store:
             sa.Column("changed", sa.Boolean, nullable=False, server_default=sa.true())])  # new or changed
         stage.create(conn)
         try:
-            _fill(conn, stage, [*_DATASET_COLUMNS, "state_id"], _tuples(frame, _DATASET_COLUMNS, state_ids))
+            _fill(conn, stage, [*_DATASET_COLUMNS, "state_id"], list(zip(*batch.values, state_ids)))
             i, d = stage.c, datasets.c
             known = conn.execute(sa.select(sa.func.count()).select_from(stage.join(datasets, d.id == i.id))).scalar_one()
             if known:  # (never in a first import: then every row is new and there is nothing to compare)
@@ -473,7 +473,7 @@ class Store:
                 again = conn.execute(sa.select(i.id).join(
                     query_datasets, sa.and_(earlier.query_id == qid, earlier.dataset_id == i.id))).scalars().all()
                 if again:
-                    repeated.extend(again)
+                    batch.repeated.extend(again)
                     conn.execute(stage.delete().where(i.id.in_(again)))
                 # A row equal to its dataset's current state is unchanged and keeps its history row.
                 same = sa.and_(*(d[f].is_not_distinct_from(i[f]) for f in _DATASET_MUTABLE))
@@ -771,20 +771,83 @@ def _bulk_load(conn: Connection) -> Iterator[None]:
         conn.exec_driver_sql(sql)
 
 
+@dataclass
+class _Batch:
+    """Rows of a datasets table ready to stage: column values in id order, without repeated ids."""
+    rows: int                # rows read, repeated ones included
+    values: list[list]       # per column of _DATASET_COLUMNS
+    repeated: list[str]      # ids that repeat an earlier row of the batch (more are found in the database)
+
+
+def _prepared(frames: Iterator[pd.DataFrame]) -> Iterator[_Batch]:
+    """Each batch of ``tables.iter_datasets`` as a :class:`_Batch`."""
+    for frame in frames:
+        dup = frame["id"].duplicated()
+        # In id order, the inserts of _import_datasets walk each index on the dataset id in
+        # order instead of jumping around it at random (fewer pages written, and each once).
+        kept = frame[~dup].rename(columns={"eid": "session_id"}).sort_values("id")
+        yield _Batch(len(frame), _column_values(kept, _DATASET_COLUMNS), frame["id"][dup].tolist())
+
+
+def _in_background(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:
+    """Iterate ``items`` in a worker thread that keeps up to ``depth`` items ready.
+
+    An exception of the worker is raised here; when the consumer stops early (or fails), the
+    worker stops too and ``items`` is closed.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((False, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((False, exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    worker = threading.Thread(target=work, name="oneprov-import-reader", daemon=True)
+    worker.start()
+    try:
+        while True:
+            more, item = ready.get()
+            if more:
+                yield item
+            elif item is None:
+                return
+            else:
+                raise item
+    finally:
+        stop.set()
+        worker.join()
+
+
 #: The columns of a datasets batch, as staged; all but ``id`` may change between imports.
 _DATASET_COLUMNS = ["id", "session_id", "rel_path", "collection", "revision", "name", "file_size", "hash",
                     "exists", "qc", "default_revision"]
 _DATASET_MUTABLE = _DATASET_COLUMNS[1:]
 
 
-def _tuples(frame: pd.DataFrame, columns: list[str], *more: Iterable) -> list[tuple]:
-    """The rows of ``frame``'s ``columns`` as tuples of plain Python values (None when missing),
-    followed by the values of each iterable in ``more``.
+def _column_values(frame: pd.DataFrame, columns: list[str]) -> list[list]:
+    """The values of ``frame``'s ``columns``, one list per column, plain Python values (None when missing).
 
-    Column by column, which is several times faster than building a dict per row.
+    Column by column, which is several times faster than building a dict or tuple per row.
     """
-    values = [frame[c].astype(object).where(frame[c].notna(), None).tolist() for c in columns]
-    return list(zip(*values, *more))
+    return [frame[c].astype(object).where(frame[c].notna(), None).tolist() for c in columns]
 
 
 def _fill(conn: Connection, table: sa.Table, columns: list[str], rows: list[tuple]) -> None:

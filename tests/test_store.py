@@ -305,3 +305,25 @@ def test_retiring_a_run_adds_a_record(store):
     marks = store.sql("SELECT kind, detail FROM run_marks")
     assert marks.values.tolist() == [["retired", "killed by the scheduler; rerun as another run"]]
     assert store.sql("SELECT * FROM access_events").equals(before)
+
+
+def test_background_reader_hands_over_items_errors_and_stops_when_the_consumer_does():
+    from oneprov.store import _in_background
+    closed = []
+
+    def source(fail_at=None):
+        try:
+            for i in range(100):
+                if i == fail_at:
+                    raise BadInputError(f"bad row {i}")
+                yield i
+        finally:
+            closed.append(True)
+
+    assert list(_in_background(source())) == list(range(100))
+    with pytest.raises(BadInputError, match="bad row 7"):
+        list(_in_background(source(fail_at=7)))
+    for i in _in_background(source()):
+        if i == 3:
+            break
+    assert closed == [True, True, True]   # each source was closed, also the one left early
