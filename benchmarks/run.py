@@ -204,7 +204,7 @@ def section_open(ctx: Context) -> None:
     del frame
     raw_db = Path(ws.root) / "raw_sqlite3.sqlite"
 
-    def raw_insert(with_layout: bool) -> float:
+    def raw_insert(rows: list[tuple], with_layout: bool) -> float:
         bl.remove_db(raw_db)
         con = sqlite3.connect(raw_db, isolation_level=None)
         try:
@@ -237,8 +237,8 @@ def section_open(ctx: Context) -> None:
             con.close()
             bl.remove_db(raw_db)
 
-    t_raw = raw_insert(False)
-    t_raw_layout = raw_insert(True)
+    t_raw = raw_insert(rows, False)
+    t_raw_layout = raw_insert(rows, True)
     del rows
     start = time.perf_counter()
     table = pq.read_table(datasets_pqt)
