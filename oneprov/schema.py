@@ -93,7 +93,8 @@ datasets = Table(
     Column("state_id", Integer),
     Column("first_seen_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
-    Index("ix_datasets_session_id_collection_name", "session_id", "collection", "name"),
+    # Everything the revision choice reads (oneprov.revisions), and the lookups by session (migration 0004).
+    Index("ix_datasets_revision_choice", "session_id", "collection", "name", "revision", "qc", "default_revision"),
 )
 
 revisions = Table(
