@@ -161,7 +161,7 @@ def _cache_selects(conn: Connection, run: str | None, query: int | None) -> tupl
         session_ids = sa.union(queried, sa.select(d.session_id).join(latest, latest.c.dataset_id == d.id))
         ss = sa.select(*(sessions.c[c] for c in SESSION_COLUMNS)).where(sessions.c.id.in_(session_ids))
     # UUIDs are fixed-format lowercase hex: every collation orders them as bytes, as ONE sorts them.
-    # The datasets are sorted, rather than read along ix_datasets_session_id_collection_name: that
+    # The datasets are sorted, rather than read along the index by session (ix_datasets_revision_choice): that
     # walk reads the table in session order, a random read per row unless the import inserted in
     # that order (1.5x the time of a scan and a sort).
     return ss.order_by(sessions.c.id), ds.order_by(d.session_id + sa.literal_column("''"), d.id)

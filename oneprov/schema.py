@@ -93,7 +93,8 @@ datasets = Table(
     Column("state_id", Integer),
     Column("first_seen_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
-    Index("ix_datasets_session_id_collection_name", "session_id", "collection", "name"),
+    # Everything the revision choice reads (oneprov.revisions), and the lookups by session (migration 0006).
+    Index("ix_datasets_revision_choice", "session_id", "collection", "name", "revision", "qc", "default_revision"),
     # search(datasets=...): one seek per session, answered from the index alone (migration 0005)
     Index("ix_datasets_name_session_id_id_exists_qc", "name", "session_id", "id", "exists", "qc"),
 )

@@ -555,12 +555,13 @@ class Store:
         revision on or before that date (the unrevised file always a candidate). Datasets with QC
         above ``qc`` are left out (CRITICAL by default). ``within_query`` restricts the choice to the
         datasets an earlier query (e.g. an import) returned, ``ids`` to the given dataset rows.
-        One SQL statement (see :mod:`oneprov.revisions`).
+        One SQL statement (see :mod:`oneprov.revisions`); the rows come in no particular order.
         """
-        where = []
-        if eid is not None:
-            eids = [check_uuid(e, "session id") for e in ([eid] if isinstance(eid, str) else eid)]
-            where.append(datasets.c.session_id.in_(eids))
+        where, session = [], None
+        if isinstance(eid, str):
+            session = check_uuid(eid, "session id")  # a bound parameter of a statement compiled once
+        elif eid is not None:
+            where.append(datasets.c.session_id.in_([check_uuid(e, "session id") for e in eid]))
         if within_query is not None:
             where.append(datasets.c.id.in_(sa.select(query_datasets.c.dataset_id)
                                            .where(query_datasets.c.query_id == within_query)))
@@ -568,7 +569,7 @@ class Store:
             where.append(datasets.c.id.in_(list(ids)))
         with self.reading() as conn:
             return revisions.last_before(conn, revision, qc=qc, ignore_qc_not_set=ignore_qc_not_set,
-                                         where=where, strict=strict)
+                                         where=where, strict=strict, session=session)
 
     def loaded_ids(
         self,

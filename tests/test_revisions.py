@@ -108,9 +108,11 @@ def one_choice(rows, cutoff, qc="FAIL", ignore_qc_not_set=False, default_column=
     return set(zip(chosen.index, chosen["revision"]))
 
 
-def sql_choice(conn, cutoff, sessions=None, **kwargs) -> set[tuple[str, str]]:
+def sql_choice(conn, cutoff, sessions=None, session=None, **kwargs) -> set[tuple[str, str]]:
+    """oneprov's choice: of all sessions, of ``sessions`` (a WHERE clause), or of ``session`` (the
+    statement compiled once with a bound session id, Store.datasets_last_before(eid=...))."""
     where = [] if sessions is None else [datasets.c.session_id.in_(sessions)]
-    frame = revisions.last_before(conn, cutoff, where=where, **kwargs)
+    frame = revisions.last_before(conn, cutoff, where=where, session=session, **kwargs)
     assert frame.columns.tolist() == revisions.COLUMNS
     return set(zip(frame["dataset_uuid"], frame["revision"]))
 
@@ -191,6 +193,7 @@ def test_sql_choice_agrees_with_one_api(engine):
                     expected = outcome(lambda: one_choice(rows, cutoff, default_column=default_column, **kwargs))
                     got = outcome(lambda: sql_choice(conn, cutoff, sessions=[session], **kwargs))
                     assert got == expected, (session, rows)
+                    assert outcome(lambda: sql_choice(conn, cutoff, session=session, **kwargs)) == expected
                     any_raised |= expected[0] == "raised"
                     union |= expected[1] or set()
                     if expected[0] == "raised":
@@ -340,3 +343,84 @@ def test_several_defaults_raise_naming_the_dataset(engine):
                                                   "alf/trials.table.pqt"]
     assert choose(engine, rows, qc="PASS") == ["alf/probe00/#2020-01-01#/spikes.times.npy",
                                                "alf/trials.table.pqt"]
+
+
+# --- the result frame and the plan ---------------------------------------------------------------
+
+def test_frame_dtypes_whatever_the_path(engine):
+    """One session (compiled once), several, all: the same rows with the same dtypes; unknown flags
+    and sizes become the nullable dtypes."""
+    other = "11111111-2222-3333-4444-555555555555"
+    text = pd.Series(["x"]).dtype  # pandas' own text dtype (str with pandas 3)
+    with engine.connect() as conn:
+        trans = conn.begin()
+        try:
+            insert(conn, SESSION, [("alf/trials.table.pqt", "PASS", None),
+                                   ("alf/#2021-01-01#/trials.table.pqt", "PASS", None),
+                                   ("spikes.times.npy", "FAIL", None)])
+            insert(conn, other, [("alf/trials.table.pqt", "PASS", True)])
+            conn.execute(datasets.update().where(datasets.c.name == "spikes.times.npy").values(file_size=123, hash="ab"))
+            frames = {
+                "one": revisions.last_before(conn, session=SESSION),
+                "where": revisions.last_before(conn, where=[datasets.c.session_id.in_([SESSION])]),
+                "all": revisions.last_before(conn).query("session_uuid == @SESSION"),
+                "cutoff": revisions.last_before(conn, "2099-01-01", session=SESSION),
+            }
+            for key, frame in frames.items():
+                frame = frame.sort_values("rel_path").reset_index(drop=True)
+                assert frame.columns.tolist() == revisions.COLUMNS, key
+                assert frame["rel_path"].tolist() == ["alf/#2021-01-01#/trials.table.pqt", "spikes.times.npy"], key
+                assert all(frame[c].dtype == text for c in ("dataset_uuid", "rel_path", "revision", "qc", "hash")), key
+                assert str(frame["default_revision"].dtype) == "boolean" and frame["default_revision"].isna().all()
+                assert frame["exists"].dtype == bool and frame["exists"].all()
+                assert str(frame["file_size"].dtype) == "Int64"
+                assert frame["file_size"].isna().tolist() == [True, False] and frame["file_size"].iloc[1] == 123
+                assert frame["hash"].isna().tolist() == [True, False]
+                frame.loc[0, "file_size"] = 7  # a frame of its own, writable
+            flagged = revisions.last_before(conn, session=other)
+            assert flagged["default_revision"].dtype == bool and flagged["default_revision"].tolist() == [True]
+            empty = revisions.last_before(conn, session=other, qc="NOT_SET")  # its only row is PASS
+            assert empty.empty and empty.columns.tolist() == revisions.COLUMNS
+            assert empty["dataset_uuid"].dtype == text and str(empty["file_size"].dtype) == "Int64"
+        finally:
+            trans.rollback()
+
+
+def test_several_defaults_raise_on_every_path(engine):
+    rows = [("alf/#2020-01-01#/spikes.times.npy", "PASS", True), ("alf/#2021-01-01#/spikes.times.npy", "PASS", True)]
+    with engine.connect() as conn:
+        trans = conn.begin()
+        try:
+            ids = insert(conn, SESSION, rows)
+            for call in (lambda: revisions.last_before(conn, session=SESSION), lambda: revisions.last_before(conn),
+                         lambda: revisions.chosen_ids(conn, ids)):
+                with pytest.raises(revisions.ALFMultipleRevisionsFound,
+                                   match='alf/spikes.times.npy of session .* "2020-01-01", "2021-01-01"'):
+                    call()
+            assert len(revisions.last_before(conn, session=SESSION, strict=False)) == 1
+            assert revisions.chosen_ids(conn, ids, strict=False) == [ids[1]]  # the greatest revision
+        finally:
+            trans.rollback()
+
+
+def test_sqlite_choice_reads_the_index_not_the_table(tmp_path):
+    """The choice groups along ix_datasets_revision_choice (no sort, no table read) and then reads
+    the chosen rows by rowid, in rowid order."""
+    eng = create_engine(str(tmp_path / "p.sqlite"))
+    upgrade(eng)
+    try:
+        with eng.connect() as conn:
+            for revision in (None, "2024-01-01"):
+                for where in ([], [datasets.c.session_id == SESSION]):
+                    stmt = revisions.last_before_select("sqlite", revision, where=where)
+                    compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+                    plan = [r[3] for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}")]
+                    assert any("COVERING INDEX ix_datasets_revision_choice" in step for step in plan), plan
+                    assert not any(step.startswith("SCAN") and "INDEX" not in step and "choice" not in step
+                                   for step in plan), plan
+                    assert any("chosen_row USING INTEGER PRIMARY KEY" in step for step in plan), plan
+                    # the chosen rowids are sorted first (the subquery's ORDER BY): without it the table
+                    # is read at random, several times slower on a large database
+                    assert "USE TEMP B-TREE FOR ORDER BY" in plan, plan
+    finally:
+        eng.dispose()
