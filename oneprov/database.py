@@ -17,6 +17,8 @@ import random
 import sqlite3
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -192,6 +194,36 @@ def _begin_immediate(dbapi_conn, engine: Engine) -> None:
     finally:
         cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
         cursor.close()
+
+
+@contextmanager
+def sqlite_write(engine: Engine) -> Iterator[sqlite3.Cursor]:
+    """A write transaction on a bare ``sqlite3`` cursor: committed on success, else rolled back.
+
+    The same transaction as ``engine.begin()`` (``BEGIN IMMEDIATE``, retried as there) without
+    SQLAlchemy's execution machinery, which costs several times what SQLite needs to commit one
+    small row. Driver errors become a :class:`DatabaseError` naming the database, as with
+    :class:`connect_errors`.
+    """
+    with connect_errors(engine):
+        fairy = engine.raw_connection()
+    try:
+        dbapi_conn = fairy.dbapi_connection
+        _begin_immediate(dbapi_conn, engine)
+        cursor = dbapi_conn.cursor()
+        try:
+            yield cursor
+            dbapi_conn.commit()
+        except BaseException:
+            dbapi_conn.rollback()
+            raise
+        finally:
+            cursor.close()
+    except sqlite3.Error as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DatabaseError(f"cannot use database {redact(engine.url)}: {message}") from None
+    finally:
+        fairy.close()
 
 
 def reader(engine: Engine) -> Engine:
