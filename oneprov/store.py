@@ -47,6 +47,8 @@ from .schema import (
 
 #: Rows read from a datasets table and written per statement batch during an import.
 IMPORT_BATCH = 100_000
+#: Ids joined into one text per query by :meth:`Store.loaded_ids` (~37 bytes each).
+LOADED_IDS_CHUNK = 2_000_000
 #: SQLite page cache of an import's connection, in MiB (see :func:`_import_cache_size`).
 IMPORT_CACHE_MIB = 256
 
@@ -577,32 +579,72 @@ class Store:
         keep only the loads after the run's latest 'clear_list' mark that were made with
         ``record_loaded`` on (together: the run's *current list*, ONE's ``save_loaded_ids``).
         """
+        return self._loaded_ids(run=run, project=project, label=label, scope=scope, sessions_only=sessions_only,
+                                since_clear=since_clear, listed_only=listed_only)[0]
+
+    def _loaded_ids(self, *, run: str | None, project: str | None, label: str | None, scope: str | None,
+                    sessions_only: bool, since_clear: bool, listed_only: bool) -> tuple[list[str], str]:
+        """:meth:`loaded_ids` and the same ids as one text, one per line (no final newline).
+
+        The database joins the ids into text (``group_concat``/``string_agg``), in chunks of
+        :data:`LOADED_IDS_CHUNK`: a million rows fetched one by one through the driver would cost
+        more than the query. A run's loads are read from its index on access_events alone, in
+        id order, duplicates skipped as they come.
+        """
         e = access_events.c
-        stmt = (sa.select((datasets.c.session_id if sessions_only else e.dataset_id).label("id"))
-                .select_from(access_events.join(runs, runs.c.id == e.run_id)
-                             .join(projects, projects.c.id == runs.c.project_id)
-                             .join(datasets, datasets.c.id == e.dataset_id, isouter=True))
-                .where(e.outcome.in_(SUCCESS_OUTCOMES), e.dataset_id.is_not(None))
-                .distinct())
-        if sessions_only:
-            stmt = stmt.where(datasets.c.session_id.is_not(None))
+        column = datasets.c.session_id if sessions_only else e.dataset_id
+        source = access_events.join(datasets, datasets.c.id == e.dataset_id) if sessions_only else access_events
+        where = [e.outcome.in_(SUCCESS_OUTCOMES), e.dataset_id.is_not(None)]
         if run is not None:
-            stmt = stmt.where(e.run_id == run)
-        if project is not None:
-            stmt = stmt.where(projects.c.name == project)
-        if label is not None:
-            stmt = stmt.where(runs.c.label == label)
+            where.append(e.run_id == run)
+        if project is not None or label is not None:
+            of_runs = sa.select(runs.c.id)
+            if project is not None:
+                of_runs = of_runs.join(projects, projects.c.id == runs.c.project_id).where(projects.c.name == project)
+            if label is not None:
+                of_runs = of_runs.where(runs.c.label == label)
+            where.append(e.run_id.in_(of_runs))
         if scope is not None:
-            stmt = stmt.where(e.scope == scope)
+            where.append(e.scope == scope)
         if listed_only:
-            stmt = stmt.where(e.listed == sa.true())
-        if since_clear:
-            last_clear = (sa.select(sa.func.max(run_marks.c.marked_at))
-                          .where(run_marks.c.run_id == e.run_id, run_marks.c.kind == "clear_list")
-                          .scalar_subquery())
-            stmt = stmt.where(sa.or_(last_clear.is_(None), e.event_time > last_clear))
+            where.append(e.listed == sa.true())
+        ids: list[str] = []
+        texts: list[str] = []
         with self.reading() as conn:
-            return sorted(conn.execute(stmt).scalars().all())
+            if since_clear:
+                marks = run_marks.c
+                if run is not None:  # one run: its last clear, once, rather than a lookup per event
+                    last_clear = conn.execute(sa.select(sa.func.max(marks.marked_at))
+                                              .where(marks.run_id == run, marks.kind == "clear_list")).scalar()
+                    if last_clear is not None:
+                        where.append(e.event_time > last_clear)
+                else:
+                    last_clear = (sa.select(sa.func.max(marks.marked_at))
+                                  .where(marks.run_id == e.run_id, marks.kind == "clear_list").scalar_subquery())
+                    where.append(sa.or_(last_clear.is_(None), e.event_time > last_clear))
+            after = None
+            while True:
+                chunk = (sa.select(column.label("id")).select_from(source).where(*where)
+                         .distinct().order_by(column).limit(LOADED_IDS_CHUNK))
+                if after is not None:
+                    chunk = chunk.where(column > after)
+                chunk = chunk.subquery()
+                if self.dialect == "postgresql":
+                    joined = sa.func.string_agg(chunk.c.id, postgresql.aggregate_order_by(sa.literal("\n"), chunk.c.id))
+                else:
+                    # SQLite keeps a FROM subquery's ORDER BY when it has a LIMIT or feeds an aggregate
+                    # other than count/min/max: group_concat sees the ids in order.
+                    joined = sa.func.group_concat(chunk.c.id, sa.literal("\n"))
+                text = conn.execute(sa.select(joined)).scalar()
+                if not text:
+                    break
+                some = text.split("\n")
+                ids.extend(some)
+                texts.append(text)
+                if len(some) < LOADED_IDS_CHUNK:
+                    break
+                after = some[-1]
+        return ids, "\n".join(texts)
 
     def record_export(self, conn: Connection, *, kind: str, path: Path, rows: int,
                       run_id: str | None = None, params: dict | None = None) -> None:

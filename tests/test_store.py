@@ -222,6 +222,25 @@ def test_record_access_returns_ids_in_order_with_states(store, repo):
     assert known.sum() == len(ids)
 
 
+def test_loaded_ids_many_in_chunks_sorted_and_distinct(store, repo, monkeypatch):
+    """The ids come sorted, once each, however many chunks they take and in whatever order they were loaded."""
+    import oneprov.store
+
+    store.import_cache(repo.root)
+    run = store.start_run("p", label="L")
+    ids = repo.datasets["id"].tolist()
+    loads = [{"method": "load_dataset", "outcome": "loaded", "dataset_id": i} for i in reversed(ids)]
+    store.record_access(run, loads + loads[::3])
+    store.record_access(run, [{"method": "load_dataset", "outcome": "missing", "dataset_id": ids[0]}])
+    monkeypatch.setattr(oneprov.store, "LOADED_IDS_CHUNK", 7)
+    assert store.loaded_ids(run=run) == sorted(set(ids))
+    assert store.loaded_ids(project="p", label="L", since_clear=True, listed_only=True) == sorted(set(ids))
+    eids = sorted(set(repo.datasets["eid"]))
+    assert store.loaded_ids(run=run, sessions_only=True) == eids
+    monkeypatch.setattr(oneprov.store, "LOADED_IDS_CHUNK", len(ids))  # exactly one full chunk, then none
+    assert store.loaded_ids(run=run) == sorted(set(ids))
+
+
 def test_runs_get_distinct_ids_and_metadata(store):
     ids = {store.start_run("p", label="same") for _ in range(20)}
     assert len(ids) == 20
