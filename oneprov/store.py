@@ -639,7 +639,10 @@ class Store:
                 if not text:
                     break
                 some = text.split("\n")
-                ids.extend(some)
+                if ids:
+                    ids.extend(some)
+                else:
+                    ids = some
                 texts.append(text)
                 if len(some) < LOADED_IDS_CHUNK:
                     break
