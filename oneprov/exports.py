@@ -73,20 +73,27 @@ def export_loaded_ids(
         raise BadInputError("export_loaded_ids needs a directory or a path")
     if not target.parent.is_dir():
         raise BadInputError(f"cannot write {str(target)!r}: folder {str(target.parent)!r} does not exist")
-    ids = store.loaded_ids(run=run, project=project, label=label, scope=scope,
-                           sessions_only=sessions_only, since_clear=since_clear, listed_only=listed_only)
+    ids, text = store._loaded_ids(run=run, project=project, label=label, scope=scope, sessions_only=sessions_only,
+                                  since_clear=since_clear, listed_only=listed_only)
     if not ids:
         warnings.warn("No datasets loaded; check that the `record_loaded` attribute is True "
                       "and that the filters match a run", stacklevel=2)
         return [], None
-    header = "session_uuid" if sessions_only else "dataset_uuid"
-    data = (header + "\n" + "".join(f"{i}\n" for i in ids)).encode()
+    # ONE's file: a header line, then one UUID per line, each ending with a newline.
+    header = b"session_uuid\n" if sessions_only else b"dataset_uuid\n"
+    body = text.encode("ascii")
+
+    def write(f) -> None:
+        f.write(header)
+        f.write(body)
+        f.write(b"\n")
+
     if path is not None:
-        write_atomically(target, lambda f: f.write(data))
+        write_atomically(target, write)
     else:
         stamp, rest = target.name.split("_", 1)
         n = 1
-        while not write_atomically(target, lambda f: f.write(data), overwrite=False):
+        while not write_atomically(target, write, overwrite=False):
             n += 1
             target = target.with_name(f"{stamp}-{n}_{rest}")
     with store.transaction() as conn:

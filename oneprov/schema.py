@@ -163,7 +163,7 @@ query_datasets = Table(
 access_events = Table(
     "access_events", metadata,
     Column("id", Integer, primary_key=True),
-    Column("run_id", UUID, ForeignKey("runs.id"), nullable=False, index=True),
+    Column("run_id", UUID, ForeignKey("runs.id"), nullable=False),
     Column("event_time", DateTime, nullable=False),
     Column("method", String(64), nullable=False),
     Column("outcome", String(32), nullable=False),
@@ -179,6 +179,9 @@ access_events = Table(
     Column("detail", Text),
     # counts in the run's loaded-ids list: ONE's record_loaded was on (migration 0002)
     Column("listed", Boolean, nullable=False, server_default=sa_true()),
+    # a run's loaded ids, read from the index alone, in dataset order (migration 0007)
+    Index("ix_access_events_run_id_dataset_id_outcome_listed_event_time",
+          "run_id", "dataset_id", "outcome", "listed", "event_time"),
 )
 
 #: Things that happen to a run besides loads: a cleared loaded-ids list, a retirement.

@@ -29,7 +29,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -50,6 +50,8 @@ from .schema import (
 
 #: Rows read from a datasets table and written per statement batch during an import.
 IMPORT_BATCH = 100_000
+#: Ids joined into one text per query by :meth:`Store.loaded_ids` (~37 bytes each).
+LOADED_IDS_CHUNK = 2_000_000
 #: SQLite page cache of an import's connection, in MiB (see :func:`_import_cache_size`).
 IMPORT_CACHE_MIB = 256
 
@@ -318,40 +320,62 @@ class Store:
             started_at=utcnow(), **values).returning(queries.c.id)).scalar_one()
 
     def record_access(self, run_id: str, events: Sequence[dict[str, Any]]) -> list[int]:
-        """Record a batch of load attempts in one transaction; return their event ids.
+        """Record a batch of load attempts in one transaction; return their event ids, in order.
 
         Each event is a dict with ``method`` and ``outcome`` and optionally ``dataset_id``,
         ``session_id``, ``rel_path``, ``requested_revision``, ``revision_cutoff``, ``scope``,
         ``path``, ``bytes``, ``detail``, ``event_time`` (default: now) and ``listed`` (default True:
-        the load counts in the run's loaded-ids list).
+        the load counts in the run's loaded-ids list). Each event is linked with the current
+        state (``dataset_history`` row) of its dataset.
         """
-        allowed = {"method", "outcome", "dataset_id", "session_id", "rel_path", "requested_revision",
-                   "revision_cutoff", "scope", "path", "bytes", "detail", "event_time", "listed"}
-        now = utcnow()
-        rows = []
-        for i, event in enumerate(events):
-            unknown = set(event) - allowed
-            if unknown or not event.get("method") or not event.get("outcome"):
-                raise BadInputError(f"access event {i} is invalid: needs method and outcome"
-                                    + (f", unknown fields {sorted(unknown)}" if unknown else ""))
-            row = {k: event.get(k) for k in allowed}
-            row["event_time"] = row["event_time"] or now
-            row["listed"] = True if row["listed"] is None else bool(row["listed"])
-            for key in ("dataset_id", "session_id"):
-                if row[key] is not None:
-                    row[key] = check_uuid(row[key], key.replace("_", " "))
-            rows.append(row)
+        rows = _event_rows(events, utcnow())
         if not rows:
             return []
-        rows = [{f"b_{k}": v for k, v in row.items()} for row in rows]
-        stmt = (access_events.insert()
-                .values({**{k: sa.bindparam(f"b_{k}") for k in allowed}, "run_id": run_id,
-                         "state_id": _state_of("b_dataset_id")})
-                .returning(access_events.c.id))
+        if self.dialect == "postgresql":
+            return self._record_access_postgresql(run_id, rows)
+        # SQLite: through the driver (SQLAlchemy's execution costs several times SQLite's commit).
+        to_text = _sqlite_time(self.engine.dialect)
+        with database.sqlite_write(self.engine) as cursor:
+            if len(rows) == 1:  # the common case, the client's: one load, one transaction
+                row = rows[0]
+                cursor.execute(_SQLITE_INSERT_EVENT, (run_id, to_text(row[0]), *row[1:], row[3]))
+                return [cursor.lastrowid]
+            # The datasets' states first, looked up in id order: far fewer page reads than a lookup per
+            # event in the events' order, when the events are many.
+            wanted = sorted({row[3] for row in rows if row[3] is not None})
+            state: dict[str, int | None] = {}
+            for i in range(0, len(wanted), _SQLITE_MAX_PARAMS):
+                chunk = wanted[i:i + _SQLITE_MAX_PARAMS]
+                state.update(cursor.execute(f"SELECT id, state_id FROM datasets WHERE id IN "
+                                            f"({', '.join('?' * len(chunk))})", chunk).fetchall())
+            # BEGIN IMMEDIATE holds the write lock: the ids after the largest one are ours.
+            base = cursor.execute("SELECT coalesce(max(id), 0) FROM access_events").fetchone()[0]
+            cursor.executemany(_SQLITE_INSERT_EVENT_ID, [(base + k, run_id, to_text(row[0]), *row[1:], state.get(row[3]))
+                                                        for k, row in enumerate(rows, 1)])
+            return list(range(base + 1, base + len(rows) + 1))
+
+    def _record_access_postgresql(self, run_id: str, rows: list[tuple]) -> list[int]:
+        names = ", ".join(_EVENT_COLUMNS)
         with self.transaction() as conn:
-            if len(rows) == 1:  # the common case: one load, one round trip
-                return [conn.execute(stmt, rows[0]).scalar_one()]
-            return list(conn.execute(stmt, rows).scalars().all())
+            if len(rows) == 1:
+                marks = ", ".join(f"%({c})s" for c in _EVENT_COLUMNS)
+                return [conn.exec_driver_sql(
+                    f"INSERT INTO access_events (run_id, {names}, state_id) VALUES (%(run_id)s, {marks}, "
+                    "(SELECT state_id FROM datasets WHERE id = %(state_of)s)) RETURNING id",
+                    {"run_id": run_id, **dict(zip(_EVENT_COLUMNS, rows[0])), "state_of": rows[0][3]}).scalar_one()]
+            # Ids drawn from the sequence first (concurrent writers never get the same one), so
+            # that they follow the events' order; then every row in one statement, from arrays.
+            ids = sorted(conn.exec_driver_sql(
+                "SELECT nextval(pg_get_serial_sequence('access_events', 'id')) FROM generate_series(1, %(n)s)",
+                {"n": len(rows)}).scalars().all())
+            arrays = ", ".join(f"%({c})s::{t}[]" for c, t in zip(["id", *_EVENT_COLUMNS], _PG_ARRAY_TYPES))
+            values = ", ".join(f"v.{c}" for c in _EVENT_COLUMNS)
+            conn.exec_driver_sql(
+                f"INSERT INTO access_events (id, run_id, {names}, state_id) "
+                f"SELECT v.id, %(run_id)s, {values}, d.state_id "
+                f"FROM unnest({arrays}) AS v (id, {names}) LEFT JOIN datasets d ON d.id = v.dataset_id",
+                {"run_id": run_id, "id": ids, **dict(zip(_EVENT_COLUMNS, map(list, zip(*rows))))})
+            return ids
 
     # -- import of ONE cache tables ----------------------------------------------------------
 
@@ -588,32 +612,75 @@ class Store:
         keep only the loads after the run's latest 'clear_list' mark that were made with
         ``record_loaded`` on (together: the run's *current list*, ONE's ``save_loaded_ids``).
         """
+        return self._loaded_ids(run=run, project=project, label=label, scope=scope, sessions_only=sessions_only,
+                                since_clear=since_clear, listed_only=listed_only)[0]
+
+    def _loaded_ids(self, *, run: str | None, project: str | None, label: str | None, scope: str | None,
+                    sessions_only: bool, since_clear: bool, listed_only: bool) -> tuple[list[str], str]:
+        """:meth:`loaded_ids` and the same ids as one text, one per line (no final newline).
+
+        The database joins the ids into text (``group_concat``/``string_agg``), in chunks of
+        :data:`LOADED_IDS_CHUNK`: a million rows fetched one by one through the driver would cost
+        more than the query. A run's loads are read from its index on access_events alone, in
+        id order, duplicates skipped as they come.
+        """
         e = access_events.c
-        stmt = (sa.select((datasets.c.session_id if sessions_only else e.dataset_id).label("id"))
-                .select_from(access_events.join(runs, runs.c.id == e.run_id)
-                             .join(projects, projects.c.id == runs.c.project_id)
-                             .join(datasets, datasets.c.id == e.dataset_id, isouter=True))
-                .where(e.outcome.in_(SUCCESS_OUTCOMES), e.dataset_id.is_not(None))
-                .distinct())
-        if sessions_only:
-            stmt = stmt.where(datasets.c.session_id.is_not(None))
+        column = datasets.c.session_id if sessions_only else e.dataset_id
+        source = access_events.join(datasets, datasets.c.id == e.dataset_id) if sessions_only else access_events
+        where = [e.outcome.in_(SUCCESS_OUTCOMES), e.dataset_id.is_not(None)]
         if run is not None:
-            stmt = stmt.where(e.run_id == run)
-        if project is not None:
-            stmt = stmt.where(projects.c.name == project)
-        if label is not None:
-            stmt = stmt.where(runs.c.label == label)
+            where.append(e.run_id == run)
+        if project is not None or label is not None:
+            of_runs = sa.select(runs.c.id)
+            if project is not None:
+                of_runs = of_runs.join(projects, projects.c.id == runs.c.project_id).where(projects.c.name == project)
+            if label is not None:
+                of_runs = of_runs.where(runs.c.label == label)
+            where.append(e.run_id.in_(of_runs))
         if scope is not None:
-            stmt = stmt.where(e.scope == scope)
+            where.append(e.scope == scope)
         if listed_only:
-            stmt = stmt.where(e.listed == sa.true())
-        if since_clear:
-            last_clear = (sa.select(sa.func.max(run_marks.c.marked_at))
-                          .where(run_marks.c.run_id == e.run_id, run_marks.c.kind == "clear_list")
-                          .scalar_subquery())
-            stmt = stmt.where(sa.or_(last_clear.is_(None), e.event_time > last_clear))
+            where.append(e.listed == sa.true())
+        ids: list[str] = []
+        texts: list[str] = []
         with self.reading() as conn:
-            return sorted(conn.execute(stmt).scalars().all())
+            if since_clear:
+                marks = run_marks.c
+                if run is not None:  # one run: its last clear, once, rather than a lookup per event
+                    last_clear = conn.execute(sa.select(sa.func.max(marks.marked_at))
+                                              .where(marks.run_id == run, marks.kind == "clear_list")).scalar()
+                    if last_clear is not None:
+                        where.append(e.event_time > last_clear)
+                else:
+                    last_clear = (sa.select(sa.func.max(marks.marked_at))
+                                  .where(marks.run_id == e.run_id, marks.kind == "clear_list").scalar_subquery())
+                    where.append(sa.or_(last_clear.is_(None), e.event_time > last_clear))
+            after = None
+            while True:
+                chunk = (sa.select(column.label("id")).select_from(source).where(*where)
+                         .distinct().order_by(column).limit(LOADED_IDS_CHUNK))
+                if after is not None:
+                    chunk = chunk.where(column > after)
+                chunk = chunk.subquery()
+                if self.dialect == "postgresql":
+                    joined = sa.func.string_agg(chunk.c.id, postgresql.aggregate_order_by(sa.literal("\n"), chunk.c.id))
+                else:
+                    # SQLite keeps a FROM subquery's ORDER BY when it has a LIMIT or feeds an aggregate
+                    # other than count/min/max: group_concat sees the ids in order.
+                    joined = sa.func.group_concat(chunk.c.id, sa.literal("\n"))
+                text = conn.execute(sa.select(joined)).scalar()
+                if not text:
+                    break
+                some = text.split("\n")
+                if ids:
+                    ids.extend(some)
+                else:
+                    ids = some
+                texts.append(text)
+                if len(some) < LOADED_IDS_CHUNK:
+                    break
+                after = some[-1]
+        return ids, "\n".join(texts)
 
     def record_export(self, conn: Connection, *, kind: str, path: Path, rows: int,
                       run_id: str | None = None, params: dict | None = None) -> None:
@@ -703,6 +770,48 @@ def _sqlite_json() -> bool:
     except sqlite3.OperationalError:
         return False
     return True
+
+
+#: An access event's fields, in the order of :func:`_event_rows`'s tuples and of the INSERTs below.
+_EVENT_COLUMNS = ("event_time", "method", "outcome", "dataset_id", "session_id", "rel_path", "requested_revision",
+                  "revision_cutoff", "scope", "path", "bytes", "detail", "listed")
+_EVENT_FIELDS = frozenset(_EVENT_COLUMNS)
+_PG_ARRAY_TYPES = ("bigint", "timestamp", "text", "text", "text", "text", "text", "text", "text", "text", "text",
+                   "bigint", "text", "boolean")
+# The event's state: its dataset's current history row, looked up in the same statement.
+_SQLITE_INSERT_EVENT = (f"INSERT INTO access_events (run_id, {', '.join(_EVENT_COLUMNS)}, state_id) "
+                        f"VALUES (?, {', '.join('?' * len(_EVENT_COLUMNS))}, "
+                        "(SELECT state_id FROM datasets WHERE id = ?))")
+_SQLITE_INSERT_EVENT_ID = (f"INSERT INTO access_events (id, run_id, {', '.join(_EVENT_COLUMNS)}, state_id) "
+                           f"VALUES ({', '.join('?' * (len(_EVENT_COLUMNS) + 3))})")
+#: Bound parameters per statement: SQLite before 3.32 allows 999.
+_SQLITE_MAX_PARAMS = 999
+
+
+def _event_rows(events: Sequence[dict[str, Any]], now: datetime) -> list[tuple]:
+    """Validated access events as tuples in :data:`_EVENT_COLUMNS` order (UUIDs lowercase canonical)."""
+    rows = []
+    for i, event in enumerate(events):
+        get = event.get
+        if not get("method") or not get("outcome") or not event.keys() <= _EVENT_FIELDS:
+            unknown = set(event) - _EVENT_FIELDS
+            raise BadInputError(f"access event {i} is invalid: needs method and outcome"
+                                + (f", unknown fields {sorted(unknown)}" if unknown else ""))
+        dataset_id, session_id, listed = get("dataset_id"), get("session_id"), get("listed")
+        if dataset_id is not None:
+            dataset_id = check_uuid(dataset_id, "dataset id")
+        if session_id is not None:
+            session_id = check_uuid(session_id, "session id")
+        rows.append((get("event_time") or now, event["method"], event["outcome"], dataset_id, session_id,
+                     get("rel_path"), get("requested_revision"), get("revision_cutoff"), get("scope"), get("path"),
+                     get("bytes"), get("detail"), True if listed is None else bool(listed)))
+    return rows
+
+
+@cache
+def _sqlite_time(dialect: sa.Dialect):
+    """How SQLAlchemy stores a DateTime in SQLite (text), for values bound through the driver."""
+    return access_events.c.event_time.type.dialect_impl(dialect).bind_processor(dialect)
 
 
 def _state_of(param: str) -> sa.ScalarSelect:

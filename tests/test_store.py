@@ -227,6 +227,50 @@ def test_loaded_ids_filters_and_clear_marks(store, repo):
     assert eids == sorted(set(repo.datasets.set_index("id").loc[ids[:3], "eid"]))
 
 
+
+def test_record_access_returns_ids_in_order_with_states(store, repo):
+    """One event and many: the ids follow the events, each event carries its dataset's current state."""
+    store.import_cache(repo.root)
+    run = store.start_run("p")
+    ids = repo.datasets["id"].tolist()
+    events = [{"method": "load_dataset", "outcome": "loaded", "dataset_id": i, "bytes": k, "listed": k % 2 == 0}
+              for k, i in enumerate(reversed(ids))]
+    events.insert(3, {"method": "load_object", "outcome": "not_found", "rel_path": "alf/nothing.npy"})
+    events.insert(5, {"method": "load_dataset", "outcome": "loaded", "dataset_id": "00000000-0000-4000-8000-000000000000"})
+    first = store.record_access(run, events[:1])
+    rest = store.record_access(run, events[1:])
+    event_ids = first + rest
+    assert len(event_ids) == len(events) and event_ids == sorted(event_ids)
+    got = store.sql("SELECT e.id, e.dataset_id, e.rel_path, e.bytes, e.listed, e.state_id, d.state_id AS current "
+                    "FROM access_events e LEFT JOIN datasets d ON d.id = e.dataset_id ORDER BY e.id")
+    assert got["id"].tolist() == event_ids
+    assert got["dataset_id"].fillna("").tolist() == [e.get("dataset_id", "") for e in events]
+    assert got["rel_path"][3] == "alf/nothing.npy" and got["bytes"][0] == 0
+    assert [bool(x) for x in got["listed"]] == [e.get("listed", True) for e in events]
+    known = got["current"].notna()
+    assert (got["state_id"][known] == got["current"][known]).all() and got["state_id"][~known].isna().all()
+    assert known.sum() == len(ids)
+
+
+def test_loaded_ids_many_in_chunks_sorted_and_distinct(store, repo, monkeypatch):
+    """The ids come sorted, once each, however many chunks they take and in whatever order they were loaded."""
+    import oneprov.store
+
+    store.import_cache(repo.root)
+    run = store.start_run("p", label="L")
+    ids = repo.datasets["id"].tolist()
+    loads = [{"method": "load_dataset", "outcome": "loaded", "dataset_id": i} for i in reversed(ids)]
+    store.record_access(run, loads + loads[::3])
+    store.record_access(run, [{"method": "load_dataset", "outcome": "missing", "dataset_id": ids[0]}])
+    monkeypatch.setattr(oneprov.store, "LOADED_IDS_CHUNK", 7)
+    assert store.loaded_ids(run=run) == sorted(set(ids))
+    assert store.loaded_ids(project="p", label="L", since_clear=True, listed_only=True) == sorted(set(ids))
+    eids = sorted(set(repo.datasets["eid"]))
+    assert store.loaded_ids(run=run, sessions_only=True) == eids
+    monkeypatch.setattr(oneprov.store, "LOADED_IDS_CHUNK", len(ids))  # exactly one full chunk, then none
+    assert store.loaded_ids(run=run) == sorted(set(ids))
+
+
 def test_runs_get_distinct_ids_and_metadata(store):
     ids = {store.start_run("p", label="same") for _ in range(20)}
     assert len(ids) == 20
