@@ -13,6 +13,7 @@ dataset has revision ``''``.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Iterable
 
 import pandas as pd
@@ -175,12 +176,23 @@ def rel_path_regex(filename: object = None, collection: object = None, revision:
     include the collection (a relative path). ``revision`` is matched only with ``match_revision``
     (list methods); loads choose revisions in SQL instead.
     """
+    try:  # the same few filters come back on every load: build each regex once
+        return _cached_rel_path_regex(filename, collection, revision, wildcards, match_revision)
+    except TypeError:  # a list or dict filter (not hashable)
+        return _rel_path_regex(filename, collection, revision, wildcards, match_revision)
+
+
+def _rel_path_regex(filename: object, collection: object, revision: object, wildcards: bool,
+                    match_revision: bool) -> re.Pattern:
     col = _ANY_COLLECTION if collection is None else "" if collection == "" else f"(?:{_pattern(collection, wildcards)})/"
     if not match_revision or revision is None:
         rev = _ANY_REVISION
     else:
         rev = "" if revision == "" else f"#(?:{_pattern(revision, wildcards)})#/"
     return re.compile(f"^{col}{rev}(?:{_name_pattern(filename, wildcards)})$")
+
+
+_cached_rel_path_regex = lru_cache(maxsize=256)(_rel_path_regex)
 
 
 def match_rel_paths(rel_paths: pd.Series, pattern: re.Pattern) -> pd.Series:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 import sqlalchemy as sa
@@ -154,10 +154,20 @@ class Catalog:
         """The row(s) of one dataset id, whatever its QC."""
         return self.store._frame(self._dataset_rows().where(datasets.c.id == dataset_id))
 
-    def choose(self, ids: list[str], revision: str | None, *, strict: bool = True) -> list[str]:
-        """The ids of the revisions ONE would load among the given dataset rows (SQL, see revisions.py)."""
+    def pick(self, eid: str, keep: Callable[[Any], bool], revision: str | None, *, strict: bool = True,
+             check: Callable[[list], None] | None = None) -> list:
+        """One session's rows passing ONE's default QC filter and ``keep``, narrowed to the revision
+        ONE would load of each (SQL, see revisions.py): the load path, in one read transaction.
+
+        ``check`` sees the kept rows before the revision choice (and may raise).
+        """
+        params = {"query_id": self._query_param(), "qc": qc_names_up_to("FAIL"), "eid": eid}
         with self.store.reading() as conn:
-            return chosen_ids(conn, ids, revision, strict=strict)
+            rows = [r for r in conn.execute(_datasets_statement(True, False), params).fetchall() if keep(r)]
+            if check is not None:
+                check(rows)
+            chosen = set(chosen_ids(conn, [r.id for r in rows], revision, strict=strict))
+        return [r for r in rows if r.id in chosen]
 
 
 _REGEX_CHARS = set("^$*+?()[]{}|\\.")

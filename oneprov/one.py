@@ -391,12 +391,14 @@ class ONE:
         Rows are plain result rows (attribute access), not DataFrames: this is every load's hot path.
         """
         pattern = alf.rel_path_regex(filename, collection, wildcards=self.wildcards)
-        rows = [r for r in self._catalog.dataset_rows(eid) if pattern.match(r.rel_path)]
-        collections = {r.collection for r in rows}
-        if unique and len(collections) > 1:
-            raise ALFMultipleCollectionsFound(", ".join(f'"{c}"' for c in sorted(collections)))
-        chosen = set(self._catalog.choose([r.id for r in rows], revision, strict=strict))
-        return [r for r in rows if r.id in chosen]
+
+        def one_collection(rows: list) -> None:
+            collections = {r.collection for r in rows}
+            if unique and len(collections) > 1:
+                raise ALFMultipleCollectionsFound(", ".join(f'"{c}"' for c in sorted(collections)))
+
+        return self._catalog.pick(eid, lambda r: pattern.match(r.rel_path) is not None, revision, strict=strict,
+                                  check=one_collection)
 
     def _fetch(self, method: str, rows: list, *, check_hash: bool, download_only: bool,
                requested_revision: str | None) -> list[Path | None]:
