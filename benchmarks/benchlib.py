@@ -130,8 +130,20 @@ def fmt_rate(r: float | None, unit: str) -> str:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size so far, in MiB (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident set size so far, in MiB.
+
+    Linux's ``VmHWM`` (the high-water mark of this program's memory): ``getrusage``'s ``ru_maxrss``
+    is carried over from the parent through fork and exec, so a child started by a large parent
+    would report the parent's size. Elsewhere ``ru_maxrss`` (KiB on Linux, bytes on macOS).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / 2 ** 20 if sys.platform == "darwin" else maxrss / 1024
 
 
 def current_rss_mb() -> float | None:
