@@ -747,7 +747,7 @@ def section_memory(ctx: Context) -> None:
     ctx.add(Row("7 memory", f"import {rows:,} rows: time", "one-api One()", api["load_seconds"], imp["seconds"], "s"))
     ctx.add(Row("7 memory", f"export {rows:,} rows: time", "one-api save_cache", api["save_seconds"], exp["seconds"], "s"))
     ctx.note(f"memory: each step runs in its own process, which reports its own peak RSS "
-             f"(getrusage RUSAGE_SELF ru_maxrss); a bare interpreter with the libraries imported is "
+             f"(its VmHWM on Linux, not ru_maxrss, which a child inherits from its parent); a bare interpreter with the libraries imported is "
              f"~{imp['base_rss_mb']:,.0f} MiB (oneprov) / ~{api['base_rss_mb']:,.0f} MiB (one-api). "
              f"Generating the tables took {fmt_seconds(gen['seconds'])}.")
 
