@@ -146,16 +146,6 @@ def peak_rss_mb() -> float:
     return maxrss / 2 ** 20 if sys.platform == "darwin" else maxrss / 1024
 
 
-def current_rss_mb() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 # -- the workspace -----------------------------------------------------------------------------
 
 @dataclass
