@@ -167,10 +167,10 @@ class ONE:
                       session_ids: Sequence[str] = (), datasets: Sequence = ()) -> None:
         """Record a search or list with the rows it returned, as read from the database (ids canonical
         and distinct; each dataset row linked with the ``state_id`` it was read with)."""
-        self.store.record_query_rows(self._run(), method, params, session_ids=session_ids,
-                                     dataset_ids=[r.id for r in datasets], state_ids=[r.state_id for r in datasets],
-                                     mode=self.mode, revision_cutoff=revision_cutoff(), scope=self._scope,
-                                     duration_s=time.perf_counter() - started)
+        self.store.record_query(self._run(), method, params, session_ids=session_ids,
+                                dataset_ids=[r.id for r in datasets], state_ids=[r.state_id for r in datasets],
+                                read_here=True, mode=self.mode, revision_cutoff=revision_cutoff(), scope=self._scope,
+                                duration_s=time.perf_counter() - started)
 
     # -- cache tables -----------------------------------------------------------------------
 

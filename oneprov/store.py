@@ -259,6 +259,8 @@ class Store:
         *,
         session_ids: Iterable[str] = (),
         dataset_ids: Iterable[str] = (),
+        state_ids: Sequence[int | None] | None = None,
+        read_here: bool = False,
         mode: str | None = None,
         revision_cutoff: str | None = None,
         scope: str | None = None,
@@ -267,50 +269,33 @@ class Store:
     ) -> int:
         """Record a search or list and the sessions and datasets it returned; return the query id.
 
-        Each dataset is linked with the state it was in (its current ``dataset_history`` row).
+        Each dataset is linked with the state it was in: ``state_ids[i]`` for ``dataset_ids[i]``
+        when given (the ``state_id`` of the row the caller returned), else its current
+        ``dataset_history`` row. With ``read_here`` the ids were read from this database (canonical
+        and distinct) and are not checked again: the client's hot path. The links are written in
+        bulk, a few statements whatever their number.
         """
-        sids = sorted({check_uuid(s, "session id") for s in session_ids})
-        dids = sorted({check_uuid(d, "dataset id") for d in dataset_ids})
-        return self.record_query_rows(run_id, method, params, session_ids=sids, dataset_ids=dids, mode=mode,
-                                      revision_cutoff=revision_cutoff, scope=scope, duration_s=duration_s,
-                                      error=error)
-
-    def record_query_rows(
-        self,
-        run_id: str | None,
-        method: str,
-        params: dict[str, Any] | None = None,
-        *,
-        session_ids: Sequence[str] = (),
-        dataset_ids: Sequence[str] = (),
-        state_ids: Sequence[int | None] | None = None,
-        mode: str | None = None,
-        revision_cutoff: str | None = None,
-        scope: str | None = None,
-        duration_s: float | None = None,
-        error: str | None = None,
-    ) -> int:
-        """:meth:`record_query` for ids read from this database: canonical and distinct, not checked again.
-
-        ``state_ids[i]`` is the state ``dataset_ids[i]`` was read in (the ``state_id`` of the row the
-        caller returned); without ``state_ids`` each dataset's current state is linked. The links
-        are written in bulk, a few statements whatever their number.
-        """
-        if state_ids is not None and len(state_ids) != len(dataset_ids):
-            raise BadInputError(f"{len(dataset_ids)} dataset ids but {len(state_ids)} state ids")
+        if read_here:
+            sids, dids = list(session_ids), list(dataset_ids)
+        else:
+            sids = sorted({check_uuid(s, "session id") for s in session_ids})
+            dids = sorted({check_uuid(d, "dataset id") for d in dataset_ids})
+        if state_ids is not None and (len(state_ids) != len(dids) or not read_here):
+            raise BadInputError("state_ids go with read_here=True and one state per dataset id "
+                                f"({len(dids)} dataset ids, {len(state_ids)} state ids)")
         with self.transaction() as conn:
             qid = conn.execute(_INSERT_QUERY, {
                 "run_id": run_id, "method": method, "params": json.dumps(params or {}, default=str, sort_keys=True),
                 "started_at": utcnow(), "mode": mode, "revision_cutoff": revision_cutoff, "scope": scope,
-                "duration_s": duration_s, "error": error, "n_sessions": len(session_ids),
-                "n_datasets": len(dataset_ids)}).scalar_one()
-            if len(session_ids):   # (in key order: the index is then appended to, not written all over)
-                _link(conn, "sessions", {"qid": qid, "ids": sorted(session_ids)})
-            if len(dataset_ids):
+                "duration_s": duration_s, "error": error, "n_sessions": len(sids),
+                "n_datasets": len(dids)}).scalar_one()
+            if sids:   # (in key order: the index is then appended to, not written all over)
+                _link(conn, "sessions", {"qid": qid, "ids": sorted(sids)})
+            if dids:
                 if state_ids is None:
-                    _link(conn, "datasets_current", {"qid": qid, "ids": sorted(dataset_ids)})
+                    _link(conn, "datasets_current", {"qid": qid, "ids": sorted(dids)})
                 else:
-                    pairs = sorted(zip(dataset_ids, state_ids))
+                    pairs = sorted(zip(dids, state_ids))
                     _link(conn, "datasets", {"qid": qid, "ids": [d for d, _ in pairs], "states": [s for _, s in pairs]})
         return qid
 

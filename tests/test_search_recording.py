@@ -147,3 +147,19 @@ def test_links_are_the_same_without_sqlite_json(cache, repo, tmp_path, monkeypat
         one.close()
     assert recorded[True] == recorded[False]
     assert recorded[True][2][0][1] is not None
+
+
+def test_state_ids_must_match_ids_read_here(cache, repo, tmp_path):
+    """State ids go with ids read from the database, one each; anything else is refused, nothing written."""
+    from oneprov import BadInputError
+    one = ONE(cache_dir=cache, db=tmp_path / "p.sqlite")
+    run = one.store.start_run()
+    before = one.store.sql("SELECT COUNT(*) AS n FROM queries").n[0]
+    with pytest.raises(BadInputError, match="1 dataset ids, 2 state ids"):
+        one.store.record_query(run, "search", dataset_ids=[repo.revised_id], state_ids=[1, 2], read_here=True)
+    with pytest.raises(BadInputError, match="read_here"):
+        one.store.record_query(run, "search", dataset_ids=[repo.revised_id], state_ids=[1])
+    assert one.store.sql("SELECT COUNT(*) AS n FROM queries").n[0] == before
+    qid = one.store.record_query(run, "search", dataset_ids=[repo.revised_id], state_ids=[7], read_here=True)
+    assert one.store.sql("SELECT state_id FROM query_datasets WHERE query_id = :q", {"q": qid}).state_id[0] == 7
+    one.close()
