@@ -268,9 +268,12 @@ class SchemaStatus:
 
 
 def _status(conn: Connection) -> SchemaStatus:
+    # Tables first, then the version: on PostgreSQL (read committed) each statement sees the latest
+    # commit, and another process's migration commits its tables and its version row together. In
+    # the other order a migration committed between the two reads looked like a foreign database.
+    has_tables = bool(set(sa.inspect(conn).get_table_names()) - {"alembic_version"})
     current = MigrationContext.configure(conn).get_current_revision()
     known = current is None or _known(current)
-    has_tables = bool(set(sa.inspect(conn).get_table_names()) - {"alembic_version"})
     return SchemaStatus(current, head_revision(), known, has_tables)
 
 
