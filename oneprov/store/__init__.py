@@ -28,7 +28,7 @@ import pandas as pd
 from sqlalchemy.engine.url import URL
 
 from ..errors import DatabaseError
-from . import ingest, loaded, recording, revisions, runs, sql
+from . import sql
 from .engine import Database, create_engine
 from .ingest import ImportResult
 from .loaded import LoadedIds
@@ -76,21 +76,12 @@ class Store(Database):
     def head_version(self) -> str:
         return head_revision()
 
-    # runs.py
-    start_run = runs.start_run
-    finish_run = runs.finish_run
-    mark = runs.mark
-    retire_run = runs.retire_run
-    resolve_run = runs.resolve_run
-    runs = runs.list_runs
-    # recording.py, ingest.py
-    record_query = recording.record_query
-    record_access = recording.record_access
-    record_exports = recording.record_exports
-    import_cache = ingest.import_cache
-    # revisions.py, loaded.py
-    datasets_last_before = revisions.datasets_last_before
-    loaded_ids = loaded.loaded_ids
+    # The functions that take a store first, as its methods:
+    from .runs import finish_run, mark, resolve_run, retire_run, start_run, list_runs as runs
+    from .recording import record_access, record_exports, record_query
+    from .ingest import import_cache
+    from .revisions import datasets_last_before
+    from .loaded import loaded_ids
 
     def sql(self, query: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Run one read-only SQL query and return its rows; writes are refused.
