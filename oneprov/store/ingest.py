@@ -50,7 +50,8 @@ class RowSource:
     """Where ingested rows came from, as their query records it.
 
     ``location`` is the tables folder (or, later, the Alyx URL); ``checksum`` a digest of what was
-    read, when the rows came from files; ``params`` the query's parameters (JSON).
+    read, when the rows came from files; ``params`` the query's parameters (JSON), to which the
+    rows' own :meth:`Rows.metadata` is added when they are written.
     """
 
     method: str
@@ -66,6 +67,7 @@ class Rows(Protocol):
     def sessions(self) -> pd.DataFrame: ...
     def datasets(self, batch_size: int) -> Iterator[pd.DataFrame]: ...
     def count_datasets(self) -> int | None: ...
+    def metadata(self) -> dict[str, Any]: ...   # recorded as the query's params["metadata"]
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,7 @@ def import_cache(db: Database, tables_dir: str | os.PathLike, *, run_id: str | N
     progress bar on a terminal (``progress``).
     """
     folder = Folder.open(tables_dir)
-    source = RowSource("import_cache", str(folder.path), folder.checksum(),
-                       {"tables_dir": str(folder.path), "metadata": folder.metadata()}, mode="local")
+    source = RowSource("import_cache", str(folder.path), folder.checksum(), {"tables_dir": str(folder.path)}, "local")
     return ingest(db, source, folder, run_id=run_id, progress=progress, batch_size=batch_size, reuse=not force,
                   name=str(folder.files["datasets"]))
 
@@ -114,8 +115,8 @@ def ingest(db: Database, source: RowSource, rows: Rows, *, run_id: str | None = 
             if previous is not None:
                 return ImportResult(previous.id, previous.n_sessions, previous.n_datasets, 0, True)
         started = time.perf_counter()
-        qid = new_query(conn, run_id, source.method, source.params, source=source.location, checksum=source.checksum,
-                        mode=source.mode)
+        qid = new_query(conn, run_id, source.method, {**source.params, "metadata": rows.metadata()},
+                        source=source.location, checksum=source.checksum, mode=source.mode)
         n_sessions = _ingest_sessions(db, conn, qid, rows.sessions())
         n_datasets = changed = 0
         repeated: list[str] = []
