@@ -184,6 +184,7 @@ class Database:
         self.engine = engine
         self.dialect: dialects.Dialect = dialects.of(engine)
         self.where = redact(engine.url)
+        self._reader = engine.execution_options(oneprov_read=True)   # the same pool, read transactions
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.where!r})"
@@ -207,7 +208,7 @@ class Database:
     @contextmanager
     def reading(self) -> Iterator[Connection]:
         """A read transaction that never takes the write lock (rolled back at the end)."""
-        with mapped_errors(self.where), self.engine.execution_options(oneprov_read=True).connect() as conn:
+        with mapped_errors(self.where), self._reader.connect() as conn:
             yield conn
             conn.rollback()
 
