@@ -36,7 +36,7 @@ OPS = ["import", "open", "load", "search_subject", "list_datasets", "search_data
 
 def setup(op: str, ws: bl.Workspace, scale: bl.Scale) -> tuple[Callable[[], Any], int, Callable[[], None]]:
     """``(fn, times, teardown)``: the operation to profile, how often to run it, and what to close."""
-    from oneprov import ONE, exports, open_store
+    from oneprov import ONE, export, open_store
 
     if op == "import":
         db = Path(ws.root) / "hotspots_import.sqlite"
@@ -63,7 +63,7 @@ def setup(op: str, ws: bl.Workspace, scale: bl.Scale) -> tuple[Callable[[], Any]
             return record, 1, store.close
         record()
         out = Path(tempfile.mkdtemp(prefix="hotspots-ids-"))
-        return (lambda: exports.export_loaded_ids(store, out, run=run)), 3, \
+        return (lambda: export.export_loaded_ids(store, out, run=run)), 3, \
             lambda: (store.close(), shutil.rmtree(out, ignore_errors=True))
     client = ONE(ws.cache_dir, mode="local", db=ws.db, project="hotspots", label=op)
     client.record_loaded = True

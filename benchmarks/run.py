@@ -435,7 +435,7 @@ def section_revision(ctx: Context) -> None:
 def section_export(ctx: Context) -> None:
     import numpy as np
     import pyarrow.parquet as pq
-    from oneprov import exports, open_store
+    from oneprov import export, open_store
 
     prov, api = ctx.prov(), ctx.oneapi()
     root = Path(ctx.ws.root)
@@ -469,7 +469,7 @@ def section_export(ctx: Context) -> None:
         ctx.log("  loaded-ids CSV ...")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            t_ids = measure(lambda: exports.export_loaded_ids(store, out_p, run=run), **ctx.repeats(3))
+            t_ids = measure(lambda: export.export_loaded_ids(store, out_p, run=run), **ctx.repeats(3))
     ids_p, path_p = t_ids.result
     api._cache["_loaded_datasets"] = np.unique(np.array(sel["id"]))
     with warnings.catch_warnings():
@@ -600,7 +600,7 @@ def section_concurrency(ctx: Context) -> None:
              "one call per dataset (warm-up, counted in 'acknowledged'), then all start together.")
 
 
-#: The client's load event (oneprov.one.ONE._event) for the record_access benchmark.
+#: The client's load event (oneprov.client.recorder.Recorder.event) for the record_access benchmark.
 def _bench_event(spec: dict, k: int) -> dict:
     did, eid = spec["dataset_ids"][k], spec["eids"][k]
     rel_path = f"{LOAD_COLLECTION}/#{bl.LOAD_REVISION}#/{LOAD_NAME}"
@@ -771,10 +771,10 @@ def child_memory(kind: str, spec: dict) -> None:
         out["query_id"] = result.query_id
         store.close()
     elif kind == "mem-oneprov-export":
-        from oneprov import exports, open_store
+        from oneprov import export, open_store
         store = open_store(spec["db"])
         start = time.perf_counter()
-        exports.export_cache(store, spec["out_p"], query=spec["query_id"], clobber=True)
+        export.export_cache(store, spec["out_p"], query=spec["query_id"], clobber=True)
         out["seconds"] = time.perf_counter() - start
         store.close()
     elif kind == "mem-oneapi":

@@ -1,14 +1,15 @@
 """Alembic environment: run the migrations on the connection oneprov hands over.
 
-``oneprov.database.upgrade`` opens the write transaction (BEGIN IMMEDIATE on SQLite, an advisory
+``oneprov.store.migrate.upgrade`` opens the write transaction (BEGIN IMMEDIATE on SQLite, an advisory
 lock on PostgreSQL), passes its connection in ``config.attributes['connection']`` and commits when
 the migrations are done, so a failed migration leaves the database at its previous version. Run
 from the command line (``alembic -x db=PATH_OR_URL upgrade head``) the same engine setup is used.
 """
 from alembic import context
 
-from oneprov import database
-from oneprov.schema import metadata
+from oneprov.store.engine import create_engine
+from oneprov.store.migrate import lock_for_setup
+from oneprov.store.schema import metadata
 
 config = context.config
 
@@ -18,7 +19,7 @@ def run_migrations(connection) -> None:
         connection=connection,
         target_metadata=metadata,
         render_as_batch=connection.dialect.name == "sqlite",
-        transactional_ddl=True,  # SQLite too: the engine makes DDL transactional (see database.py)
+        transactional_ddl=True,  # SQLite too: the engine makes DDL transactional (see oneprov/store/dialects.py)
         compare_type=True,
     )
     with context.begin_transaction():
@@ -30,8 +31,8 @@ if connection is not None:
     run_migrations(connection)
 else:
     url = context.get_x_argument(as_dictionary=True).get("db")
-    engine = database.create_engine(url)
+    engine = create_engine(url)
     with engine.begin() as conn:
-        database.lock_for_setup(conn)
+        lock_for_setup(conn)
         run_migrations(conn)
     engine.dispose()

@@ -7,7 +7,7 @@ True
 """
 from .errors import BadInputError, DatabaseError, OneprovError, SchemaVersionError
 from .store import Store, open_store
-from .one import ONE, One
+from .client import ONE, One
 
 __version__ = "0.1.0"
 __all__ = ["ONE", "One", "open_store", "Store", "OneprovError", "BadInputError", "DatabaseError", "SchemaVersionError", "__version__"]

@@ -24,6 +24,8 @@ from .errors import BadInputError
 QC_LEVELS: dict[str, int] = {"NOT_SET": 0, "PASS": 10, "WARNING": 30, "FAIL": 40, "CRITICAL": 50}
 #: QC names in ONE's order (the categories of the ordered ``qc`` categorical in cache tables).
 QC_ORDER: list[str] = sorted(QC_LEVELS, key=QC_LEVELS.__getitem__)
+#: The dtype of ONE's ``qc`` column: an ordered categorical NOT_SET < PASS < WARNING < FAIL < CRITICAL.
+QC_DTYPE = pd.CategoricalDtype(QC_ORDER, ordered=True)
 
 #: collection (may be nested), optional ``#revision#`` folder, then the file name.
 REL_PATH_RE = re.compile(r"^(?P<collection>(?:[^/]+/)*?)(?:#(?P<revision>[^/#]*)#/)?(?P<name>[^/]+)$")
@@ -194,7 +196,3 @@ def _rel_path_regex(filename: object, collection: object, revision: object, wild
 
 _cached_rel_path_regex = lru_cache(maxsize=256)(_rel_path_regex)
 
-
-def match_rel_paths(rel_paths: pd.Series, pattern: re.Pattern) -> pd.Series:
-    """Boolean mask of the rel_paths matching ``pattern``."""
-    return rel_paths.map(lambda p: pattern.match(p) is not None).astype(bool)

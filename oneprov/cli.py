@@ -13,15 +13,19 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from . import database, exports
-from .errors import DatabaseError, OneprovError
-from .store import open_store
+from . import settings
+from .export import one_files
+from .errors import OneprovError
+from .store import migrate, open_store, roles
+from .store.engine import create_engine
+from .store.sql import read_only_query
 
-DB_HELP = "Database: a SQLite file path or a SQLAlchemy URL (postgresql+psycopg://...). Default: $ONEPROV_DB."
+DB_HELP = (f"Database: a SQLite file path or a SQLAlchemy URL (postgresql+psycopg://...). "
+           f"Default: ${settings.DB_ENV}.")
 
 
 def db_option(func):
-    return click.option("--db", envvar="ONEPROV_DB", metavar="PATH_OR_URL", help=DB_HELP)(func)
+    return click.option("--db", envvar=settings.DB_ENV, metavar="PATH_OR_URL", help=DB_HELP)(func)
 
 
 def friendly_errors(func):
@@ -60,10 +64,10 @@ def db() -> None:
 @friendly_errors
 def db_upgrade(db: str | None) -> None:
     """Create the schema, or upgrade it to this oneprov's version."""
-    engine = database.create_engine(db)
+    engine = create_engine(db)
     try:
-        before = database.schema_status(engine).current
-        after = database.upgrade(engine).current
+        before = migrate.schema_status(engine).current
+        after = migrate.upgrade(engine).current
     finally:
         engine.dispose()
     click.echo(f"schema {before or 'empty'} -> {after}" if before != after else f"schema already at {after}")
@@ -74,9 +78,9 @@ def db_upgrade(db: str | None) -> None:
 @friendly_errors
 def db_current(db: str | None) -> None:
     """Print the database's schema version and this oneprov's."""
-    engine = database.create_engine(db, readonly=True)
+    engine = create_engine(db, readonly=True)
     try:
-        status = database.schema_status(engine)
+        status = migrate.schema_status(engine)
     finally:
         engine.dispose()
     click.echo(f"database: {status.current or 'empty'}\noneprov:  {status.head}")
@@ -87,7 +91,7 @@ def db_current(db: str | None) -> None:
 @friendly_errors
 def db_check(db: str | None) -> None:
     """Check the schema version and the database's integrity; exit 1 on any problem."""
-    problems = database.check(db)
+    problems = migrate.check(db)
     for line in problems:
         click.echo(f"problem: {line}", err=True)
     if problems:
@@ -108,20 +112,13 @@ def db_grant(role: str, kind: str, dry_run: bool, db: str | None) -> None:
     Run it as the owner of the tables (the role that ran `oneprov db upgrade`), and again after an
     upgrade. It replaces the role's privileges on oneprov's tables. PostgreSQL only.
     """
-    if database.database_url(db).get_backend_name() == "sqlite":   # refused before SQLite could make a file
-        from .roles import NOT_POSTGRESQL
-        raise DatabaseError(NOT_POSTGRESQL.format(where=database.redact(db)))
-    engine = database.create_engine(db)
-    try:
-        result = database.grant(engine, role, kind, dry_run=dry_run)
-    finally:
-        engine.dispose()
+    result = roles.grant(db, role, kind, dry_run=dry_run)
     if dry_run:
         click.echo("\n".join(result.statements))
         return
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
-    click.echo(f"role {role!r} has the privileges of a oneprov {kind} on {database.redact(engine.url)} "
+    click.echo(f"role {role!r} has the privileges of a oneprov {kind} on {result.where} "
                f"({len(result.statements)} statements)")
 
 
@@ -192,9 +189,9 @@ def export_loaded_ids(run, project, label, scope, sessions_only, output, db) -> 
     with open_store(db) as store:
         run_id = store.resolve_run(run, project) if run else None
         directory, path = (output, None) if output is None or output.is_dir() else (None, output)
-        ids, written = exports.export_loaded_ids(store, directory or Path.cwd(), path=path, run=run_id,
-                                                 project=project, label=label, scope=scope,
-                                                 sessions_only=sessions_only)
+        ids, written = one_files.export_loaded_ids(store, directory or Path.cwd(), path=path, run=run_id,
+                                                   project=project, label=label, scope=scope,
+                                                   sessions_only=sessions_only)
     if written is None:
         raise OneprovError("nothing was loaded that matches; no file written")
     click.echo(f"wrote {len(ids)} {'session' if sessions_only else 'dataset'} UUIDs to {written}")
@@ -211,7 +208,7 @@ def export_cache(out_dir: Path, run: str | None, clobber: bool, db: str | None) 
     with open_store(db) as store:
         run_id = store.resolve_run(run) if run else None
         out_dir.mkdir(parents=True, exist_ok=True)
-        paths = exports.export_cache(store, out_dir, run=run_id, clobber=clobber)
+        paths = one_files.export_cache(store, out_dir, run=run_id, clobber=clobber)
     for path in paths.values():
         click.echo(f"wrote {path}")
 
@@ -230,7 +227,7 @@ def sql_cmd(query: str, fmt: str, db: str | None) -> None:
     Public views: access_log, loaded_datasets, loaded_sessions. Example:
       oneprov sql "SELECT run_id, count(*) FROM loaded_datasets GROUP BY run_id"
     """
-    _print_frame(database.read_only_query(db, query), fmt)
+    _print_frame(read_only_query(db, query), fmt)
 
 
 def _print_frame(frame: pd.DataFrame, fmt: str) -> None:

@@ -13,9 +13,10 @@ from typing import Callable
 
 import pandas as pd
 
-from .database import read_only_query
+from . import settings
+from .client import ONE
 from .errors import ALFObjectNotFound
-from .one import ONE
+from .store.sql import read_only_query
 from .synthetic import make_repository
 
 AUDIT = """
@@ -32,12 +33,12 @@ def run_demo(folder: str | os.PathLike | None = None, echo: Callable[[str], None
     cache = root / "alf_cache"
     info = make_repository(cache)
     echo(f"Made an ALF repository of {len(info.sessions)} sessions and {len(info.datasets)} datasets in {cache}")
-    saved_cutoff = os.environ.pop("ONE_REVISION_LAST_BEFORE", None)
+    saved_cutoff = os.environ.pop(settings.REVISION_CUTOFF_ENV, None)
     try:
         _seed_example(info, cache, root, echo)
     finally:
         if saved_cutoff is not None:
-            os.environ["ONE_REVISION_LAST_BEFORE"] = saved_cutoff
+            os.environ[settings.REVISION_CUTOFF_ENV] = saved_cutoff
     return root
 
 
@@ -74,12 +75,12 @@ def _seed_example(info, cache: Path, root: Path, echo: Callable[[str], None]) ->
     frozen = ONE(cache_dir=cache, mode="local", tables_dir=tables, project="demo", label="reload")
     echo(f"reloaded in local mode from {tables.name}: {len(frozen.search())} sessions")
 
-    os.environ["ONE_REVISION_LAST_BEFORE"] = "2024-04-01"
+    os.environ[settings.REVISION_CUTOFF_ENV] = "2024-04-01"
     listed = frozen.list_datasets(eid, filename="spikes.times.npy", collection="alf/probe00/pykilosort")
     echo(f"with ONE_REVISION_LAST_BEFORE=2024-04-01, list_datasets shows {listed}")
     path = frozen.load_dataset(eid, "spikes.times.npy", collection="alf/probe00/pykilosort", download_only=True)
     echo(f"and load_dataset loads the older revision: {path.relative_to(frozen.eid2path(eid))}")
-    del os.environ["ONE_REVISION_LAST_BEFORE"]
+    del os.environ[settings.REVISION_CUTOFF_ENV]
     frozen.close()
     one.close()
 

@@ -1,4 +1,5 @@
-"""Dataset files on disk: checking them against their records, and reading their content.
+"""Files on disk: their digests, checking them against their records, reading their content, writing
+them atomically.
 
 A file is checked once per process: its md5 is remembered with its size and modification time, so
 loading the same dataset again costs a ``stat``, not a hash (one-api hashes on every load).
@@ -23,7 +24,18 @@ from typing import IO, Any, Callable
 import numpy as np
 import pandas as pd
 
+#: Bytes read at a time when hashing a file.
+_BLOCK = 1 << 20
 _md5_seen: dict[tuple[str, int, int], str] = {}
+
+
+def _digest(path: str | os.PathLike, algorithm: str) -> str:
+    """The hex digest of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_BLOCK), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def file_md5(path: str | os.PathLike) -> str:
@@ -32,12 +44,13 @@ def file_md5(path: str | os.PathLike) -> str:
     key = (str(path), st.st_size, st.st_mtime_ns)
     digest = _md5_seen.get(key)
     if digest is None:
-        h = hashlib.md5()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        digest = _md5_seen[key] = h.hexdigest()
+        digest = _md5_seen[key] = _digest(path, "md5")
     return digest
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 hex digest of a file (recorded with every file oneprov writes or imports)."""
+    return _digest(path, "sha256")
 
 
 def check_file(path: Path, size: int | None, md5: str | None = None, *, check_hash: bool = True) -> str:

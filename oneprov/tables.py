@@ -41,23 +41,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .alf import QC_ORDER, check_uuid, check_uuids, qc_name, split_rel_path, split_rel_paths
-from .files import write_atomically
+from .alf import QC_DTYPE, QC_ORDER, check_uuid, check_uuids, qc_name, split_rel_path, split_rel_paths
 from .errors import BadInputError
+from .files import file_sha256, write_atomically
 
 __all__ = [
-    "SESSIONS_COLUMNS", "DATASETS_COLUMNS", "QC_DTYPE", "WrittenTable",
+    "SESSIONS_COLUMNS", "DATASETS_COLUMNS", "STATE_COLUMNS", "QC_DTYPE", "WrittenTable", "Folder",
     "read_metadata", "read_sessions", "iter_datasets", "count_rows",
     "write_sessions", "write_datasets", "sessions_batch", "datasets_batch", "write_batches",
-    "file_sha256", "merge_tables", "merge_metadata",
+    "merge_tables", "merge_metadata",
     "uuid_strings", "hex_strings",
 ]
 
 SESSIONS_COLUMNS: list[str] = ["id", "lab", "subject", "date", "number", "task_protocol", "projects"]
-DATASETS_COLUMNS: list[str] = ["id", "eid", "rel_path", "collection", "revision", "name",
-                               "file_size", "hash", "exists", "qc", "default_revision"]
-#: The dtype of ONE's ``qc`` column: an ordered categorical NOT_SET < PASS < WARNING < FAIL < CRITICAL.
-QC_DTYPE = pd.CategoricalDtype(QC_ORDER, ordered=True)
+#: The fields of a dataset record that may change from one version of the tables to the next.
+STATE_COLUMNS: list[str] = ["file_size", "hash", "exists", "qc", "default_revision"]
+DATASETS_COLUMNS: list[str] = ["id", "eid", "rel_path", "collection", "revision", "name", *STATE_COLUMNS]
 
 #: The key of the JSON metadata in the parquet schema metadata.
 METADATA_KEY = b"one_metadata"
@@ -434,6 +433,51 @@ def iter_datasets(path: str | os.PathLike, batch_size: int = 200_000) -> Iterato
     return generate()
 
 
+@dataclass(frozen=True)
+class Folder:
+    """A folder of ONE cache tables, ``sessions.pqt`` and ``datasets.pqt``: the rows a store ingests.
+
+    Make one with :meth:`open`, which refuses a folder without both tables.
+    """
+
+    path: Path
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "Folder":
+        folder = cls(Path(path).expanduser().absolute())
+        if not folder.path.is_dir():
+            raise BadInputError(f"cache tables folder {str(folder.path)!r} does not exist")
+        missing = [str(p) for p in folder.files.values() if not p.is_file()]
+        if missing:
+            raise BadInputError(f"missing cache table {missing[0]!r}: expected sessions.pqt and datasets.pqt "
+                                f"in {str(folder.path)!r}")
+        return folder
+
+    @property
+    def files(self) -> dict[str, Path]:
+        return {name: self.path / f"{name}.pqt" for name in ("sessions", "datasets")}
+
+    def checksum(self) -> str:
+        """A sha256 over the sha256 of each table file: the same tables, the same checksum."""
+        digest = hashlib.sha256()
+        for path in self.files.values():
+            digest.update(file_sha256(path).encode())
+        return digest.hexdigest()
+
+    def metadata(self) -> dict[str, dict]:
+        """Each table's ``one_metadata`` (see :func:`read_metadata`)."""
+        return {name: read_metadata(path) for name, path in self.files.items()}
+
+    def sessions(self) -> pd.DataFrame:
+        return read_sessions(self.files["sessions"])
+
+    def datasets(self, batch_size: int) -> Iterator[pd.DataFrame]:
+        return iter_datasets(self.files["datasets"], batch_size=batch_size)
+
+    def count_datasets(self) -> int:
+        return count_rows(self.files["datasets"])
+
+
 def _datasets_frame(path: Path, batch: pa.RecordBatch, start: int, id_source: list[str],
                     eid_source: list[str]) -> pd.DataFrame:
     n = batch.num_rows
@@ -498,17 +542,29 @@ def _qc_names(path: Path, column: pa.Array, start: int) -> np.ndarray:
         return np.full(len(column), "NOT_SET", dtype=object)
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
-    values = column.to_numpy(zero_copy_only=False)
+    codes = _qc_codes(column.to_numpy(zero_copy_only=False),
+                      lambda row, err: BadInputError(f"{path}: column 'qc', row {start + row}: {err}"))
+    return _QC_NAME_ARRAY[codes]
+
+
+def _qc_codes(values: np.ndarray, refuse: Callable[[int, BadInputError], BadInputError]) -> np.ndarray:
+    """Positions in QC_ORDER (int8) of QC names (any case) or values; null means NOT_SET (0).
+
+    A value that is no QC raises ``refuse(row, error)`` for its first row. Shared by reading and
+    writing; only the distinct values are looked at.
+    """
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    names = []
+    lookup = []
     for code, value in enumerate(uniques):
         try:
-            names.append(qc_name(value.item() if isinstance(value, np.generic) else value))
+            lookup.append(QC_ORDER.index(qc_name(value.item() if isinstance(value, np.generic) else value)))
         except BadInputError as err:
-            row = int(np.flatnonzero(codes == code)[0])
-            raise BadInputError(f"{path}: column 'qc', row {start + row}: {err}") from None
-    names.append("NOT_SET")  # code -1 (null) indexes the last element
-    return np.array(names, dtype=object)[codes]
+            raise refuse(int(np.flatnonzero(codes == code)[0]), err) from None
+    lookup.append(0)  # code -1 (null) indexes the last element
+    return np.array(lookup, dtype=np.int8)[codes]
+
+
+_QC_NAME_ARRAY = np.array(QC_ORDER, dtype=object)
 
 
 # --------------------------------------------------------------------------------------------
@@ -522,15 +578,6 @@ class WrittenTable:
     path: Path
     rows: int
     sha256: str
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """The sha256 hex digest of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _table_metadata(metadata: Mapping[str, Any] | None) -> bytes:
@@ -712,17 +759,8 @@ def _write_qc(path: Path, qc: pd.Series | None, n: int) -> np.ndarray:
     """QC codes (positions in QC_ORDER) from names, values or categoricals; null means NOT_SET."""
     if qc is None:
         return np.zeros(n, dtype=np.int8)
-    values = qc.astype(object).to_numpy()
-    codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    lookup = []
-    for code, value in enumerate(uniques):
-        try:
-            lookup.append(QC_ORDER.index(qc_name(value.item() if isinstance(value, np.generic) else value)))
-        except BadInputError as err:
-            row = int(np.flatnonzero(codes == code)[0])
-            raise BadInputError(f"cannot write {path}: column 'qc', row {row}: {err}") from None
-    lookup.append(0)  # null -> NOT_SET
-    return np.array(lookup, dtype=np.int8)[codes]
+    return _qc_codes(qc.astype(object).to_numpy(),
+                     lambda row, err: BadInputError(f"cannot write {path}: column 'qc', row {row}: {err}"))
 
 
 # --------------------------------------------------------------------------------------------

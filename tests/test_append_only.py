@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from oneprov import exports
-from oneprov.schema import metadata
+from oneprov import export
+from oneprov.store.schema import metadata
 
 ALL_TABLES = sorted(metadata.tables)
 HISTORY = ["access_events", "dataset_history", "query_sessions", "query_datasets", "run_marks", "exports"]
@@ -58,7 +58,7 @@ def recorded(store, repo, tmp_path):
     store.record_query(run, "search", {"subject": "x"}, session_ids=[repo.eid], dataset_ids=ids)
     store.record_access(run, [{"method": "load_dataset", "outcome": "loaded", "dataset_id": i} for i in ids])
     store.mark(run, "clear_list")
-    exports.export_loaded_ids(store, tmp_path, run=run)
+    export.export_loaded_ids(store, tmp_path, run=run)
     store.finish_run(run)                                     # updates the run's status
     counts = {t: len(rows) for t, rows in snapshot(store.engine).items()}
     assert all(counts[t] > 0 for t in HISTORY + NEVER_DELETED), counts
@@ -113,7 +113,7 @@ def test_each_back_ends_own_ways_to_overwrite_are_refused(recorded):
     ``rowid``, another name of an INTEGER PRIMARY KEY."""
     engine = recorded.engine
     before = snapshot(engine)
-    if recorded.dialect == "postgresql":
+    if recorded.dialect.name == "postgresql":
         for table in HISTORY + NEVER_DELETED:
             refused(engine, f"TRUNCATE {table} CASCADE")
         refused(engine, "INSERT INTO access_events (id, run_id, event_time, method, outcome) "

@@ -16,13 +16,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from oneprov import ONE, BadInputError, DatabaseError, open_store
-from oneprov.database import warn_if_network
+from oneprov.store.engine import warn_if_network
 
 ONE_FIXTURES = Path(__import__("one").__file__).parent / "tests" / "fixtures"
 
 
 def snapshot(store) -> dict:
-    from oneprov.schema import metadata
+    from oneprov.store.schema import metadata
     return {t: sorted(map(repr, store.sql(f"SELECT * FROM {t}").itertuples(index=False))) for t in metadata.tables}
 
 

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from oneprov import database, open_store
+from oneprov import open_store
+from oneprov.store import migrate
 
 
 def oneprov(*args, db=None, cwd=None, check=True):
@@ -45,7 +46,7 @@ def db(tmp_path, repo):
 
 def test_db_commands(tmp_path):
     path = tmp_path / "new.sqlite"
-    head = database.head_revision()
+    head = migrate.head_revision()
     assert f"empty -> {head}" in oneprov("db", "upgrade", db=path).stdout
     assert "already at" in oneprov("db", "upgrade", db=path).stdout
     assert oneprov("db", "current", db=path).stdout.split() == ["database:", head, "oneprov:", head]

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from oneprov import ONE, open_store
-from oneprov.database import check
+from oneprov.store.migrate import check
 from oneprov.errors import ALFObjectNotFound
 
 

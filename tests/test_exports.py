@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from one.api import One
 
-from oneprov import exports, tables
-from oneprov.exports import export_cache, export_loaded_ids
+from oneprov import export, tables
+from oneprov.files import file_sha256
+from oneprov.export import export_cache, export_loaded_ids
 
 STAMP = r"\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}(-\d+)?"
 
@@ -58,7 +59,7 @@ def test_explicit_path_and_recorded_in_exports(loaded, tmp_path):
     _, path = export_loaded_ids(store, path=target, run=run)
     assert path == target and read_csv_rows(target)[1:] == [[i] for i in ids]
     row = store.sql("SELECT * FROM exports WHERE path = :p", {"p": str(target)}).iloc[0]
-    assert row.rows == 3 and row.sha256 == tables.file_sha256(target) and row.bytes == target.stat().st_size
+    assert row.rows == 3 and row.sha256 == file_sha256(target) and row.bytes == target.stat().st_size
     assert row.run_id == run
 
 
@@ -99,7 +100,7 @@ def test_exported_tables_load_in_real_one_api(loaded, repo, tmp_path):
     recorded = store.sql("SELECT kind, rows, sha256 FROM exports ORDER BY id")
     assert recorded.kind.tolist() == ["sessions_table", "datasets_table"]
     assert recorded.rows.tolist() == [len(repo.sessions), len(repo.datasets)]
-    assert recorded.sha256.tolist() == [tables.file_sha256(paths["sessions"]), tables.file_sha256(paths["datasets"])]
+    assert recorded.sha256.tolist() == [file_sha256(paths["sessions"]), file_sha256(paths["datasets"])]
 
 
 def test_export_merges_with_existing_tables_unless_clobber(loaded, repo, tmp_path):
@@ -156,4 +157,4 @@ def test_export_to_missing_folder_is_named(store, tmp_path):
     with pytest.raises(Exception, match="does not exist"):
         export_cache(store, tmp_path / "nope")
     with pytest.raises(Exception, match="does not exist"):
-        exports.export_loaded_ids(store, path=tmp_path / "nope" / "x.csv")
+        export.export_loaded_ids(store, path=tmp_path / "nope" / "x.csv")

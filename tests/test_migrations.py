@@ -13,8 +13,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from oneprov import DatabaseError, SchemaVersionError, database, open_store
-from oneprov.schema import PUBLIC_VIEWS, metadata
+from oneprov import DatabaseError, SchemaVersionError, open_store
+from oneprov.store import migrate
+from oneprov.store.engine import create_engine
+from oneprov.store.schema import PUBLIC_VIEWS, metadata
 
 ROOT = Path(__file__).parent.parent
 
@@ -34,20 +36,20 @@ def user_tables(engine: sa.Engine) -> set[str]:
 
 
 def test_upgrade_downgrade_upgrade_agrees_with_models(db_url):
-    engine = database.create_engine(db_url)
+    engine = create_engine(db_url)
     try:
-        assert database.schema_status(engine).current is None
-        assert database.upgrade(engine).current == database.head_revision()
+        assert migrate.schema_status(engine).current is None
+        assert migrate.upgrade(engine).current == migrate.head_revision()
         assert schema_diff(engine) == []
         assert user_tables(engine) == set(metadata.tables)
         for view, columns in PUBLIC_VIEWS.items():
             assert view_columns(engine, view) == columns
 
-        assert database.downgrade(engine, "base").current is None
+        assert migrate.downgrade(engine, "base").current is None
         assert user_tables(engine) == set()
         assert sa.inspect(engine).get_view_names() == []
 
-        database.upgrade(engine)
+        migrate.upgrade(engine)
         assert schema_diff(engine) == []
         assert view_columns(engine, "access_log") == PUBLIC_VIEWS["access_log"]
     finally:
@@ -55,7 +57,7 @@ def test_upgrade_downgrade_upgrade_agrees_with_models(db_url):
 
 
 def test_single_head():
-    script = ScriptDirectory.from_config(database.alembic_config())
+    script = ScriptDirectory.from_config(migrate.alembic_config())
     assert len(script.get_heads()) == 1
 
 
@@ -78,7 +80,7 @@ def test_newer_schema_is_refused_and_nothing_changes(tmp_path):
     before = path.read_bytes()
     with pytest.raises(SchemaVersionError) as err:
         open_store(path)
-    assert "9999_from_the_future" in str(err.value) and database.head_revision() in str(err.value)
+    assert "9999_from_the_future" in str(err.value) and migrate.head_revision() in str(err.value)
     assert path.read_bytes() == before
 
 
@@ -149,7 +151,7 @@ def test_wheel_carries_migrations_and_upgrades_without_the_repo(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w.sqlite")], cwd=tmp_path, env=env,
                          check=True, capture_output=True, text=True).stdout.split()
     assert out[0].startswith(str(site))
-    assert out[1] == database.head_revision()
+    assert out[1] == migrate.head_revision()
 
 
 def _link_tables(engine: sa.Engine) -> dict[str, str]:
@@ -165,22 +167,22 @@ def _triggers(engine: sa.Engine) -> set[str]:
 
 def test_link_tables_are_rebuilt_without_rowid_keeping_rows_and_triggers(tmp_path):
     """Migration 0004 (SQLite): same rows and append-only triggers before and after, both ways."""
-    engine = database.create_engine(tmp_path / "p.sqlite")
+    engine = create_engine(tmp_path / "p.sqlite")
     try:
-        database.upgrade(engine, "0003")
+        migrate.upgrade(engine, "0003")
         triggers = _triggers(engine)
         with engine.begin() as conn:
             conn.exec_driver_sql("INSERT INTO queries (id, method, started_at) VALUES (7, 'search', '2026-01-01')")
             conn.exec_driver_sql("INSERT INTO query_sessions VALUES (7, 'a'), (7, 'b')")
             conn.exec_driver_sql("INSERT INTO query_datasets VALUES (7, 'c', 3)")
         rows = {t: sorted(open_rows(engine, t)) for t in ("query_sessions", "query_datasets")}
-        database.upgrade(engine)
+        migrate.upgrade(engine)
         assert all(sql.rstrip().endswith("WITHOUT ROWID") for sql in _link_tables(engine).values())
         assert {t: sorted(open_rows(engine, t)) for t in rows} == rows and _triggers(engine) == triggers
         with pytest.raises(sa.exc.IntegrityError, match="append-only"):
             with engine.begin() as conn:
                 conn.exec_driver_sql("INSERT OR REPLACE INTO query_datasets VALUES (7, 'c', 4)")
-        database.downgrade(engine, "0003")
+        migrate.downgrade(engine, "0003")
         assert not any("WITHOUT ROWID" in sql for sql in _link_tables(engine).values())
         assert {t: sorted(open_rows(engine, t)) for t in rows} == rows and _triggers(engine) == triggers
     finally:

@@ -29,7 +29,7 @@ from iblutil.io import hashfile
 from one.alf import exceptions as one_errors
 from one.api import One
 
-import oneprov.exports
+import oneprov.export.one_files
 from oneprov import ONE
 from oneprov.errors import ALFObjectNotFound, ALFWarning
 from oneprov.synthetic import REVISION, SORTING
@@ -571,7 +571,7 @@ def test_two_saves_in_one_second_write_two_files(pair, repo, monkeypatch):
             return cls(2024, 6, 1, 12, 0, 0)
 
     monkeypatch.setattr(one.api, "datetime", Frozen)
-    monkeypatch.setattr(oneprov.exports, "datetime", Frozen)
+    monkeypatch.setattr(oneprov.export.one_files, "datetime", Frozen)
     def save_twice(client) -> tuple[Path, Path]:
         client.record_loaded = True
         client.load_dataset(repo.eid, "trials.intervals")

@@ -13,8 +13,10 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from oneprov import database, open_store
-from oneprov.database import check
+from oneprov import open_store
+from oneprov.store import migrate
+from oneprov.store.engine import create_engine
+from oneprov.store.migrate import check
 
 N_PROCS = 8
 
@@ -45,8 +47,8 @@ def test_first_start_race(db_url):
     results = run_all(OPEN_SCRIPT, [[db_url, start]] * N_PROCS)
     for r in results:
         assert r.returncode == 0, r.stderr
-        assert r.stdout.strip() == database.head_revision()
-    engine = database.create_engine(db_url)
+        assert r.stdout.strip() == migrate.head_revision()
+    engine = create_engine(db_url)
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT COUNT(*) FROM alembic_version")).scalar() == 1
         assert conn.execute(sa.text("SELECT COUNT(*) FROM projects")).scalar() == 0
@@ -191,15 +193,15 @@ def test_failed_migration_leaves_previous_version(db_url, tmp_path):
     run = store.start_run("kept")
     store.close()
     scripts = tmp_path / "migrations"
-    shutil.copytree(database.migrations_dir(), scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(migrate.migrations_dir(), scripts, ignore=shutil.ignore_patterns("__pycache__"))
     (scripts / "versions" / "0099_fails.py").write_text(
-        textwrap.dedent(FAILING_MIGRATION).replace("{head}", database.head_revision()))
-    engine = database.create_engine(db_url)
+        textwrap.dedent(FAILING_MIGRATION).replace("{head}", migrate.head_revision()))
+    engine = create_engine(db_url)
     with pytest.raises(Exception, match="no_such_function_at_all"):
-        database.upgrade(engine, script_location=scripts)
+        migrate.upgrade(engine, script_location=scripts)
     inspector = sa.inspect(engine)
     assert "half_done" not in inspector.get_table_names()
     assert "half_column" not in {c["name"] for c in inspector.get_columns("runs")}
-    assert database.schema_status(engine).current == database.head_revision()
+    assert migrate.schema_status(engine).current == migrate.head_revision()
     engine.dispose()
     assert open_store(db_url).runs().run_id.tolist() == [run]

@@ -26,10 +26,11 @@ from one.alf.cache import QC_TYPE
 from one.alf.path import rel_path_parts
 from one.util import filter_datasets, filter_revision_last_before
 
-from oneprov import revisions
+from oneprov.store import revisions
 from oneprov.alf import split_rel_path
-from oneprov.database import create_engine, upgrade
-from oneprov.schema import datasets
+from oneprov.store.engine import create_engine
+from oneprov.store.migrate import upgrade
+from oneprov.store.schema import datasets
 
 QC_NAMES = ["NOT_SET", "PASS", "WARNING", "FAIL", "CRITICAL"]
 #: Revisions that exercise plain string comparison: '' (unrevised) sorts first, digits before upper

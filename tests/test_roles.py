@@ -19,9 +19,11 @@ import sqlalchemy as sa
 from psycopg import sql
 from sqlalchemy.engine.url import make_url
 
-from oneprov import DatabaseError, database, exports, open_store
-from oneprov.roles import CLIENT_UPDATE
-from oneprov.schema import PUBLIC_VIEWS, metadata
+from oneprov import DatabaseError, export, open_store
+from oneprov.store import migrate, roles
+from oneprov.store.engine import create_engine
+from oneprov.store.roles import CLIENT_UPDATE
+from oneprov.store.schema import PUBLIC_VIEWS, metadata
 from oneprov.synthetic import make_repository
 
 pytestmark = [
@@ -67,10 +69,10 @@ def shared(pg) -> Shared:
     open_store(owner_url).close()                     # the owner migrates
     client, client_pw = create_role(pg, "client")
     auditor, auditor_pw = create_role(pg, "auditor")
-    engine = database.create_engine(owner_url)
+    engine = create_engine(owner_url)
     try:
-        assert database.grant(engine, client, "client").warnings == []
-        assert database.grant(engine, auditor, "auditor").warnings == []
+        assert roles.grant(engine, client, "client").warnings == []
+        assert roles.grant(engine, auditor, "auditor").warnings == []
     finally:
         engine.dispose()
     return Shared(pg.user, dbname, owner_url, client, pg.url_for(dbname, user=client, password=client_pw),
@@ -119,7 +121,7 @@ def record_as_client(url: str, tmp_path) -> str:
     """Everything a client does through the Store API; returns the run id."""
     repo = make_repository(tmp_path / "repo")
     with open_store(url) as store:               # reads the schema version; migrates nothing
-        assert store.schema_version == database.head_revision()
+        assert store.schema_version == migrate.head_revision()
         first = store.import_cache(repo.root)   # TEMPORARY staging tables, upserts, history
         assert first.changed == len(repo.datasets)
         table = pq.read_table(repo.root / "datasets.pqt")   # a changed row: datasets updated in place
@@ -137,7 +139,7 @@ def record_as_client(url: str, tmp_path) -> str:
         store.record_query(run, "search", {"subject": "x"}, session_ids=[repo.eid], dataset_ids=ids)
         store.record_access(run, [{"method": "load_dataset", "outcome": "loaded", "dataset_id": i} for i in ids])
         store.mark(run, "clear_list")
-        exports.export_loaded_ids(store, tmp_path, run=run)
+        export.export_loaded_ids(store, tmp_path, run=run)
         store.finish_run(run)
         runs = store.runs()
         assert runs.status.tolist() == ["finished"] and runs.loads.tolist() == [3]
@@ -252,21 +254,21 @@ def test_auditor_reads_but_cannot_write(shared, tmp_path):
 
 
 def test_client_cannot_migrate_an_older_schema_and_says_who_can(shared, tmp_path):
-    owner = database.create_engine(shared.owner_url)
+    owner = create_engine(shared.owner_url)
     try:
-        database.downgrade(owner, "0002")
+        migrate.downgrade(owner, "0002")
         with pytest.raises(DatabaseError) as err:
             open_store(shared.client_url)
         message = str(err.value)
-        assert "0002" in message and database.head_revision() in message
+        assert "0002" in message and migrate.head_revision() in message
         assert "`oneprov db upgrade`" in message and repr(shared.owner) in message
         password = make_url(shared.client_url).password
         assert password not in message
         line = one_line_error(oneprov("db", "upgrade", "--db", shared.client_url, check=False))
         assert "oneprov db upgrade" in line and shared.owner in line
-        assert database.schema_status(owner).current == "0002"           # nothing was changed
+        assert migrate.schema_status(owner).current == "0002"           # nothing was changed
 
-        database.upgrade(owner)                                           # the owner upgrades ...
+        migrate.upgrade(owner)                                           # the owner upgrades ...
         record_as_client(shared.client_url, tmp_path)                     # ... and the client carries on
     finally:
         owner.dispose()
@@ -278,32 +280,32 @@ def test_client_on_an_empty_database_is_told_to_have_the_owner_create_it(pg):
     client, password = create_role(pg, "client")
     with pytest.raises(DatabaseError, match=r"no oneprov schema yet .* `oneprov db upgrade`"):
         open_store(pg.url_for(make_url(url).database, user=client, password=password))
-    engine = database.create_engine(url)
-    assert database.schema_status(engine).current is None and not sa.inspect(engine).get_table_names()
+    engine = create_engine(url)
+    assert migrate.schema_status(engine).current is None and not sa.inspect(engine).get_table_names()
     engine.dispose()
 
 
 def test_grant_refuses_what_it_cannot_do(pg, shared, tmp_path):
-    owner = database.create_engine(shared.owner_url)
-    client = database.create_engine(shared.client_url)
-    sqlite = database.create_engine(tmp_path / "p.sqlite")
+    owner = create_engine(shared.owner_url)
+    client = create_engine(shared.client_url)
+    sqlite = create_engine(tmp_path / "p.sqlite")
     try:
         with pytest.raises(DatabaseError, match=r"does not exist.*administrator.*CREATE ROLE"):
-            database.grant(owner, "nobody_at_all", "client")
+            roles.grant(owner, "nobody_at_all", "client")
         with pytest.raises(DatabaseError, match=r"owner .* privileges cannot limit it"):
-            database.grant(owner, shared.owner, "client")
+            roles.grant(owner, shared.owner, "client")
         with pytest.raises(DatabaseError, match=r"superuser"):
-            database.grant(owner, pg.admin_user, "auditor")
+            roles.grant(owner, pg.admin_user, "auditor")
         with pytest.raises(DatabaseError, match=rf"belong to role '{shared.owner}'.*role '{shared.client}'"):
-            database.grant(client, shared.auditor, "client")
+            roles.grant(client, shared.auditor, "client")
         with pytest.raises(DatabaseError, match="roles are a PostgreSQL feature"):
-            database.grant(sqlite, "anyone", "client")
+            roles.grant(sqlite, "anyone", "client")
         assert not (tmp_path / "p.sqlite").exists()
         with pytest.raises(ValueError, match="client' or 'auditor"):
-            database.grant(owner, shared.client, "admin")
-        database.downgrade(owner, "0002")
+            roles.grant(owner, shared.client, "admin")
+        migrate.downgrade(owner, "0002")
         with pytest.raises(DatabaseError, match="oneprov db upgrade"):
-            database.grant(owner, shared.client, "client")
+            roles.grant(owner, shared.client, "client")
     finally:
         for engine in (owner, client, sqlite):
             engine.dispose()
@@ -311,9 +313,9 @@ def test_grant_refuses_what_it_cannot_do(pg, shared, tmp_path):
 
 def test_role_names_are_quoted_never_formatted(pg, shared):
     name, password = create_role(pg, "", name='odd "name"; DROP TABLE runs; -- 50%')
-    engine = database.create_engine(shared.owner_url)
+    engine = create_engine(shared.owner_url)
     try:
-        result = database.grant(engine, name, "auditor")
+        result = roles.grant(engine, name, "auditor")
         assert '"odd ""name""; DROP TABLE runs; -- 50%"' in result.statements[0]
         assert "runs" in sa.inspect(engine).get_table_names()
     finally:
@@ -323,16 +325,16 @@ def test_role_names_are_quoted_never_formatted(pg, shared):
 
 
 def test_grant_again_changes_the_kind_and_dry_run_changes_nothing(pg, shared):
-    engine = database.create_engine(shared.owner_url)
+    engine = create_engine(shared.owner_url)
     try:
-        database.grant(engine, shared.client, "auditor")               # a client demoted to auditor
+        roles.grant(engine, shared.client, "auditor")               # a client demoted to auditor
         denied(shared.client_url, ["INSERT INTO projects (name, created_at) VALUES ('x', now())"])
-        assert database.grant(engine, shared.client, "client").warnings == []   # and back: idempotent
+        assert roles.grant(engine, shared.client, "client").warnings == []   # and back: idempotent
         with open_store(shared.client_url) as store:
             store.finish_run(store.start_run("again"))
 
         newcomer, _ = create_role(pg, "newcomer")
-        dry = database.grant(engine, newcomer, "client", dry_run=True)
+        dry = roles.grant(engine, newcomer, "client", dry_run=True)
         assert any(s.startswith("GRANT INSERT ON TABLE") for s in dry.statements)
         with engine.connect() as conn:
             assert not conn.execute(sa.text("SELECT has_table_privilege(CAST(:r AS name), 'runs', 'SELECT')"),
@@ -342,16 +344,16 @@ def test_grant_again_changes_the_kind_and_dry_run_changes_nothing(pg, shared):
 
 
 def test_grant_warns_about_rights_held_through_public(shared):
-    engine = database.create_engine(shared.owner_url)
+    engine = create_engine(shared.owner_url)
     try:
         with engine.begin() as conn:
             conn.exec_driver_sql("GRANT UPDATE, DELETE ON access_events TO PUBLIC")
-        warnings = database.grant(engine, shared.auditor, "auditor").warnings
+        warnings = roles.grant(engine, shared.auditor, "auditor").warnings
         assert len(warnings) == 1
         assert "DELETE on access_events, UPDATE on access_events" in warnings[0] and "PUBLIC" in warnings[0]
         with engine.begin() as conn:
             conn.exec_driver_sql("REVOKE UPDATE, DELETE ON access_events FROM PUBLIC")
-        assert database.grant(engine, shared.auditor, "auditor").warnings == []
+        assert roles.grant(engine, shared.auditor, "auditor").warnings == []
     finally:
         engine.dispose()
 
@@ -386,15 +388,15 @@ def test_grant_warns_when_only_the_database_owner_can_grant(pg, tmp_path):
     url = pg.url_for(name)
     open_store(url).close()
     client, password = create_role(pg, "client")
-    engine = database.create_engine(url)
+    engine = create_engine(url)
     try:
-        assert database.grant(engine, client, "client").warnings == [
+        assert roles.grant(engine, client, "client").warnings == [
             f"role '{client}' lacks TEMPORARY on database '{name}' (imports need temporary tables): only the "
             "database's owner can grant it"]
         with pg.admin_connection() as conn:
             conn.execute(sql.SQL("GRANT TEMPORARY ON DATABASE {} TO {}").format(sql.Identifier(name),
                                                                                sql.Identifier(client)))
-        assert database.grant(engine, client, "client").warnings == []
+        assert roles.grant(engine, client, "client").warnings == []
     finally:
         engine.dispose()
     with open_store(pg.url_for(name, user=client, password=password)) as store:

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from oneprov import ONE, tables
-from oneprov import store as store_module
-from oneprov.catalog import _COVERAGE
+from oneprov.store import dialects as dialects_module
+from oneprov.store.dialects import _COVERAGE
 
 QC_KEPT = ["NOT_SET", "PASS", "WARNING", "FAIL"]
 
@@ -98,7 +98,7 @@ def test_search_by_datasets_answers_from_the_client_tables(repo, tmp_path, db_ur
     assert repo.eid in sessions_with(repo.datasets, name) and repo.eid not in sessions_with(small_datasets, name)
     assert dropped not in {str(e) for e in little.search()} and dropped in {str(e) for e in big.search()}
     assert {str(e) for e in little.search(dataset_qc_lte="FAIL")} <= set(small_datasets["eid"])
-    if big.store.dialect == "sqlite":   # only the big client's searches skip the membership lookups
+    if big.store.dialect.name == "sqlite":   # only the big client's searches skip the membership lookups
         with big.store.reading() as conn:
             covered = [tuple(conn.execute(_COVERAGE, {"query_id": c._catalog.query_id}).one()) for c in (big, little)]
         assert covered == [(1, 1), (0, 0)]
@@ -134,7 +134,7 @@ def test_links_are_the_same_without_sqlite_json(cache, repo, tmp_path, monkeypat
     """An SQLite built without JSON functions records the same rows (one INSERT per row)."""
     recorded = {}
     for json_functions in (True, False):
-        monkeypatch.setattr(store_module, "_sqlite_json", lambda json_functions=json_functions: json_functions)
+        monkeypatch.setattr(dialects_module, "_sqlite_json", lambda json_functions=json_functions: json_functions)
         one = ONE(cache_dir=cache, db=tmp_path / f"json-{json_functions}.sqlite")
         one.search(datasets="spikes.times.npy")
         searched = last_query(one)[1]

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from oneprov import BadInputError, open_store
-from oneprov.schema import PUBLIC_VIEWS, metadata
+from oneprov.store.schema import PUBLIC_VIEWS, metadata
 
 ALL_TABLES = sorted(metadata.tables)
 
@@ -254,7 +254,7 @@ def test_record_access_returns_ids_in_order_with_states(store, repo):
 
 def test_loaded_ids_many_in_chunks_sorted_and_distinct(store, repo, monkeypatch):
     """The ids come sorted, once each, however many chunks they take and in whatever order they were loaded."""
-    import oneprov.store
+    import oneprov.store.loaded
 
     store.import_cache(repo.root)
     run = store.start_run("p", label="L")
@@ -262,12 +262,12 @@ def test_loaded_ids_many_in_chunks_sorted_and_distinct(store, repo, monkeypatch)
     loads = [{"method": "load_dataset", "outcome": "loaded", "dataset_id": i} for i in reversed(ids)]
     store.record_access(run, loads + loads[::3])
     store.record_access(run, [{"method": "load_dataset", "outcome": "missing", "dataset_id": ids[0]}])
-    monkeypatch.setattr(oneprov.store, "LOADED_IDS_CHUNK", 7)
+    monkeypatch.setattr(oneprov.store.loaded, "LOADED_IDS_CHUNK", 7)
     assert store.loaded_ids(run=run) == sorted(set(ids))
     assert store.loaded_ids(project="p", label="L", since_clear=True, listed_only=True) == sorted(set(ids))
     eids = sorted(set(repo.datasets["eid"]))
     assert store.loaded_ids(run=run, sessions_only=True) == eids
-    monkeypatch.setattr(oneprov.store, "LOADED_IDS_CHUNK", len(ids))  # exactly one full chunk, then none
+    monkeypatch.setattr(oneprov.store.loaded, "LOADED_IDS_CHUNK", len(ids))  # exactly one full chunk, then none
     assert store.loaded_ids(run=run) == sorted(set(ids))
 
 
@@ -352,7 +352,7 @@ def test_retiring_a_run_adds_a_record(store):
 
 
 def test_background_reader_hands_over_items_errors_and_stops_when_the_consumer_does():
-    from oneprov.store import _in_background
+    from oneprov.store.ingest import in_background
     closed = []
 
     def source(fail_at=None):
@@ -364,10 +364,10 @@ def test_background_reader_hands_over_items_errors_and_stops_when_the_consumer_d
         finally:
             closed.append(True)
 
-    assert list(_in_background(source())) == list(range(100))
+    assert list(in_background(source())) == list(range(100))
     with pytest.raises(BadInputError, match="bad row 7"):
-        list(_in_background(source(fail_at=7)))
-    for i in _in_background(source()):
+        list(in_background(source(fail_at=7)))
+    for i in in_background(source()):
         if i == 3:
             break
     assert closed == [True, True, True]   # each source was closed, also the one left early

@@ -24,7 +24,8 @@ import pytest
 from oneprov.alf import QC_ORDER
 from oneprov.errors import BadInputError
 from oneprov.synthetic import REVISION, make_repository
-from oneprov.tables import (DATASETS_COLUMNS, SESSIONS_COLUMNS, count_rows, file_sha256, iter_datasets,
+from oneprov.files import file_sha256
+from oneprov.tables import (DATASETS_COLUMNS, SESSIONS_COLUMNS, count_rows, iter_datasets,
                             merge_metadata, merge_tables, read_metadata, read_sessions, write_datasets,
                             write_sessions)
 

@@ -19,6 +19,8 @@ Conventions:
 """
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from sqlalchemy import (
     BigInteger, Boolean, Column, Date, DateTime, Float, ForeignKey, Index, Integer, MetaData,
     PrimaryKeyConstraint, String, Table, Text,
@@ -26,6 +28,12 @@ from sqlalchemy import (
 from sqlalchemy import true as sa_true
 
 UUID = String(36)
+
+
+def utcnow() -> datetime:
+    """Now, in UTC, without a time zone (the database's convention)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
 
 metadata = MetaData(naming_convention={
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",

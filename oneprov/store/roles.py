@@ -23,13 +23,15 @@ safe. Every name is quoted as an identifier; nothing the user types is formatted
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import URL, Connection, Engine
 
-from . import database
-from .errors import BadInputError, DatabaseError
+from ..errors import BadInputError, DatabaseError
+from .engine import create_engine, database_url, mapped_errors, redact
+from .migrate import schema_status
 from .schema import PUBLIC_VIEWS, metadata
 
 KINDS = ("client", "auditor")
@@ -59,10 +61,14 @@ class GrantResult:
     kind: str
     statements: list[str]
     warnings: list[str] = field(default_factory=list)
+    where: str = ""             # the database, as messages name it
 
 
-def grant(engine: Engine, role: str, kind: str, *, dry_run: bool = False) -> GrantResult:
+def grant(db: Engine | str | os.PathLike | URL | None, role: str, kind: str, *, dry_run: bool = False) -> GrantResult:
     """Give the existing PostgreSQL ``role`` exactly the privileges of a ``kind`` ('client' or 'auditor').
+
+    ``db`` is an engine, or a URL (default ``$ONEPROV_DB``) for which an engine is made and
+    disposed of; a SQLite path is refused before anything could create a file.
 
     Run as the owner of the tables, on a database at this oneprov's schema version. Revokes the
     role's privileges on oneprov's tables, views and sequences first, then grants, in one
@@ -73,20 +79,32 @@ def grant(engine: Engine, role: str, kind: str, *, dry_run: bool = False) -> Gra
     """
     if kind not in KINDS:
         raise BadInputError(f"unknown role kind {kind!r}: expected 'client' or 'auditor'")
+    if isinstance(db, Engine):
+        return _grant(db, role, kind, dry_run)
+    url = database_url(db)
+    if url.get_backend_name() != "postgresql":
+        raise DatabaseError(NOT_POSTGRESQL.format(where=redact(url)))
+    engine = create_engine(url)
+    try:
+        return _grant(engine, role, kind, dry_run)
+    finally:
+        engine.dispose()
+
+
+def _grant(engine: Engine, role: str, kind: str, dry_run: bool) -> GrantResult:
     if engine.dialect.name != "postgresql":
-        raise DatabaseError(NOT_POSTGRESQL.format(where=database.redact(engine.url)))
+        raise DatabaseError(NOT_POSTGRESQL.format(where=redact(engine.url)))
     if not role:
         raise BadInputError("no role given")
-    status = database.schema_status(engine)
+    status = schema_status(engine)
     if not status.known:
-        raise DatabaseError(f"database {database.redact(engine.url)} has schema version {status.current}, newer "
+        raise DatabaseError(f"database {redact(engine.url)} has schema version {status.current}, newer "
                             f"than this oneprov knows ({status.head}): grant with the newer oneprov")
     if not status.up_to_date:
-        raise DatabaseError(f"database {database.redact(engine.url)} is at schema version {status.current or 'empty'}, "
+        raise DatabaseError(f"database {redact(engine.url)} is at schema version {status.current or 'empty'}, "
                             f"not {status.head}: run `oneprov db upgrade` (as the owner) before granting")
-    import psycopg
-
-    with database.connect_errors(engine), engine.connect() as conn:
+    where = redact(engine.url)
+    with mapped_errors(where), engine.connect() as conn:
         schema, dbname = _check_roles(conn, role, engine)
         statements = _statements(conn, role, kind, schema, dbname)
         driver = conn.connection.driver_connection    # psycopg, inside this connection's transaction
@@ -94,22 +112,18 @@ def grant(engine: Engine, role: str, kind: str, *, dry_run: bool = False) -> Gra
         if dry_run:
             conn.rollback()
         else:
-            try:
-                with driver.cursor() as cursor:
-                    for statement in statements:
-                        cursor.execute(statement)     # no parameters: sent exactly as composed
-            except psycopg.Error as exc:
-                raise DatabaseError(f"cannot grant on {database.redact(engine.url)}: "
-                                    f"{str(exc).strip().splitlines()[0]}") from None
+            with mapped_errors(where, "grant on"), driver.cursor() as cursor:
+                for statement in statements:
+                    cursor.execute(statement)     # no parameters: sent exactly as composed
             warnings = _effective(conn, role, kind, schema, dbname)
             conn.commit()
         text = [statement.as_string(driver) + ";" for statement in statements]
-    return GrantResult(role, kind, text, warnings)
+    return GrantResult(role, kind, text, warnings, where)
 
 
 def _check_roles(conn: Connection, role: str, engine: Engine) -> tuple[str, str]:
     """The schema and database names; refuse when :func:`grant` cannot do its job."""
-    where = database.redact(engine.url)
+    where = redact(engine.url)
     here = conn.execute(sa.text(
         "SELECT current_schema() AS schema, current_database() AS dbname, current_user AS me, t.tableowner AS owner, "
         "pg_has_role(current_user, t.tableowner, 'USAGE') AS am_owner "

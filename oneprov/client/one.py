@@ -19,52 +19,29 @@ Deliberate differences from one-api are listed in the README ("Differences from 
 """
 from __future__ import annotations
 
-import atexit
 import contextlib
 import gc
 import os
-import sys
-import threading
 import time
 import uuid
 import warnings
-import weakref
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import pandas as pd
 
-from . import alf, exports, files
-from .catalog import DATASET_COLUMNS, Catalog
-from .errors import (
+from .. import alf, export, files, settings
+from ..errors import (
     ALFError, ALFMultipleCollectionsFound, ALFMultipleObjectsFound, ALFObjectNotFound, ALFWarning,
     BadInputError,
 )
-from .store import Store, open_store
+from ..sources.local import LocalSource
+from ..store import Store, open_store
+from ..store.catalog import DATASET_COLUMNS, Catalog
+from .recorder import Recorder
+from .shapes import SEARCH_TERMS, Bunch, autocomplete, dataset_frame, load_object, session_frame
 
 __all__ = ["ONE", "One", "Bunch"]
-
-QC_CATEGORIES = pd.CategoricalDtype(alf.QC_ORDER, ordered=True)
-SEARCH_TERMS = ("datasets", "date_range", "laboratory", "number", "projects", "subject", "task_protocol",
-                "dataset_qc_lte")
-
-
-class Bunch(dict):
-    """A dict whose keys are also attributes (ONE's ``Bunch``/``AlfBunch``)."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        self[name] = value
-
-
-def revision_cutoff() -> str | None:
-    """``ONE_REVISION_LAST_BEFORE``, read now (ONE reads it once, at import)."""
-    return os.environ.get("ONE_REVISION_LAST_BEFORE") or None
 
 
 class ONE:
@@ -74,6 +51,9 @@ class ONE:
     ``tables_dir`` (default ``cache_dir``) the ONE cache tables, imported into the store when they
     changed. ``db`` defaults to ``$ONEPROV_DB``, else ``<cache_dir>/provenance.sqlite``; ``project``
     to ``$ONEPROV_PROJECT``, else "default"; ``label`` names the run.
+
+    The client asks its catalog (the rows of the tables it imported) which datasets answer a call,
+    its source where their files are, and its recorder to record what happened.
     """
 
     def __init__(self, cache_dir: str | os.PathLike | None = None, mode: str = "local",
@@ -83,22 +63,19 @@ class ONE:
             raise NotImplementedError(f"mode={mode!r}: oneprov's ONE works in local mode only for now; use mode='local'")
         if kwargs:
             raise TypeError(f"unexpected argument {sorted(kwargs)[0]!r}")
-        cache_dir = cache_dir or os.environ.get("ONE_CACHE_DIR")
+        cache_dir = cache_dir or settings.cache_dir()
         if not cache_dir:
-            raise BadInputError("ONE needs a cache_dir (the folder of the ALF tree), or set ONE_CACHE_DIR")
+            raise BadInputError(f"ONE needs a cache_dir (the folder of the ALF tree), or set {settings.CACHE_DIR_ENV}")
         self.cache_dir = Path(cache_dir).expanduser().absolute()
         if not self.cache_dir.is_dir():
             raise BadInputError(f"cache_dir {str(self.cache_dir)!r} does not exist")
         self.mode = mode
         self.wildcards = wildcards
         self.record_loaded = False
-        self.project = project or os.environ.get("ONEPROV_PROJECT") or "default"
-        self.label = label
         self._tables_dir = Path(tables_dir).expanduser().absolute() if tables_dir else self.cache_dir
-        self.store: Store = open_store(db or os.environ.get("ONEPROV_DB") or self.cache_dir / "provenance.sqlite")
-        self.run_id: str | None = None
-        self._scope: str | None = None
-        self._lock = threading.RLock()
+        self.store: Store = open_store(db or settings.database() or self.cache_dir / "provenance.sqlite")
+        self._source = LocalSource(self.cache_dir)
+        self._recorder = Recorder(self.store, project, label, cache_dir=self.cache_dir)
         self._catalog = Catalog(self.store, None)
         self._folders: dict[str, Path] = {}   # eid -> session folder, for the current catalog
         self.load_cache(self._tables_dir)
@@ -112,22 +89,23 @@ class ONE:
 
     # -- the run and its records ------------------------------------------------------------
 
-    def _run(self) -> str:
-        with self._lock:
-            if self.run_id is None:
-                self.run_id = self.store.start_run(self.project, label=self.label, cache_dir=self.cache_dir,
-                                                   revision_cutoff=revision_cutoff())
-                _open_runs[self.run_id] = weakref.ref(self)
-                _install_exit_hooks()
-        return self.run_id
+    @property
+    def project(self) -> str:
+        return self._recorder.project
+
+    @property
+    def label(self) -> str | None:
+        return self._recorder.label
+
+    @property
+    def run_id(self) -> str | None:
+        """The id of this client's run, once its first call was recorded (else None)."""
+        return self._recorder.run_id
 
     def close(self, error: BaseException | None = None) -> None:
         """Close the run ('finished', or 'failed' with ``error``) and release the database."""
-        with self._lock:
-            if self.run_id is not None and _open_runs.pop(self.run_id, None) is not None:
-                status = "failed" if error is not None else "finished"
-                self.store.finish_run(self.run_id, status, repr(error) if error is not None else None)
-            self.store.close()
+        self._recorder.close(error)
+        self.store.close()
 
     def __enter__(self) -> "ONE":
         return self
@@ -138,39 +116,14 @@ class ONE:
     @contextlib.contextmanager
     def scope(self, name: str) -> Iterator["ONE"]:
         """Record every search and load inside the block under a scope name (e.g. a figure)."""
-        previous, self._scope = self._scope, str(name)
-        try:
+        with self._recorder.scope(name):
             yield self
-        finally:
-            self._scope = previous
 
-    def _event(self, method: str, outcome: str, row: Any = None, *, requested_revision: str | None = None,
-               rel_path: str | None = None, path: Path | None = None, detail: str | None = None,
-               session_id: str | None = None) -> dict[str, Any]:
-        size = None
-        if path is not None and outcome in ("loaded", "download_only"):
-            size = path.stat().st_size
-        return {
-            "method": method, "outcome": outcome,
-            "dataset_id": getattr(row, "id", None) if row is not None else None,
-            "session_id": getattr(row, "session_id", None) if row is not None else session_id,
-            "rel_path": getattr(row, "rel_path", None) if row is not None else rel_path,
-            "requested_revision": requested_revision, "revision_cutoff": revision_cutoff(),
-            "scope": self._scope, "path": str(path) if path is not None else None, "bytes": size,
-            "detail": detail, "listed": bool(self.record_loaded),
-        }
+    def _event(self, method: str, outcome: str, row: Any = None, **details: Any) -> dict[str, Any]:
+        return self._recorder.event(method, outcome, row, listed=self.record_loaded, **details)
 
-    def _record(self, events: list[dict[str, Any]]) -> None:
-        self.store.record_access(self._run(), events)
-
-    def _record_query(self, method: str, params: dict[str, Any], started: float, *,
-                      session_ids: Sequence[str] = (), datasets: Sequence = ()) -> None:
-        """Record a search or list with the rows it returned, as read from the database (ids canonical
-        and distinct; each dataset row linked with the ``state_id`` it was read with)."""
-        self.store.record_query(self._run(), method, params, session_ids=session_ids,
-                                dataset_ids=[r.id for r in datasets], state_ids=[r.state_id for r in datasets],
-                                read_here=True, mode=self.mode, revision_cutoff=revision_cutoff(), scope=self._scope,
-                                duration_s=time.perf_counter() - started)
+    def _record_query(self, method: str, params: dict[str, Any], started: float, **rows: Any) -> None:
+        self._recorder.record_query(method, params, started, mode=self.mode, **rows)
 
     # -- cache tables -----------------------------------------------------------------------
 
@@ -200,8 +153,8 @@ class ONE:
         Merged with tables already in ``save_dir`` (default ``cache_dir``) unless ``clobber``;
         ``default_revision`` is always kept. Unlike ONE, it always writes.
         """
-        return exports.export_cache(self.store, Path(save_dir or self.cache_dir), query=self._catalog.query_id,
-                                    clobber=clobber, origin=str(self.cache_dir))
+        return export.export_cache(self.store, Path(save_dir or self.cache_dir), query=self._catalog.query_id,
+                                   clobber=clobber, origin=str(self.cache_dir))
 
     def save_loaded_ids(self, sessions_only: bool = False, clear_list: bool = True,
                         path: str | os.PathLike | None = None) -> tuple[list[str], Path | None]:
@@ -216,7 +169,7 @@ class ONE:
             return [], None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ids, written = exports.export_loaded_ids(
+            ids, written = export.export_loaded_ids(
                 self.store, self._tables_dir, path=path, run=self.run_id, sessions_only=sessions_only,
                 since_clear=True, listed_only=True)
         if written is None:
@@ -225,7 +178,7 @@ class ONE:
             if "No datasets loaded" not in str(w.message):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         if clear_list and written is not None:
-            self.store.mark(self.run_id, "clear_list", scope=self._scope)
+            self._recorder.mark("clear_list")
         return ids, written
 
     # -- ids and paths ----------------------------------------------------------------------
@@ -264,21 +217,15 @@ class ONE:
         rows = self._catalog.sessions(ids=[self._eid(eid)])  # ValueError for a bad id, as in ONE
         if rows.empty:
             return None
-        return self._session_folder(rows.iloc[0])
+        return self._source.session_folder(rows.iloc[0])
 
-    def _session_folder(self, row: Any) -> Path:
-        folder = (self.cache_dir / alf.session_path(row.lab, row.subject, row.date, row.number)).resolve()
-        if not folder.is_relative_to(self.cache_dir.resolve()):
-            raise BadInputError(f"session {row.id} has a path outside the cache folder: {folder}")
-        return folder
-
-    def _file(self, row: Any) -> Path:
-        """The local file of a dataset row (session folders are looked up once per catalog)."""
-        folder = self._folders.get(row.session_id)
+    def _folder(self, eid: str) -> Path:
+        """The session folder of an eid of the catalog (looked up once per catalog)."""
+        folder = self._folders.get(eid)
         if folder is None:
-            folder = self.eid2path(row.session_id) or self.cache_dir / "__unknown_session__"
-            self._folders[row.session_id] = folder
-        return folder / row.rel_path
+            folder = self.eid2path(eid) or self.cache_dir / "__unknown_session__"
+            self._folders[eid] = folder
+        return folder
 
     # -- searching and listing --------------------------------------------------------------
 
@@ -292,7 +239,7 @@ class ONE:
         datasets (names all present), dataset_qc_lte. Unique prefixes of term names are accepted.
         """
         started = time.perf_counter()
-        terms = {_autocomplete(k): v for k, v in kwargs.items()}
+        terms = {autocomplete(k): v for k, v in kwargs.items()}
         with _gc_paused():
             found = self._catalog.search(
                 wildcards=self.wildcards, subject=terms.get("subject"), lab=terms.get("laboratory"),
@@ -305,7 +252,7 @@ class ONE:
             eids = [uuid.UUID(e) for e in ids]
         if not details:
             return eids
-        records = [Bunch(r) for r in _ones_session_frame(found).reset_index(drop=True).to_dict("records")]
+        records = [Bunch(r) for r in session_frame(found).reset_index(drop=True).to_dict("records")]
         return eids, records
 
     def list_subjects(self) -> list[str]:
@@ -339,7 +286,7 @@ class ONE:
                                                  "revision": revision, "qc": qc, "details": details},
                                started, session_ids=[eid] if eid else [], datasets=rows)
         if details:
-            return _ones_dataset_frame(frame, keep_eid=keep_eid_index or eid is None)
+            return dataset_frame(frame, keep_eid=keep_eid_index or eid is None)
         paths = [r.rel_path for r in rows]
         return sorted(paths) if eid else list(dict.fromkeys(paths))
 
@@ -362,7 +309,7 @@ class ONE:
                                                    "revision": revision}, started,
                                session_ids=[eid] if eid else [], datasets=rows)
         if details:
-            return {value: _ones_dataset_frame(group, keep_eid=False) for value, group in frame.groupby(column)}
+            return {value: dataset_frame(group, keep_eid=False) for value, group in frame.groupby(column)}
         return list(dict.fromkeys(getattr(r, column) for r in rows))
 
     def get_details(self, eid: Any, full: bool = False):
@@ -371,10 +318,10 @@ class ONE:
         rows = self._catalog.sessions(ids=[eid])
         if rows.empty:
             raise ALFObjectNotFound(eid)
-        record = _ones_session_frame(rows).iloc[0]
+        record = session_frame(rows).iloc[0]
         if not full:
             return record
-        table = _ones_dataset_frame(self._catalog.datasets(eid, qc="CRITICAL"), keep_eid=True).reset_index()
+        table = dataset_frame(self._catalog.datasets(eid, qc="CRITICAL"), keep_eid=True).reset_index()
         for key, value in record.items():
             table[key] = value
         return table.set_index(["eid", "id"])
@@ -382,7 +329,7 @@ class ONE:
     # -- loading ----------------------------------------------------------------------------
 
     def _requested_revision(self, revision: str | None) -> str | None:
-        return revision if revision is not None else revision_cutoff()
+        return revision if revision is not None else settings.revision_cutoff()
 
     def _select(self, eid: str, filename: Any, collection: Any, revision: str | None, *,
                 unique: bool, strict: bool = True) -> list:
@@ -402,26 +349,25 @@ class ONE:
 
     def _fetch(self, method: str, rows: list, *, check_hash: bool, download_only: bool,
                requested_revision: str | None) -> list[Path | None]:
-        """Check each chosen file, record one event per dataset (one transaction), return the paths."""
-        paths, events = [], []
-        for row in rows:
-            path = self._file(row)
-            status = files.check_file(path, row.file_size, row.hash, check_hash=check_hash)
-            outcome = ("download_only" if download_only else "loaded") if status == "ok" else status
-            events.append(self._event(method, outcome, row, requested_revision=requested_revision, path=path))
-            paths.append(path if status == "ok" else None)
-            if status.endswith("mismatch"):
-                warnings.warn(f"{status.replace('_', ' ')} on dataset {row.rel_path} ({path}): not loaded",
+        """Ask the source for each chosen file, record one event per dataset (one transaction),
+        return the paths (None for a file that cannot be loaded)."""
+        fetched = self._source.fetch(rows, self._folder, check_hash=check_hash)
+        events = []
+        for row, got in zip(rows, fetched):
+            outcome = ("download_only" if download_only else "loaded") if got.ok else got.status
+            events.append(self._event(method, outcome, row, requested_revision=requested_revision, path=got.path))
+            if got.status.endswith("mismatch"):
+                warnings.warn(f"{got.status.replace('_', ' ')} on dataset {row.rel_path} ({got.path}): not loaded",
                               ALFWarning, stacklevel=3)
         if events:
-            self._record(events)
-        return paths
+            self._recorder.record_events(events)
+        return [got.path if got.ok else None for got in fetched]
 
     def _refuse(self, method: str, outcome: str, eid: str | None, request: str, revision: str | None,
                 error: ALFError) -> None:
         """Record a request that matched nothing loadable, then raise ``error``."""
-        self._record([self._event(method, outcome, session_id=eid, rel_path=request,
-                                  requested_revision=revision, detail=str(error))])
+        self._recorder.record_events([self._event(method, outcome, session_id=eid, rel_path=request,
+                                                  requested_revision=revision, detail=str(error))])
         raise error
 
     def load_dataset(self, eid: Any, dataset: str, collection: str | None = None, revision: str | None = None,
@@ -471,7 +417,7 @@ class ONE:
         present = [p for p in paths if p is not None]
         if not present:
             raise ALFObjectNotFound(f'ALF object "{obj}" not found on disk')
-        return present if download_only else _load_object(present)
+        return present if download_only else load_object(present)
 
     def load_datasets(self, eid: Any, datasets: list, collections: Any = None, revisions: Any = None,
                       query_type: str | None = None, assert_present: bool = True, download_only: bool = False,
@@ -507,7 +453,7 @@ class ONE:
                 missing.append(self._event("load_datasets", "not_found", session_id=eid, rel_path=str(spec),
                                            requested_revision=rev))
         if missing:
-            self._record(missing)
+            self._recorder.record_events(missing)
             message = "The following datasets are not in the cache: " + ", ".join(e["rel_path"] for e in missing)
             if assert_present:
                 raise ALFObjectNotFound(message)
@@ -516,7 +462,7 @@ class ONE:
         paths = iter(self._fetch("load_datasets", found, check_hash=check_hash, download_only=download_only,
                                  requested_revision=None))
         frame = pd.DataFrame([tuple(r) for r in found], columns=list(found[0]._fields)) if found else None
-        records = iter(_ones_dataset_frame(frame, keep_eid=True).reset_index()
+        records = iter(dataset_frame(frame, keep_eid=True).reset_index()
                        .assign(revision=frame["revision"].to_numpy())  # ONE's records carry the revision
                        .to_dict("records", into=Bunch) if found else [])
         out_paths, out_records = [], []
@@ -562,7 +508,7 @@ class ONE:
         by_object: dict[str, list[Path]] = {}
         for path, name in present:
             by_object.setdefault(alf.name_parts(name)["object"] or "", []).append(path)
-        return Bunch({obj: _load_object(ps) for obj, ps in by_object.items()})
+        return Bunch({obj: load_object(ps) for obj, ps in by_object.items()})
 
     def load_dataset_from_id(self, dset_id: Any, download_only: bool = False, details: bool = False,
                              check_hash: bool = True) -> Any:
@@ -577,7 +523,7 @@ class ONE:
             raise ALFObjectNotFound("Dataset not found")
         output = path if download_only else files.read_file(path)
         if details:
-            return output, _ones_dataset_frame(rows, keep_eid=True).iloc[0]
+            return output, dataset_frame(rows, keep_eid=True).iloc[0]
         return output
 
 
@@ -598,92 +544,3 @@ def _gc_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
-
-
-def _autocomplete(term: str) -> str:
-    """The search term a (unique prefix of a) name stands for, in any case as in ONE."""
-    term = term.casefold()
-    aliases = {"dataset": "datasets", "lab": "laboratory", "date": "date_range", "project": "projects",
-               "task": "task_protocol"}
-    if term in SEARCH_TERMS:
-        return term
-    if term in aliases:
-        return aliases[term]
-    matches = [t for t in SEARCH_TERMS if t.startswith(term)]
-    if len(matches) != 1:
-        raise ValueError(f'Invalid search term "{term}", see `one.search_terms()`')
-    return matches[0]
-
-
-def _ones_session_frame(rows: pd.DataFrame) -> pd.DataFrame:
-    """Session rows shaped like ONE's sessions table (index ``id``)."""
-    frame = rows[["id", "lab", "subject", "date", "number", "task_protocol", "projects"]].copy()
-    frame["number"] = frame["number"].astype("int64")
-    return frame.set_index("id")
-
-
-def _ones_dataset_frame(rows: pd.DataFrame, *, keep_eid: bool) -> pd.DataFrame:
-    """Dataset rows shaped like ONE's datasets table: index ``id`` (or ``(eid, id)``), ONE's columns."""
-    frame = pd.DataFrame({
-        "eid": rows["session_id"].to_numpy(), "id": rows["id"].to_numpy(),
-        "rel_path": rows["rel_path"].to_numpy(),
-        "file_size": pd.array(rows["file_size"].to_numpy(), dtype="UInt64") if len(rows) else pd.array([], dtype="UInt64"),
-        "hash": rows["hash"].to_numpy(), "exists": rows["exists"].astype(bool).to_numpy(),
-        "qc": pd.Categorical(rows["qc"].to_numpy(), dtype=QC_CATEGORIES),
-        "default_revision": rows["default_revision"].fillna(False).astype(bool).to_numpy(),
-    })
-    return frame.set_index(["eid", "id"] if keep_eid else ["id"]).drop(columns=[] if keep_eid else ["eid"])
-
-
-def _load_object(paths: list[Path]) -> Bunch:
-    """Read the files of one ALF object into a Bunch keyed by attribute (``attribute_timescale``).
-
-    A ``table`` attribute (a parquet table) is spread into one key per column, as ONE does.
-    """
-    out = Bunch()
-    for path in sorted(paths):
-        parts = alf.name_parts(path.name)
-        key = "_".join(filter(None, (parts["attribute"], parts["timescale"]))) or path.stem
-        key = ".".join(filter(None, (key, parts["extra"])))
-        out[key] = files.read_file(path)
-    table_key = next((k for k in out if k == "table" or k.startswith(("table_", "table."))), None)
-    if table_key is not None and isinstance(out[table_key], pd.DataFrame):
-        table = out.pop(table_key)
-        suffix = table_key[5:]
-        for column in table.columns:
-            out[f"{column}{suffix}"] = table[column].to_numpy()
-    return out
-
-
-# -- closing runs at exit -------------------------------------------------------------------
-
-_open_runs: dict[str, "weakref.ReferenceType[ONE]"] = {}
-_exit_error: list[BaseException] = []
-_hooks_installed = False
-
-
-def _install_exit_hooks() -> None:
-    """Close open runs at interpreter exit: 'failed' when an uncaught exception ends the process."""
-    global _hooks_installed
-    if _hooks_installed:
-        return
-    _hooks_installed = True
-    previous = sys.excepthook
-
-    def excepthook(exc_type, exc, tb):
-        _exit_error.append(exc)
-        previous(exc_type, exc, tb)
-
-    sys.excepthook = excepthook
-    atexit.register(_close_open_runs)
-
-
-def _close_open_runs() -> None:
-    error = _exit_error[-1] if _exit_error else None
-    for ref in list(_open_runs.values()):
-        client = ref()
-        if client is not None:
-            try:
-                client.close(error)
-            except Exception:  # at exit, a closed database must not hide the real error
-                pass

@@ -15,8 +15,8 @@ Everything happens in one statement, for one session or all of them at once. On 
 flag: the choice never reads the table) whose bare ``rowid`` comes from the row of ``max(revision)``
 (SQLite's documented min/max rule), then the chosen rows are read in rowid order; on PostgreSQL it
 is a window function over the same groups. Revisions compare byte-wise, as Python compares them: on
-PostgreSQL the comparison uses the "C" collation whatever the database's own collation is. The
-rows of the result come in no particular order.
+PostgreSQL the comparison uses the "C" collation whatever the database's own collation is (both
+statements are in ``dialects.py``). The rows of the result come in no particular order.
 
 >>> from oneprov import open_store
 >>> store = open_store(":memory:")
@@ -35,11 +35,14 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
 
-from .alf import QC_LEVELS, qc_name
-from .errors import ALFMultipleRevisionsFound
-from .schema import datasets
+from ..alf import QC_LEVELS, check_uuid, qc_name
+from ..errors import ALFMultipleRevisionsFound
+from . import dialects
+from .engine import Database
+from .schema import datasets, query_datasets
 
-__all__ = ["ALFMultipleRevisionsFound", "COLUMNS", "chosen_ids", "last_before", "last_before_select", "qc_names_up_to"]
+__all__ = ["ALFMultipleRevisionsFound", "COLUMNS", "chosen_ids", "datasets_last_before", "last_before",
+           "last_before_select", "qc_names_up_to"]
 
 #: The columns every revision choice returns, in this order.
 COLUMNS = ["dataset_uuid", "session_uuid", "rel_path", "collection", "revision", "name", "qc",
@@ -67,11 +70,9 @@ def last_before_select(
     flagged as default (0 when a revision is asked), in no particular order. A dataset with several
     defaults is an error only when ``strict`` (the caller reports it, see :func:`last_before`);
     without ``strict`` its greatest revision is chosen (ONE with ``assert_unique=False``).
+    ``dialect`` names the back end (its statement is its own: see ``dialects.py``).
     """
-    conditions = _conditions(qc, ignore_qc_not_set, where)
-    if dialect == "sqlite":
-        return _grouped_select(revision, conditions)
-    return _window_select(dialect, revision, conditions, strict)
+    return dialects.of(dialect).revision_choice(revision, _conditions(qc, ignore_qc_not_set, where), strict, _output)
 
 
 def _conditions(qc: str | int, ignore_qc_not_set: bool, where: Iterable[sa.ColumnElement[bool]]) -> list:
@@ -79,64 +80,10 @@ def _conditions(qc: str | int, ignore_qc_not_set: bool, where: Iterable[sa.Colum
 
 
 def _output(row: sa.FromClause) -> list[sa.ColumnElement]:
+    """The result columns (:data:`COLUMNS`) of a dataset row."""
     c = row.c
     return [c.id.label("dataset_uuid"), c.session_id.label("session_uuid"), c.rel_path, c.collection, c.revision,
             c.name, c.qc, c.default_revision, c.file_size, c.hash, c.exists, c.state_id]
-
-
-def _grouped_select(revision: str | sa.BindParameter | None, conditions: list) -> sa.Select:
-    """SQLite: one GROUP BY pass over the covering index picks each dataset's row, by rowid.
-
-    With exactly one ``max()`` in a grouped SELECT, SQLite takes the bare ``rowid`` from the row that
-    holds the maximum: the greatest revision. With no revision asked, the flagged row is the sum of
-    the flagged rows' rowids when exactly one is flagged. The chosen rowids are sorted, so that the
-    table is then read in its own order rather than at random.
-    """
-    d = datasets.c
-    rowid = sa.literal_column(f"{datasets.name}.rowid")
-    if revision is not None:
-        conditions = [*conditions, d.revision <= revision]
-        chosen, n_default = rowid, sa.literal_column("0")
-    else:
-        flagged = d.default_revision == sa.true()
-        n_default = sa.func.sum(sa.case((flagged, 1), else_=0))
-        chosen = sa.case((n_default == 1, sa.func.sum(sa.case((flagged, rowid)))), else_=rowid)
-    choice = (sa.select(chosen.label("chosen"), n_default.label("n_default"), sa.func.max(d.revision).label("top"))
-              .where(*conditions)
-              .group_by(d.session_id, d.collection, d.name)
-              .order_by(sa.literal_column("chosen"))
-              .subquery("choice"))
-    row = datasets.alias("chosen_row")
-    return (sa.select(*_output(row), choice.c.n_default)
-            .select_from(choice.join(row, sa.literal_column("chosen_row.rowid") == choice.c.chosen)))
-
-
-def _window_select(dialect: str, revision: str | sa.BindParameter | None, conditions: list, strict: bool) -> sa.Select:
-    """PostgreSQL (and any other back end): window functions over each dataset's rows."""
-    d = datasets
-    rev = d.c.revision.collate("C") if dialect == "postgresql" else d.c.revision
-    group = (d.c.session_id, d.c.collection, d.c.name)
-    if revision is not None:
-        conditions = [*conditions, rev <= revision]
-        n_default = sa.literal_column("0")
-    else:
-        n_default = sa.func.sum(sa.case((d.c.default_revision == sa.true(), 1), else_=0)).over(partition_by=group)
-    ranked = (
-        sa.select(*_output(d), n_default.label("n_default"),
-                  sa.func.row_number().over(partition_by=group, order_by=rev.desc()).label("newest"))
-        .where(*conditions)
-        .subquery("ranked")
-    )
-    r = ranked.c
-    if revision is None and strict:
-        chosen = sa.or_(sa.and_(r.n_default >= 1, r.default_revision == sa.true()),
-                        sa.and_(r.n_default == 0, r.newest == 1))
-    elif revision is None:
-        chosen = sa.or_(sa.and_(r.n_default == 1, r.default_revision == sa.true()),
-                        sa.and_(r.n_default != 1, r.newest == 1))
-    else:
-        chosen = r.newest == 1
-    return sa.select(*(r[c] for c in COLUMNS), r.n_default).where(chosen)
 
 
 def last_before(
@@ -240,8 +187,8 @@ def _fetch(conn: Connection, compiled: _Compiled, params: dict[str, Any]) -> pa.
 
 @lru_cache(maxsize=4)
 def _row_type(dialect: str) -> pa.StructType:
-    """The driver's rows as arrow types: booleans are 0/1 integers on SQLite."""
-    flag = pa.int8() if dialect == "sqlite" else pa.bool_()
+    """The driver's rows as arrow types (booleans are 0/1 integers on SQLite)."""
+    flag = dialects.of(dialect).flag_type
     kinds = {"default_revision": flag, "exists": flag, "file_size": pa.int64(), "state_id": pa.int64()}
     return pa.struct([(c, kinds.get(c, pa.large_string())) for c in COLUMNS] + [("n_default", pa.int64())])
 
@@ -316,3 +263,37 @@ def chosen_ids(conn: Connection, ids: list[str], revision: str | None = None, *,
             where = [datasets.c.id.in_(sa.bindparam("ids", expanding=True))]
             _refuse_several_defaults(conn, bad, _conditions("CRITICAL", False, where), {"ids": list(ids)})
     return [r.dataset_uuid for r in rows]
+
+
+def datasets_last_before(
+    db: Database,
+    revision: str | None = None,
+    eid: str | Iterable[str] | None = None,
+    qc: str | int = "FAIL",
+    *,
+    ignore_qc_not_set: bool = False,
+    within_query: int | None = None,
+    ids: Iterable[str] | None = None,
+    strict: bool = True,
+) -> pd.DataFrame:
+    """The revision ONE would choose for each dataset, for one session, several, or all.
+
+    ``revision=None`` picks each dataset's default revision; ``revision='2024-04-01'`` the last
+    revision on or before that date (the unrevised file always a candidate). Datasets with QC
+    above ``qc`` are left out (CRITICAL by default). ``within_query`` restricts the choice to the
+    datasets an earlier query (e.g. an import) returned, ``ids`` to the given dataset rows.
+    One SQL statement; the rows come in no particular order.
+    """
+    where, session = [], None
+    if isinstance(eid, str):
+        session = check_uuid(eid, "session id")  # a bound parameter of a statement compiled once
+    elif eid is not None:
+        where.append(datasets.c.session_id.in_([check_uuid(e, "session id") for e in eid]))
+    if within_query is not None:
+        where.append(datasets.c.id.in_(sa.select(query_datasets.c.dataset_id)
+                                       .where(query_datasets.c.query_id == within_query)))
+    if ids is not None:
+        where.append(datasets.c.id.in_(list(ids)))
+    with db.reading() as conn:
+        return last_before(conn, revision, qc=qc, ignore_qc_not_set=ignore_qc_not_set, where=where, strict=strict,
+                           session=session)

@@ -4,6 +4,7 @@ Every file is written atomically (a temporary file, then a rename) and recorded 
 table with its row count and sha256.
 
 >>> from oneprov import open_store
+>>> from oneprov.export import export_loaded_ids
 >>> store = open_store(":memory:")
 >>> import warnings
 >>> with warnings.catch_warnings(record=True) as caught:
@@ -20,21 +21,22 @@ import warnings
 from contextlib import closing, contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pandas as pd
 import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from . import tables
-from .files import write_atomically
-from .errors import BadInputError
-from .schema import access_events, dataset_history, datasets, queries, query_datasets, query_sessions, sessions
-from .store import Store, result_frame
+from .. import tables
+from ..errors import BadInputError
+from ..files import write_atomically
+from ..store import ExportedFile, Store
+from ..store.dialects import Dialect
+from ..store.engine import result_frame
+from ..store.schema import access_events, dataset_history, datasets, queries, query_datasets, query_sessions, sessions
+from ..tables import SESSIONS_COLUMNS
 
-SESSION_COLUMNS = ["id", "lab", "subject", "date", "number", "task_protocol", "projects"]
-DATASET_COLUMNS = ["eid", "id", "rel_path", "file_size", "hash", "exists", "qc", "default_revision"]
 #: Rows per batch of a streamed export: ~100 MB of Python objects at most.
 _BATCH_ROWS = 100_000
 
@@ -50,19 +52,15 @@ def export_loaded_ids(
     directory: str | os.PathLike | None = None,
     *,
     path: str | os.PathLike | None = None,
-    run: str | None = None,
-    project: str | None = None,
-    label: str | None = None,
-    scope: str | None = None,
     sessions_only: bool = False,
-    since_clear: bool = False,
-    listed_only: bool = False,
+    **filters: Any,
 ) -> tuple[list[str], Path | None]:
     """Write the UUIDs of loaded datasets (or their sessions) as ONE's CSV; return ``(ids, path)``.
 
     The file goes to ``path`` if given, else to ``directory`` under ONE's time-stamped name; when that
     name is taken (two saves in one second) a counter is added to the time stamp rather than
-    overwriting. The filters are those of :meth:`Store.loaded_ids`. With nothing loaded: a
+    overwriting. ``filters`` (``run``, ``project``, ``label``, ``scope``, ``since_clear``,
+    ``listed_only``) are those of :func:`oneprov.store.loaded.loaded_ids`. With nothing loaded: a
     warning, ``([], None)`` and no file, as ONE does.
     """
     if path is not None:
@@ -73,15 +71,14 @@ def export_loaded_ids(
         raise BadInputError("export_loaded_ids needs a directory or a path")
     if not target.parent.is_dir():
         raise BadInputError(f"cannot write {str(target)!r}: folder {str(target.parent)!r} does not exist")
-    ids, text = store._loaded_ids(run=run, project=project, label=label, scope=scope, sessions_only=sessions_only,
-                                  since_clear=since_clear, listed_only=listed_only)
+    ids = store.loaded_ids(sessions_only=sessions_only, **filters)
     if not ids:
         warnings.warn("No datasets loaded; check that the `record_loaded` attribute is True "
                       "and that the filters match a run", stacklevel=2)
         return [], None
     # ONE's file: a header line, then one UUID per line, each ending with a newline.
     header = b"session_uuid\n" if sessions_only else b"dataset_uuid\n"
-    body = text.encode("ascii")
+    body = ids.text.encode("ascii")
 
     def write(f) -> None:
         f.write(header)
@@ -96,10 +93,10 @@ def export_loaded_ids(
         while not write_atomically(target, write, overwrite=False):
             n += 1
             target = target.with_name(f"{stamp}-{n}_{rest}")
-    with store.transaction() as conn:
-        store.record_export(conn, kind="loaded_session_ids" if sessions_only else "loaded_dataset_ids",
-                            path=target, rows=len(ids), run_id=run,
-                            params={"project": project, "label": label, "scope": scope, "since_clear": since_clear})
+    params = {"project": filters.get("project"), "label": filters.get("label"), "scope": filters.get("scope"),
+              "since_clear": filters.get("since_clear", False)}
+    store.record_exports([ExportedFile("loaded_session_ids" if sessions_only else "loaded_dataset_ids", target,
+                                       len(ids), filters.get("run"), params)])
     return ids, target
 
 
@@ -119,12 +116,10 @@ def cache_frames(store: Store, run: str | None = None, query: int | None = None)
 def _snapshot(store: Store) -> Iterator[Connection]:
     """A read transaction whose statements all see one state of the store.
 
-    PostgreSQL's default (READ COMMITTED) gives each statement its own snapshot; SQLite's read
-    transactions already keep theirs.
+    (PostgreSQL's default gives each statement its own snapshot; SQLite's read transactions keep one.)
     """
     with store.reading() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execution_options(isolation_level="REPEATABLE READ")
+        store.dialect.snapshot(conn)
         yield conn
 
 
@@ -134,7 +129,7 @@ def _cache_selects(conn: Connection, run: str | None, query: int | None) -> tupl
     if run is None:
         ds = sa.select(d.session_id.label("eid"), d.id, d.rel_path, d.file_size, d.hash, d.exists, d.qc,
                        d.default_revision)
-        ss = sa.select(*(sessions.c[c] for c in SESSION_COLUMNS))
+        ss = sa.select(*(sessions.c[c] for c in SESSIONS_COLUMNS))
         if query is not None:
             qs, qd = query_sessions.c, query_datasets.c
             ss = ss.join(query_sessions, sa.and_(qs.session_id == sessions.c.id, qs.query_id == query))
@@ -166,7 +161,7 @@ def _cache_selects(conn: Connection, run: str | None, query: int | None) -> tupl
         queried = (sa.select(query_sessions.c.session_id).join(queries, queries.c.id == query_sessions.c.query_id)
                    .where(queries.c.run_id == run))
         session_ids = sa.union(queried, sa.select(d.session_id).join(latest, latest.c.dataset_id == d.id))
-        ss = sa.select(*(sessions.c[c] for c in SESSION_COLUMNS)).where(sessions.c.id.in_(session_ids))
+        ss = sa.select(*(sessions.c[c] for c in SESSIONS_COLUMNS)).where(sessions.c.id.in_(session_ids))
     # UUIDs are fixed-format lowercase hex: every collation orders them as bytes, as ONE sorts them.
     # The datasets are sorted, rather than read along the index by session (ix_datasets_revision_choice): that
     # walk reads the table in session order, a random read per row unless the import inserted in
@@ -174,7 +169,7 @@ def _cache_selects(conn: Connection, run: str | None, query: int | None) -> tupl
     return ss.order_by(sessions.c.id), ds.order_by(d.session_id + sa.literal_column("''"), d.id)
 
 
-def _fetch(conn: Connection, stmt: sa.Select, size: int) -> Iterator[list[tuple]]:
+def _fetch(conn: Connection, dialect: Dialect, stmt: sa.Select, size: int) -> Iterator[list[tuple]]:
     """The rows of ``stmt`` as lists of at most ``size`` tuples, from the driver's cursor.
 
     SQLAlchemy's Row objects and result processors would cost more than the rest of the export.
@@ -186,8 +181,7 @@ def _fetch(conn: Connection, stmt: sa.Select, size: int) -> Iterator[list[tuple]
     params = compiled.construct_params()
     if compiled.positional:
         params = tuple(params[name] for name in compiled.positiontup)
-    driver = conn.connection.driver_connection
-    cursor = driver.cursor(name="oneprov_export") if conn.dialect.name == "postgresql" else driver.cursor()
+    cursor = dialect.stream_cursor(conn)
     try:
         cursor.execute(str(compiled), params)
         while rows := cursor.fetchmany(size):
@@ -196,26 +190,27 @@ def _fetch(conn: Connection, stmt: sa.Select, size: int) -> Iterator[list[tuple]
         cursor.close()
 
 
-def _arrow_type(column: sa.ColumnElement, dialect: str) -> pa.DataType:
+def _arrow_type(column: sa.ColumnElement, dialect: Dialect) -> pa.DataType:
     """The arrow type of a column's values as the driver gives them (sqlite3: booleans 0/1, dates as text)."""
     if isinstance(column.type, sa.Boolean):
-        return pa.int8() if dialect == "sqlite" else pa.bool_()
+        return dialect.flag_type
     if isinstance(column.type, sa.Date):
-        return pa.string() if dialect == "sqlite" else pa.date32()
+        return dialect.date_type
     return pa.int64() if isinstance(column.type, sa.Integer) else pa.string()
 
 
-def _store_batches(conn: Connection, stmt: sa.Select, table: str, path: Path) -> Iterator[pa.RecordBatch]:
+def _store_batches(conn: Connection, dialect: Dialect, stmt: sa.Select, table: str,
+                   path: Path) -> Iterator[pa.RecordBatch]:
     """The rows of ``stmt`` as record batches of ONE's ``table``, each holding whole sessions."""
     # Rows convert to arrow in one call as a struct array, in C, rather than column by column.
-    row_type = pa.struct([(c.key, _arrow_type(c, conn.dialect.name)) for c in stmt.selected_columns])
+    row_type = pa.struct([(c.key, _arrow_type(c, dialect)) for c in stmt.selected_columns])
     if table == "sessions":
-        for rows in _fetch(conn, stmt, _BATCH_ROWS):
+        for rows in _fetch(conn, dialect, stmt, _BATCH_ROWS):
             yield tables.sessions_batch(_columns(rows, row_type))
         return
     eid = row_type.get_field_index("eid")
     held: list[tuple] = []  # the rows of the last session fetched, which may go on in the next fetch
-    for rows in _fetch(conn, stmt, _BATCH_ROWS):
+    for rows in _fetch(conn, dialect, stmt, _BATCH_ROWS):
         rows = held + rows if held else rows
         cut = len(rows)
         while cut and rows[cut - 1][eid] == rows[-1][eid]:
@@ -258,7 +253,8 @@ def export_cache(
                 target = folder / f"{name}.pqt"
                 meta = {"origin": origin}
                 if clobber or not target.exists():
-                    with closing(_store_batches(conn, stmt, name, target)) as batches:  # its cursor, before the rollback
+                    # (closed here: its cursor, before the rollback)
+                    with closing(_store_batches(conn, store.dialect, stmt, name, target)) as batches:
                         written[name] = tables.write_batches(batches, target, name, meta)
                     continue
                 # Merging needs every row: in memory, as ONE does.
@@ -270,9 +266,6 @@ def export_cache(
                 written[name] = write(frame, target, meta)
     finally:
         # Recorded once the read transaction is over: an in-memory store has a single connection.
-        if written:
-            with store.transaction() as conn:
-                for result in written.values():
-                    store.record_export(conn, kind=f"{result.path.stem}_table", path=result.path, rows=result.rows,
-                                        run_id=run, params={"clobber": clobber})
+        store.record_exports([ExportedFile(f"{result.path.stem}_table", result.path, result.rows, run,
+                                           {"clobber": clobber}) for result in written.values()])
     return {name: result.path for name, result in written.items()}

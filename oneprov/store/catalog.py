@@ -17,21 +17,22 @@ from typing import Any, Callable, Iterable
 import pandas as pd
 import sqlalchemy as sa
 
-from . import alf
+from .. import alf
+from ..tables import DATASETS_COLUMNS, SESSIONS_COLUMNS
+from .dialects import Dialect
+from .engine import Database, result_frame
 from .revisions import chosen_ids, qc_names_up_to
 from .schema import datasets, query_datasets, query_sessions, sessions
-from .store import Store, result_frame
 
-SESSION_COLUMNS = ["id", "lab", "subject", "date", "number", "task_protocol", "projects"]
-DATASET_COLUMNS = ["id", "session_id", "rel_path", "collection", "revision", "name", "file_size", "hash",
-                   "exists", "qc", "default_revision", "state_id"]
+#: The columns of a catalog's dataset rows: a stored dataset row and the state it was read in.
+DATASET_COLUMNS = ["session_id" if c == "eid" else c for c in DATASETS_COLUMNS] + ["state_id"]
 
 
 class Catalog:
     """The rows of one import (``query_id``; ``None`` is an empty catalog)."""
 
-    def __init__(self, store: Store, query_id: int | None):
-        self.store = store
+    def __init__(self, db: Database, query_id: int | None):
+        self.db = db
         self.query_id = query_id
 
     def _session_rows(self) -> sa.Select:
@@ -39,7 +40,7 @@ class Catalog:
         # checks membership by primary key, instead of looking up every member session (4x faster).
         q = query_sessions.c
         member = sa.exists().where(q.query_id == self._query_param(), q.session_id == sessions.c.id)
-        return sa.select(*(sessions.c[c] for c in SESSION_COLUMNS)).where(member)
+        return sa.select(*(sessions.c[c] for c in SESSIONS_COLUMNS)).where(member)
 
     def _dataset_rows(self) -> sa.Select:
         q = query_datasets.c
@@ -53,7 +54,7 @@ class Catalog:
         stmt = self._session_rows()
         if ids is not None:
             stmt = stmt.where(sessions.c.id.in_(list(ids)))
-        return self.store._frame(stmt)
+        return self.db.frame(stmt)
 
     def find_session(self, subject: str, date: str, number: int, lab: str | None = None) -> list[str]:
         """The eids of the sessions at ``[lab/Subjects/]subject/date/number``."""
@@ -62,7 +63,7 @@ class Catalog:
                                           sessions.c.number == int(number))
         if lab:
             stmt = stmt.where(sessions.c.lab == lab)
-        return self.store._frame(stmt)["id"].tolist()
+        return self.db.frame(stmt)["id"].tolist()
 
     def search(self, *, wildcards: bool = True, subject=None, lab=None, projects=None, task_protocol=None,
                date_range=None, number=None, datasets: Any = None, dataset_qc_lte=None,
@@ -100,13 +101,11 @@ class Catalog:
             for i, pattern in enumerate(patterns):
                 if pattern:
                     params[f"names_{i}"] = self._dataset_names(pattern)
-        columns = ("id",) if ids_only and not regex_terms else tuple(SESSION_COLUMNS)
-        stmt = _search_statement(self.store.dialect, columns, tuple(text), start is not None, end is not None,
+        columns = ("id",) if ids_only and not regex_terms else tuple(SESSIONS_COLUMNS)
+        stmt = _search_statement(self.db.dialect, columns, tuple(text), start is not None, end is not None,
                                  number is not None, names)
-        with self.store.reading() as conn:   # one snapshot for both statements
-            if self.store.dialect == "sqlite":
-                covered = conn.execute(_COVERAGE, {"query_id": self.query_id}).first() if self.query_id is not None else None
-                params["all_sessions"], params["all_datasets"] = (bool(c) for c in covered or (False, False))
+        with self.db.reading() as conn:   # one snapshot for both statements
+            params.update(self.db.dialect.coverage(conn, self.query_id))
             rows = conn.execute(stmt, params).fetchall()
         if columns == ("id",):
             return [row[0] for row in rows]
@@ -121,7 +120,7 @@ class Catalog:
         """The dataset names a ``datasets`` search term stands for: itself, or those its regex matches whole."""
         if not any(c in pattern for c in "^$*+?()[]{}|\\"):
             return [pattern]   # a plain name: an indexed equality (a dot is a dot)
-        with self.store.reading() as conn:
+        with self.db.reading() as conn:
             known = conn.execute(_DISTINCT_NAMES).scalars().all()
         names = pd.Series(known, dtype=object)
         return names[names.astype(str).str.fullmatch(pattern).fillna(False).astype(bool)].tolist()
@@ -136,7 +135,7 @@ class Catalog:
             params["eid"] = eid
         if ids is not None:
             params["ids"] = list(ids)
-        with self.store.reading() as conn:
+        with self.db.reading() as conn:
             return result_frame(conn.execute(_datasets_statement(eid is not None, ids is not None), params))
 
     def dataset_rows(self, eid: str | None, *, qc: str | int = "FAIL", ignore_qc_not_set: bool = False) -> list:
@@ -144,7 +143,7 @@ class Catalog:
         params: dict[str, Any] = {"query_id": self._query_param(), "qc": qc_names_up_to(qc, ignore_qc_not_set)}
         if eid is not None:
             params["eid"] = eid
-        with self.store.reading() as conn:
+        with self.db.reading() as conn:
             return conn.execute(_datasets_statement(eid is not None, False), params).fetchall()
 
     def _query_param(self) -> int:
@@ -152,7 +151,7 @@ class Catalog:
 
     def dataset(self, dataset_id: str) -> pd.DataFrame:
         """The row(s) of one dataset id, whatever its QC."""
-        return self.store._frame(self._dataset_rows().where(datasets.c.id == dataset_id))
+        return self.db.frame(self._dataset_rows().where(datasets.c.id == dataset_id))
 
     def pick(self, eid: str, keep: Callable[[Any], bool], revision: str | None, *, strict: bool = True,
              check: Callable[[list], None] | None = None) -> list:
@@ -162,7 +161,7 @@ class Catalog:
         ``check`` sees the kept rows before the revision choice (and may raise).
         """
         params = {"query_id": self._query_param(), "qc": qc_names_up_to("FAIL"), "eid": eid}
-        with self.store.reading() as conn:
+        with self.db.reading() as conn:
             rows = [r for r in conn.execute(_datasets_statement(True, False), params).fetchall() if keep(r)]
             if check is not None:
                 check(rows)
@@ -173,42 +172,23 @@ class Catalog:
 _REGEX_CHARS = set("^$*+?()[]{}|\\.")
 
 
-def _contains(dialect: str, column: sa.ColumnElement, text: Any) -> sa.ColumnElement[bool]:
-    """Case-sensitive substring test (SQLite's LIKE ignores case, ONE's search does not)."""
-    return (sa.func.strpos(column, text) if dialect == "postgresql" else sa.func.instr(column, text)) > 0
-
-
 @lru_cache(maxsize=256)
-def _search_statement(dialect: str, columns: tuple[str, ...], text: tuple[tuple[str, int], ...], date_start: bool,
+def _search_statement(dialect: Dialect, columns: tuple[str, ...], text: tuple[tuple[str, int], ...], date_start: bool,
                       date_end: bool, numbers: bool, names: tuple[bool, ...]) -> sa.Select:
     """The SELECT of a search, newest first, built once per shape of the terms (values are bound).
 
     Bound: ``query_id``; ``<column>_<i>`` for the i-th value of each text term in ``text``;
     ``date_start``, ``date_end``, ``numbers``; ``qc`` and ``names_<i>`` (a list of names, for each
-    ``names[i]`` that is True) for the datasets terms; ``all_sessions`` and ``all_datasets``, True
-    when the catalog is known to hold every row of that table (then membership is not looked up).
+    ``names[i]`` that is True) for the datasets terms; and the dialect's coverage flags
+    (:meth:`~oneprov.store.dialects.Dialect.coverage`), with which SQLite skips membership lookups
+    when the catalog is known to hold every row of a table.
     """
     s = sessions.c
     q = query_sessions.c
-
-    def unless(flag: str, lookup: sa.Exists) -> sa.ColumnElement[bool]:
-        # SQLite: skip the lookup when the catalog holds the whole table (see _COVERAGE). Not on
-        # PostgreSQL, which turns a plain EXISTS into a (hash) semi-join, and an OR'ed one into a
-        # lookup per row.
-        return sa.or_(sa.bindparam(flag, type_=sa.Boolean), lookup) if dialect == "sqlite" else lookup
-
-    member = unless("all_sessions", _exists(q.query_id == sa.bindparam("query_id"), q.session_id == s.id))
+    member = dialect.unless_whole("all_sessions", _exists(q.query_id == sa.bindparam("query_id"), q.session_id == s.id))
     stmt = sa.select(*(s[c] for c in columns)).where(member)
     for column, n in text:
-        if column == "subject" and dialect == "sqlite":
-            # The subject index holds each subject with its rowid: scanning it for the matches is
-            # ~3x cheaper than scanning the table (a substring test cannot seek in an index).
-            inner = sessions.alias("subject_match")
-            matches = [_contains(dialect, inner.c.subject, sa.bindparam(f"subject_{i}")) for i in range(n)]
-            rowids = sa.select(sa.literal_column("subject_match.rowid")).where(sa.or_(*matches))
-            stmt = stmt.where(sa.literal_column("sessions.rowid").in_(rowids))
-        else:
-            stmt = stmt.where(sa.or_(*(_contains(dialect, s[column], sa.bindparam(f"{column}_{i}")) for i in range(n))))
+        stmt = dialect.substring_filter(stmt, sessions, column, n)
     if date_start:
         stmt = stmt.where(s.date >= sa.bindparam("date_start"))
     if date_end:
@@ -216,8 +196,8 @@ def _search_statement(dialect: str, columns: tuple[str, ...], text: tuple[tuple[
     if numbers:
         stmt = stmt.where(s.number.in_(sa.bindparam("numbers", expanding=True)))
     d = datasets.c
-    in_catalog = unless("all_datasets", _exists(query_datasets.c.query_id == sa.bindparam("query_id"),
-                                                query_datasets.c.dataset_id == d.id))
+    in_catalog = dialect.unless_whole("all_datasets", _exists(query_datasets.c.query_id == sa.bindparam("query_id"),
+                                                              query_datasets.c.dataset_id == d.id))
     for i, named in enumerate(names):
         # Per session: one seek in the (name, session_id, id, exists, qc) index, and the catalog
         # membership of its first passing dataset (not of every dataset with that name).
@@ -226,28 +206,15 @@ def _search_statement(dialect: str, columns: tuple[str, ...], text: tuple[tuple[
             has.insert(0, d.name.in_(sa.bindparam(f"names_{i}", expanding=True)))
         stmt = stmt.where(_exists(*has))
     # ONE sorts its table (ordered by id) by date, subject and number, descending, NULLs last: ties
-    # stay in id order. Text compares byte-wise, as in pandas ("C" collation on PostgreSQL).
-    subject, eid = (s.subject.collate("C"), s.id.collate("C")) if dialect == "postgresql" else (s.subject, s.id)
-    keys = [s.date.desc(), subject.desc(), s.number.desc()]
-    if dialect == "postgresql":   # (SQLite puts NULLs last in descending order already)
-        keys = [k.nulls_last() for k in keys]
-    return stmt.order_by(*keys, eid)
+    # stay in id order. Text compares byte-wise, as in pandas.
+    keys = [dialect.descending(s.date), dialect.descending(dialect.byte_order(s.subject)), dialect.descending(s.number)]
+    return stmt.order_by(*keys, dialect.byte_order(s.id))
 
 
 def _exists(*where: sa.ColumnElement[bool]) -> sa.Exists:
     """``EXISTS (SELECT 1 ...)``: with ``SELECT *`` SQLite does not count an index as covering."""
     return sa.select(sa.literal_column("1")).where(*where).exists()
 
-
-#: SQLite: whether the catalog (an import) holds every session, and every dataset, of the database,
-#: as when one cache has its own database: then a search needs no membership lookup per row (the
-#: lookups of 50,000 sessions and their datasets are most of a search's time). Rows of these tables
-#: are never deleted and have distinct positive rowids, so a table has at most max(rowid) rows; an
-#: import links n_sessions (n_datasets) distinct rows of it: if that is max(rowid), it links them all.
-_COVERAGE = sa.text(
-    "SELECT q.n_sessions = (SELECT max(rowid) FROM sessions) AND (SELECT min(rowid) FROM sessions) >= 1, "
-    "q.n_datasets = (SELECT max(rowid) FROM datasets) AND (SELECT min(rowid) FROM datasets) >= 1 "
-    "FROM queries AS q WHERE q.id = :query_id AND q.method = 'import_cache'")
 
 #: Every dataset name in the database, one index seek per name (a skip scan).
 _names = sa.select(sa.func.min(datasets.c.name).label("name")).cte("names", recursive=True)

@@ -1,0 +1,49 @@
+"""The environment variables oneprov reads, in one place, each read when it is needed (never at import).
+
+- ``ONEPROV_DB``: the database when none is given (a SQLite path or a SQLAlchemy URL).
+- ``ONEPROV_PROJECT``: the project of new runs when none is given (else ``"default"``).
+- ``ONE_CACHE_DIR``: ONE's cache folder when a client is given none.
+- ``ONE_REVISION_LAST_BEFORE``: ONE's revision cutoff; one-api reads it once, at import, oneprov at
+  every call, and records it with the run and each event.
+
+>>> import os
+>>> os.environ["ONEPROV_PROJECT"] = "paper1"
+>>> project(None), project("mine")
+('paper1', 'mine')
+>>> del os.environ["ONEPROV_PROJECT"]
+>>> project(None)
+'default'
+"""
+from __future__ import annotations
+
+import os
+
+DB_ENV = "ONEPROV_DB"
+PROJECT_ENV = "ONEPROV_PROJECT"
+CACHE_DIR_ENV = "ONE_CACHE_DIR"
+REVISION_CUTOFF_ENV = "ONE_REVISION_LAST_BEFORE"
+DEFAULT_PROJECT = "default"
+
+
+def _read(name: str) -> str | None:
+    return os.environ.get(name) or None
+
+
+def database() -> str | None:
+    """``$ONEPROV_DB``, or None when it is unset or empty."""
+    return _read(DB_ENV)
+
+
+def project(given: str | None = None) -> str:
+    """The project of a new run: ``given``, else ``$ONEPROV_PROJECT``, else ``"default"``."""
+    return given or _read(PROJECT_ENV) or DEFAULT_PROJECT
+
+
+def cache_dir() -> str | None:
+    """``$ONE_CACHE_DIR``, or None."""
+    return _read(CACHE_DIR_ENV)
+
+
+def revision_cutoff() -> str | None:
+    """``$ONE_REVISION_LAST_BEFORE``, read now, or None."""
+    return _read(REVISION_CUTOFF_ENV)

@@ -1,0 +1,67 @@
+"""Dataset files in an ALF tree on this machine: ``<cache_dir>/<lab>/Subjects/<subject>/<date>/<NNN>/<rel_path>``.
+
+A source answers one question for the client: given the dataset rows it chose, where are their
+files, and are they what their records say? The local source only looks; the Alyx source (remote
+mode) will download first.
+
+>>> import tempfile
+>>> from oneprov.synthetic import make_repository
+>>> repo = make_repository(tempfile.mkdtemp())
+>>> source = LocalSource(repo.root)
+>>> session = repo.sessions.iloc[0]
+>>> source.session_folder(session).relative_to(repo.root).as_posix().count("/")
+4
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .. import alf, files
+from ..errors import BadInputError
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A chosen dataset's file: its path, and 'ok' or why it cannot be loaded (see :func:`oneprov.files.check_file`)."""
+
+    path: Path
+    status: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+class LocalSource:
+    """The files of an ALF tree rooted at ``cache_dir``."""
+
+    mode = "local"
+
+    def __init__(self, cache_dir: str | os.PathLike):
+        self.root = Path(cache_dir).expanduser().absolute()
+        self._resolved_root = self.root.resolve()
+
+    def __repr__(self) -> str:
+        return f"LocalSource({str(self.root)!r})"
+
+    def session_folder(self, session: Any) -> Path:
+        """The folder of a session row (``lab``, ``subject``, ``date``, ``number``, ``id``).
+
+        Refused when it would lie outside the cache folder (``..`` or a symbolic link in the path).
+        """
+        folder = (self.root / alf.session_path(session.lab, session.subject, session.date, session.number)).resolve()
+        if not folder.is_relative_to(self._resolved_root):
+            raise BadInputError(f"session {session.id} has a path outside the cache folder: {folder}")
+        return folder
+
+    def fetch(self, rows: Sequence[Any], folder_of: Callable[[str], Path], *, check_hash: bool = True) -> list[Fetched]:
+        """Each row's file in its session folder (``folder_of(session_id)``), checked against the row's
+        size and md5 (the md5 only with ``check_hash``; a null size or hash is not checked)."""
+        out = []
+        for row in rows:
+            path = folder_of(row.session_id) / row.rel_path
+            out.append(Fetched(path, files.check_file(path, row.file_size, row.hash, check_hash=check_hash)))
+        return out

@@ -1,0 +1,91 @@
+"""The store: one provenance database, its transactional write API and its read API.
+
+Every recording call (a run started, a query with its results, a batch of load events, an import of
+cache tables) is one transaction: all of it is in the database, or none of it. :class:`Store` is
+the face of this package; each method is one function of a module here:
+
+- ``engine.py``: URLs, engines, the read and write transactions, database errors mapped once;
+  ``dialects.py``: every statement that differs between SQLite and PostgreSQL;
+  ``migrate.py``: the schema version; ``schema.py``: the tables;
+- ``runs.py``: runs and their marks; ``recording.py``: queries, load events, exports;
+  ``ingest.py``: rows from any source as one recorded query (a cache-tables folder is one);
+- ``catalog.py``: what one client sees; ``revisions.py``: ONE's revision choice in SQL;
+  ``loaded.py``: the loaded-ids list; ``sql.py``: read-only ad-hoc SQL;
+  ``roles.py``: client and auditor roles on a shared PostgreSQL.
+
+>>> from oneprov import open_store
+>>> store = open_store(":memory:")
+>>> run = store.start_run(project="demo")
+>>> store.runs()["project"].tolist()
+['demo']
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pandas as pd
+from sqlalchemy.engine.url import URL
+
+from ..errors import DatabaseError
+from . import sql
+from .engine import Database, create_engine
+from .ingest import ImportResult
+from .loaded import LoadedIds
+from .migrate import head_revision, preflight, schema_status, upgrade as upgrade_schema
+from .recording import ExportedFile
+
+__all__ = ["Store", "open_store", "ImportResult", "ExportedFile", "LoadedIds"]
+
+
+def open_store(db: str | os.PathLike | URL | None = None, *, upgrade: bool = True) -> "Store":
+    """Open the provenance database ``db`` (a path or SQLAlchemy URL; default ``$ONEPROV_DB``).
+
+    A new SQLite file is created and migrated to the newest schema; an older schema is upgraded; a
+    schema newer than this oneprov knows is refused with :class:`~oneprov.SchemaVersionError`.
+    With ``upgrade=False`` an out-of-date schema is refused instead of upgraded.
+    """
+    preflight(db)
+    engine = create_engine(db)
+    try:
+        if upgrade:
+            upgrade_schema(engine)
+        else:
+            status = schema_status(engine)
+            if not status.up_to_date:
+                raise DatabaseError(f"database {Database(engine).where} is at schema version "
+                                    f"{status.current}, not {status.head}: run `oneprov db upgrade`")
+    except BaseException:
+        engine.dispose()
+        raise
+    return Store(engine)
+
+
+class Store(Database):
+    """A provenance database. Create it with :func:`open_store`.
+
+    Its methods are the functions of this package's modules, with the store as their first
+    argument: ``store.start_run(...)`` is ``runs.start_run(store, ...)``.
+    """
+
+    @property
+    def schema_version(self) -> str | None:
+        return schema_status(self.engine).current
+
+    @property
+    def head_version(self) -> str:
+        return head_revision()
+
+    # The functions that take a store first, as its methods:
+    from .runs import finish_run, mark, resolve_run, retire_run, start_run, list_runs as runs
+    from .recording import record_access, record_exports, record_query
+    from .ingest import import_cache
+    from .revisions import datasets_last_before
+    from .loaded import loaded_ids
+
+    def sql(self, query: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Run one read-only SQL query and return its rows; writes are refused.
+
+        Named parameters (``:name``) are bound from ``params``, never formatted into the SQL.
+        """
+        return sql.read_only_query(self.engine.url, query, params)

@@ -1,0 +1,607 @@
+"""Every statement that differs between SQLite and PostgreSQL: one small class per back end.
+
+The rest of the store writes SQL once, for both, and asks ``db.dialect`` (picked once, when a
+:class:`~oneprov.store.engine.Database` is made) for what differs: how a connection is set up, how
+rows are inserted in bulk, how a query's result rows are linked, how the revision choice is
+grouped, how text is compared. Outside this module no code tests a dialect's name, except the
+PostgreSQL-only roles (``roles.py``); ``tests/test_layout.py`` checks it. (Alembic's ``DefaultImpl``
+/ ``SQLiteImpl`` / ``PostgresqlImpl`` are the model.)
+
+>>> of("sqlite").name, of("postgresql").flag_type
+('sqlite', DataType(bool))
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import contextmanager
+from functools import cache, lru_cache
+from typing import Any, Callable, Iterator
+
+import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine.url import URL
+
+from ..errors import DatabaseError
+from .schema import access_events, datasets, query_datasets, query_sessions
+
+#: Seconds a SQLite writer waits for another process's write transaction before giving up.
+BUSY_TIMEOUT_S = 60
+#: Any 63-bit number shared by every oneprov process: the PostgreSQL advisory lock of first-time setup.
+PG_SETUP_LOCK = 0x6F6E6570726F76
+#: SQLite page cache of an import's connection, in MiB (see :meth:`SQLite.import_cache_size`).
+IMPORT_CACHE_MIB = 256
+
+#: An access event's fields, in the order of the rows :meth:`Dialect.insert_events` takes.
+EVENT_COLUMNS = ("event_time", "method", "outcome", "dataset_id", "session_id", "rel_path", "requested_revision",
+                 "revision_cutoff", "scope", "path", "bytes", "detail", "listed")
+
+#: A query's result rows, linked in one statement: a JSON array (SQLite) or arrays (PostgreSQL)
+#: unpacked in SQL, instead of one INSERT (and one state lookup) per row. Kinds: ``sessions``
+#: (bound ``qid``, ``ids``), ``datasets`` (``qid``, ``ids`` and their ``states``) and
+#: ``datasets_current`` (``qid``, ``ids``, each linked with its dataset's current state).
+_LINKS = {
+    "sqlite": {
+        "sessions": "INSERT INTO query_sessions (query_id, session_id) SELECT :qid, value FROM json_each(:ids)",
+        "datasets": "INSERT INTO query_datasets (query_id, dataset_id, state_id) "
+                    "SELECT :qid, json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:pairs)",
+        "datasets_current": "INSERT INTO query_datasets (query_id, dataset_id, state_id) "
+                            "SELECT :qid, j.value, d.state_id FROM json_each(:ids) AS j LEFT JOIN datasets AS d ON d.id = j.value",
+    },
+    "postgresql": {
+        "sessions": "INSERT INTO query_sessions (query_id, session_id) SELECT :qid, unnest(CAST(:ids AS TEXT[]))",
+        "datasets": "INSERT INTO query_datasets (query_id, dataset_id, state_id) "
+                    "SELECT :qid, t.id, t.state FROM unnest(CAST(:ids AS TEXT[]), CAST(:states AS INTEGER[])) AS t(id, state)",
+        "datasets_current": "INSERT INTO query_datasets (query_id, dataset_id, state_id) "
+                            "SELECT :qid, t.id, d.state_id FROM unnest(CAST(:ids AS TEXT[])) AS t(id) "
+                            "LEFT JOIN datasets AS d ON d.id = t.id",
+    },
+}
+_LINK_STATEMENTS = {name: {kind: sa.text(sql) for kind, sql in kinds.items()} for name, kinds in _LINKS.items()}
+
+
+class Dialect:
+    """What the back ends share; each subclass says what is its own."""
+
+    name: str = ""
+    #: The arrow type of a boolean column's values as the driver returns them.
+    flag_type: pa.DataType = pa.bool_()
+    #: The arrow type of a date column's values as the driver returns them.
+    date_type: pa.DataType = pa.date32()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} dialect>"
+
+    # -- engines and transactions -----------------------------------------------------------
+
+    def engine_options(self, url: URL, readonly: bool) -> dict[str, Any]:
+        """Keyword arguments of ``sqlalchemy.create_engine`` for this back end."""
+        return {}
+
+    def configure(self, engine: Engine, readonly: bool) -> None:
+        """Set up a new engine's connections (event listeners)."""
+
+    def begin_write(self, dbapi_conn: Any) -> None:
+        """Start a write transaction on a bare driver connection."""
+
+    def lock_for_setup(self, conn: Connection) -> None:
+        """Serialise first-time setup and migrations between processes, inside ``conn``'s transaction."""
+
+    def check_migration_rights(self, conn: Connection, current: str | None, head: str, where: str) -> None:
+        """Refuse, saying what to do, a migration that this connection's role may not run."""
+
+    def integrity_problems(self, conn: Connection) -> list[str]:
+        """What the back end's own integrity checks find wrong (read-only)."""
+        return []
+
+    def snapshot(self, conn: Connection) -> None:
+        """Make ``conn``'s read transaction see one state of the database for all its statements."""
+
+    def stream_cursor(self, conn: Connection) -> Any:
+        """A driver cursor over ``conn`` that fetches rows as they are asked for."""
+        return conn.connection.driver_connection.cursor()
+
+    def run_one_statement(self, conn: Connection, query: str, params: dict) -> tuple[list[str] | None, list]:
+        """``(columns, rows)`` of exactly one statement; ``columns`` is None when it returns no rows."""
+        result = conn.execute(sa.text(query), params)
+        return (list(result.keys()), [tuple(r) for r in result.fetchall()]) if result.returns_rows else (None, [])
+
+    # -- expressions ------------------------------------------------------------------------
+
+    def insert(self, table: sa.Table) -> Any:
+        """An INSERT of ``table`` that takes ``on_conflict_do_update/nothing``."""
+        raise NotImplementedError
+
+    def contains(self, column: sa.ColumnElement, text: Any) -> sa.ColumnElement[bool]:
+        """A case-sensitive substring test (SQLite's LIKE ignores case, ONE's search does not)."""
+        raise NotImplementedError
+
+    def byte_order(self, column: sa.ColumnElement) -> sa.ColumnElement:
+        """``column`` compared and sorted byte-wise, as Python compares strings."""
+        return column
+
+    def descending(self, column: sa.ColumnElement) -> sa.ColumnElement:
+        """A descending sort key with NULLs last, as pandas sorts."""
+        return column.desc().nulls_last()
+
+    def join_lines(self, column: sa.ColumnElement) -> sa.ColumnElement:
+        """The aggregate joining ``column``'s values (in the subquery's order) with newlines."""
+        raise NotImplementedError
+
+    # -- searching: what SQLite can skip ----------------------------------------------------
+
+    def unless_whole(self, flag: str, lookup: sa.Exists) -> sa.ColumnElement[bool]:
+        """A catalog membership test, skipped (on SQLite) when bound ``flag`` says the catalog holds
+        the whole table."""
+        return lookup
+
+    def coverage(self, conn: Connection, query_id: int | None) -> dict[str, bool]:
+        """The bound flags of :meth:`unless_whole` for a catalog (an import's query id)."""
+        return {}
+
+    def substring_filter(self, stmt: sa.Select, table: sa.Table, column: str, n: int) -> sa.Select:
+        """``stmt`` keeping the rows whose ``column`` contains any of the bound ``<column>_<i>``, i < n."""
+        return stmt.where(sa.or_(*(self.contains(table.c[column], sa.bindparam(f"{column}_{i}")) for i in range(n))))
+
+    # -- the revision choice ----------------------------------------------------------------
+
+    def revision_choice(self, revision: Any, conditions: list, strict: bool,
+                        output: Callable[[sa.FromClause], list[sa.ColumnElement]]) -> sa.Select:
+        """The SELECT choosing one revision per dataset (see :mod:`oneprov.store.revisions`).
+
+        ``output`` gives the result columns of a dataset row; the result adds ``n_default``.
+        """
+        return _window_choice(self, revision, conditions, strict, output)
+
+    # -- writing in bulk --------------------------------------------------------------------
+
+    def link(self, conn: Connection, kind: str, params: dict[str, Any]) -> None:
+        """Insert a query's links of one ``kind`` (see :data:`_LINKS`) in one statement."""
+        conn.execute(_LINK_STATEMENTS[self.name][kind], params)
+
+    def fill(self, conn: Connection, table: sa.Table, columns: list[str], rows: list[tuple]) -> None:
+        """Insert ``rows`` (tuples in ``columns`` order) into ``table`` in bulk, through the driver."""
+        raise NotImplementedError
+
+    def insert_events(self, db: Any, run_id: str, rows: list[tuple]) -> list[int]:
+        """Insert access events (tuples in :data:`EVENT_COLUMNS` order) in one transaction of ``db``,
+        each linked with its dataset's current state; return their ids, in order."""
+        raise NotImplementedError
+
+    @contextmanager
+    def import_session(self, conn: Connection) -> Iterator[None]:
+        """Connection settings for the length of a large import."""
+        yield
+
+    @contextmanager
+    def bulk_load(self, conn: Connection) -> Iterator[None]:
+        """The datasets' indexes built after the rows, when an import fills empty tables."""
+        yield
+
+    def reserve_state_ids(self, conn: Connection, n: int) -> range | None:
+        """History ids for ``n`` rows taken up front (the write lock is held), or None when they are
+        drawn later by :meth:`number_history_rows`."""
+        return None
+
+    def number_history_rows(self, conn: Connection, stage: sa.Table) -> None:
+        """Set ``state_id`` of the stage's changed rows to the ids their history rows will get."""
+        raise NotImplementedError
+
+
+class SQLite(Dialect):
+    """SQLite through Python's ``sqlite3``: WAL, ``BEGIN IMMEDIATE`` writers, the driver for hot paths."""
+
+    name = "sqlite"
+    flag_type = pa.int8()      # booleans come back as 0/1
+    date_type = pa.string()    # dates as 'YYYY-MM-DD' text
+
+    def engine_options(self, url: URL, readonly: bool) -> dict[str, Any]:
+        memory = (url.database or "").removeprefix("file:") in ("", ":memory:")
+        return {"poolclass": sa.pool.StaticPool} if memory else {}
+
+    def configure(self, engine: Engine, readonly: bool) -> None:
+        """WAL journal, foreign keys on, a busy timeout, and write transactions that start with
+        ``BEGIN IMMEDIATE``, so that a transaction never fails half-way on a lock upgrade
+        (``BEGIN`` for a read-only engine, or a connection with the ``oneprov_read`` option)."""
+        @sa.event.listens_for(engine, "connect")
+        def on_connect(dbapi_conn, _record):
+            # Take transaction control from the driver so that BEGIN is ours (SQLAlchemy docs,
+            # "Enabling Non-Legacy SQLite Transactional Modes"), and set PRAGMAs outside any transaction.
+            dbapi_conn.isolation_level = None
+            cursor = dbapi_conn.cursor()
+            cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
+            if readonly:
+                cursor.execute("PRAGMA query_only = ON")
+            else:
+                mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if mode not in ("wal", "memory"):
+                    raise DatabaseError(f"could not switch {engine.url.database!r} to WAL journal mode (got {mode!r})")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def on_begin(conn):
+            if readonly or conn.get_execution_options().get("oneprov_read", False):
+                conn.exec_driver_sql("BEGIN")
+            else:
+                self.begin_write(conn.connection.dbapi_connection)
+
+    def begin_write(self, dbapi_conn: Any) -> None:
+        """``BEGIN IMMEDIATE``, waiting in SQLite's busy handler while another process writes.
+
+        The handler (the connection's ``busy_timeout``, :data:`BUSY_TIMEOUT_S`) sleeps 1, 2, 5, 10 ...
+        100 ms between tries, in C. With 8 processes each committing one load event per transaction
+        on 2 cores it recorded ~12k events/s at ~80 µs CPU each; a Python loop polling every 0.1-5 ms
+        recorded ~8.6k/s at ~115 µs each (every poll takes CPU from the process holding the lock), and
+        one short poll before the handler ~9.9k/s. The price: at full contention a writer now waits
+        up to ~1.5 s in the worst case (~0.6 s with the loop), though 99% of commits wait less (~13 ms
+        against ~25 ms).
+        """
+        dbapi_conn.execute("BEGIN IMMEDIATE")
+
+    def integrity_problems(self, conn: Connection) -> list[str]:
+        result = [r[0] for r in conn.exec_driver_sql("PRAGMA integrity_check").fetchall()]
+        problems = [] if result == ["ok"] else [f"integrity: {r}" for r in result]
+        problems.extend(f"foreign key: {tuple(r)}" for r in conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall())
+        return problems
+
+    def insert(self, table: sa.Table) -> Any:
+        return sqlite_dialect.insert(table)
+
+    def contains(self, column: sa.ColumnElement, text: Any) -> sa.ColumnElement[bool]:
+        return sa.func.instr(column, text) > 0
+
+    def descending(self, column: sa.ColumnElement) -> sa.ColumnElement:
+        return column.desc()   # SQLite puts NULLs last in descending order already
+
+    def join_lines(self, column: sa.ColumnElement) -> sa.ColumnElement:
+        # SQLite keeps a FROM subquery's ORDER BY when it has a LIMIT or feeds an aggregate other
+        # than count/min/max: group_concat sees the values in order.
+        return sa.func.group_concat(column, sa.literal("\n"))
+
+    def unless_whole(self, flag: str, lookup: sa.Exists) -> sa.ColumnElement[bool]:
+        # Not on PostgreSQL, which turns a plain EXISTS into a (hash) semi-join, and an OR'ed one into
+        # a lookup per row.
+        return sa.or_(sa.bindparam(flag, type_=sa.Boolean), lookup)
+
+    def coverage(self, conn: Connection, query_id: int | None) -> dict[str, bool]:
+        covered = conn.execute(_COVERAGE, {"query_id": query_id}).first() if query_id is not None else None
+        return dict(zip(("all_sessions", "all_datasets"), (bool(c) for c in covered or (False, False))))
+
+    def substring_filter(self, stmt: sa.Select, table: sa.Table, column: str, n: int) -> sa.Select:
+        if column != "subject":
+            return super().substring_filter(stmt, table, column, n)
+        # The subject index holds each subject with its rowid: scanning it for the matches is ~3x
+        # cheaper than scanning the table (a substring test cannot seek in an index).
+        inner = table.alias("subject_match")
+        matches = [self.contains(inner.c.subject, sa.bindparam(f"subject_{i}")) for i in range(n)]
+        rowids = sa.select(sa.literal_column("subject_match.rowid")).where(sa.or_(*matches))
+        return stmt.where(sa.literal_column(f"{table.name}.rowid").in_(rowids))
+
+    def revision_choice(self, revision: Any, conditions: list, strict: bool,
+                        output: Callable[[sa.FromClause], list[sa.ColumnElement]]) -> sa.Select:
+        """One GROUP BY pass over the covering index picks each dataset's row, by rowid.
+
+        With exactly one ``max()`` in a grouped SELECT, SQLite takes the bare ``rowid`` from the row
+        that holds the maximum: the greatest revision. With no revision asked, the flagged row is the
+        sum of the flagged rows' rowids when exactly one is flagged. The chosen rowids are sorted, so
+        that the table is then read in its own order rather than at random.
+        """
+        d = datasets.c
+        rowid = sa.literal_column(f"{datasets.name}.rowid")
+        if revision is not None:
+            conditions = [*conditions, d.revision <= revision]
+            chosen, n_default = rowid, sa.literal_column("0")
+        else:
+            flagged = d.default_revision == sa.true()
+            n_default = sa.func.sum(sa.case((flagged, 1), else_=0))
+            chosen = sa.case((n_default == 1, sa.func.sum(sa.case((flagged, rowid)))), else_=rowid)
+        choice = (sa.select(chosen.label("chosen"), n_default.label("n_default"), sa.func.max(d.revision).label("top"))
+                  .where(*conditions)
+                  .group_by(d.session_id, d.collection, d.name)
+                  .order_by(sa.literal_column("chosen"))
+                  .subquery("choice"))
+        row = datasets.alias("chosen_row")
+        return (sa.select(*output(row), choice.c.n_default)
+                .select_from(choice.join(row, sa.literal_column("chosen_row.rowid") == choice.c.chosen)))
+
+    def link(self, conn: Connection, kind: str, params: dict[str, Any]) -> None:
+        if not _sqlite_json():  # an SQLite built without JSON1 (before 3.38 it was optional): row by row
+            _link_row_by_row(conn, kind, params)
+            return
+        if kind == "datasets":
+            params = {"qid": params["qid"], "pairs": json.dumps(list(zip(params["ids"], params["states"])))}
+        else:
+            params = {"qid": params["qid"], "ids": json.dumps(params["ids"])}
+        super().link(conn, kind, params)
+
+    def fill(self, conn: Connection, table: sa.Table, columns: list[str], rows: list[tuple]) -> None:
+        # SQLAlchemy's own executemany spends more time per row than SQLite needs to store it.
+        if rows:
+            quote = conn.dialect.identifier_preparer.quote
+            conn.exec_driver_sql(f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
+                                 f"VALUES ({', '.join('?' * len(columns))})", rows)
+
+    def insert_events(self, db: Any, run_id: str, rows: list[tuple]) -> list[int]:
+        # Through the driver: SQLAlchemy's execution costs several times SQLite's commit.
+        to_text = _sqlite_time(db.engine.dialect)
+        with db.driver_writing() as cursor:
+            if len(rows) == 1:  # the common case, the client's: one load, one transaction
+                row = rows[0]
+                cursor.execute(_SQLITE_INSERT_EVENT, (run_id, to_text(row[0]), *row[1:], row[3]))
+                return [cursor.lastrowid]
+            # The datasets' states first, each looked up once, in id order (somewhat fewer page reads
+            # than a lookup per event; most of a large batch's time goes to inserting its random
+            # dataset ids into ix_access_events_dataset_id).
+            wanted = sorted({row[3] for row in rows if row[3] is not None})
+            state: dict[str, int | None] = {}
+            for i in range(0, len(wanted), _SQLITE_MAX_PARAMS):
+                chunk = wanted[i:i + _SQLITE_MAX_PARAMS]
+                state.update(cursor.execute(f"SELECT id, state_id FROM datasets WHERE id IN "
+                                            f"({', '.join('?' * len(chunk))})", chunk).fetchall())
+            # BEGIN IMMEDIATE holds the write lock: the ids after the largest one are ours.
+            base = cursor.execute("SELECT coalesce(max(id), 0) FROM access_events").fetchone()[0]
+            cursor.executemany(_SQLITE_INSERT_EVENT_ID, [(base + k, run_id, to_text(row[0]), *row[1:], state.get(row[3]))
+                                                        for k, row in enumerate(rows, 1)])
+            return list(range(base + 1, base + len(rows) + 1))
+
+    @contextmanager
+    def import_session(self, conn: Connection) -> Iterator[None]:
+        """A page cache of :data:`IMPORT_CACHE_MIB` for this connection during an import.
+
+        SQLite's default cache (2 MiB) holds a small part of the indexes an import writes to, so a
+        large import rereads and rewrites index pages over and over. Other connections keep theirs;
+        this one gets its old size back at the end (before the commit, which writes the pages out).
+        """
+        before = {schema: conn.exec_driver_sql(f"PRAGMA {schema}.cache_size").scalar_one() for schema in ("main", "temp")}
+        conn.exec_driver_sql(f"PRAGMA main.cache_size = -{IMPORT_CACHE_MIB * 1024}")
+        # the stage tables (temp) hold one batch: in a cache that size they are not written to a file
+        conn.exec_driver_sql(f"PRAGMA temp.cache_size = -{IMPORT_CACHE_MIB * 1024 // 4}")
+        try:
+            yield
+        finally:
+            for schema, size in before.items():
+                conn.exec_driver_sql(f"PRAGMA {schema}.cache_size = {int(size)}")
+
+    @contextmanager
+    def bulk_load(self, conn: Connection) -> Iterator[None]:
+        """With no datasets stored yet, build the datasets' indexes after the rows are in.
+
+        A first import writes a million rows into tables whose indexes are keyed by random UUIDs;
+        inserting into an index row by row costs several times more than building it once from the
+        sorted rows. So the secondary indexes of ``datasets`` and ``dataset_history`` and the
+        append-only insert checks of the tables an import fills (which look up each new row) are
+        dropped here and created again from their own stored SQL before the transaction commits:
+        other connections never see the schema without them, and a failed import rolls the drop back.
+        An empty table has nothing for the append-only checks to protect, and primary keys stay.
+        """
+        if conn.execute(sa.select(datasets.c.id).limit(1)).first() is not None:
+            yield
+            return
+        saved = conn.exec_driver_sql(
+            "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL AND ("
+            "(type = 'index' AND tbl_name IN ('datasets', 'dataset_history')) OR "
+            "(type = 'trigger' AND tbl_name IN ('dataset_history', 'query_datasets') AND name LIKE '%no_replace'))"
+        ).fetchall()
+        quote = conn.dialect.identifier_preparer.quote
+        for kind, name, _ in saved:
+            conn.exec_driver_sql(f"DROP {kind.upper()} {quote(name)}")
+        yield
+        for _, _, sql in saved:
+            conn.exec_driver_sql(sql)
+
+    def reserve_state_ids(self, conn: Connection, n: int) -> range | None:
+        # This transaction holds SQLite's write lock (BEGIN IMMEDIATE): the ids after the largest are ours.
+        base = _max_history_id(conn)
+        return range(base + 1, base + n + 1)
+
+    def number_history_rows(self, conn: Connection, stage: sa.Table) -> None:
+        # The write lock is held: the ids after the largest are free. Numbering only the changed
+        # rows, in id order, leaves no gaps in the history ids.
+        conn.execute(sa.text(
+            f"UPDATE {stage.name} SET state_id = :base + n.k FROM (SELECT rowid AS r, row_number() OVER (ORDER BY id) AS k "
+            f"FROM {stage.name} WHERE changed) AS n WHERE {stage.name}.rowid = n.r"), {"base": _max_history_id(conn)})
+
+
+class PostgreSQL(Dialect):
+    """PostgreSQL through psycopg 3: COPY for bulk rows, arrays for linked rows, sequences for ids."""
+
+    name = "postgresql"
+
+    def engine_options(self, url: URL, readonly: bool) -> dict[str, Any]:
+        options = {"options": "-c default_transaction_read_only=on"} if readonly else {}
+        return {"connect_args": options, "pool_pre_ping": True}
+
+    def lock_for_setup(self, conn: Connection) -> None:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_SETUP_LOCK})
+
+    def check_migration_rights(self, conn: Connection, current: str | None, head: str, where: str) -> None:
+        """On a shared PostgreSQL only the owner of the tables migrates (see ``roles.py``): a client
+        or auditor that finds the schema out of date is told to have the owner upgrade it, instead of
+        failing half-way on a missing privilege."""
+        if current is None:
+            me, can_create = conn.execute(sa.text(
+                "SELECT current_user, has_schema_privilege(current_schema(), 'CREATE')")).one()
+            if not can_create:
+                raise DatabaseError(f"database {where} has no oneprov schema yet and role {me!r} cannot create tables "
+                                    "in it: the owner must run `oneprov db upgrade` first. Nothing was changed.")
+            return
+        row = conn.execute(sa.text(
+            "SELECT current_user AS me, tableowner AS owner, pg_has_role(current_user, tableowner, 'USAGE') AS ok "
+            "FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'alembic_version'")).first()
+        if row is not None and not row.ok:
+            raise DatabaseError(
+                f"database {where} is at schema version {current} and this oneprov needs {head}, but "
+                f"role {row.me!r} cannot migrate it (the tables belong to {row.owner!r}): the owner must run "
+                f"`oneprov db upgrade` as {row.owner!r}. Nothing was changed.")
+
+    def snapshot(self, conn: Connection) -> None:
+        # The default (READ COMMITTED) gives each statement its own snapshot.
+        conn.execution_options(isolation_level="REPEATABLE READ")
+
+    def stream_cursor(self, conn: Connection) -> Any:
+        return conn.connection.driver_connection.cursor(name="oneprov_export")  # server-side: one batch in memory
+
+    def run_one_statement(self, conn: Connection, query: str, params: dict) -> tuple[list[str] | None, list]:
+        # A prepared statement is exactly one statement: ``COMMIT; SET ...; INSERT ...`` cannot escape
+        # the read-only transaction.
+        compiled = sa.text(query).compile(dialect=conn.dialect)
+        bound = {**compiled.params, **params}
+        with conn.connection.driver_connection.cursor() as cursor:
+            cursor.execute(compiled.string, bound, prepare=True)
+            if cursor.description is None:
+                return None, []
+            return [d.name for d in cursor.description], cursor.fetchall()
+
+    def insert(self, table: sa.Table) -> Any:
+        return pg_dialect.insert(table)
+
+    def contains(self, column: sa.ColumnElement, text: Any) -> sa.ColumnElement[bool]:
+        return sa.func.strpos(column, text) > 0
+
+    def byte_order(self, column: sa.ColumnElement) -> sa.ColumnElement:
+        return column.collate("C")   # whatever the database's own collation is
+
+    def join_lines(self, column: sa.ColumnElement) -> sa.ColumnElement:
+        return sa.func.string_agg(column, pg_dialect.aggregate_order_by(sa.literal("\n"), column))
+
+    def fill(self, conn: Connection, table: sa.Table, columns: list[str], rows: list[tuple]) -> None:
+        # COPY is several times faster than any INSERT.
+        if rows:
+            quote = conn.dialect.identifier_preparer.quote
+            with conn.connection.driver_connection.cursor() as cursor:
+                with cursor.copy(f"COPY {quote(table.name)} ({', '.join(quote(c) for c in columns)}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+
+    def insert_events(self, db: Any, run_id: str, rows: list[tuple]) -> list[int]:
+        names = ", ".join(EVENT_COLUMNS)
+        with db.writing() as conn:
+            if len(rows) == 1:
+                marks = ", ".join(f"%({c})s" for c in EVENT_COLUMNS)
+                return [conn.exec_driver_sql(
+                    f"INSERT INTO access_events (run_id, {names}, state_id) VALUES (%(run_id)s, {marks}, "
+                    "(SELECT state_id FROM datasets WHERE id = %(state_of)s)) RETURNING id",
+                    {"run_id": run_id, **dict(zip(EVENT_COLUMNS, rows[0])), "state_of": rows[0][3]}).scalar_one()]
+            # Ids drawn from the sequence first (concurrent writers never get the same one), so
+            # that they follow the events' order; then every row in one statement, from arrays.
+            ids = sorted(conn.exec_driver_sql(
+                "SELECT nextval(pg_get_serial_sequence('access_events', 'id')) FROM generate_series(1, %(n)s)",
+                {"n": len(rows)}).scalars().all())
+            arrays = ", ".join(f"%({c})s::{t}[]" for c, t in zip(["id", *EVENT_COLUMNS], _PG_ARRAY_TYPES))
+            values = ", ".join(f"v.{c}" for c in EVENT_COLUMNS)
+            conn.exec_driver_sql(
+                f"INSERT INTO access_events (id, run_id, {names}, state_id) "
+                f"SELECT v.id, %(run_id)s, {values}, d.state_id "
+                f"FROM unnest({arrays}) AS v (id, {names}) LEFT JOIN datasets d ON d.id = v.dataset_id",
+                {"run_id": run_id, "id": ids, **dict(zip(EVENT_COLUMNS, map(list, zip(*rows))))})
+            return ids
+
+    def number_history_rows(self, conn: Connection, stage: sa.Table) -> None:
+        # Concurrent imports draw from the same sequence: nextval never hands out an id twice.
+        seq = conn.execute(sa.text("SELECT pg_get_serial_sequence('dataset_history', 'id')")).scalar_one()
+        seq = sa.literal_column("'{}'::regclass".format(seq.replace("'", "''")))
+        conn.execute(stage.update().where(stage.c.changed == sa.true()).values(state_id=sa.func.nextval(seq)))
+
+
+_DIALECTS: dict[str, Dialect] = {d.name: d for d in (SQLite(), PostgreSQL())}
+
+
+def of(engine_or_name: Engine | Connection | str) -> Dialect:
+    """The dialect of an engine, a connection or a back-end name."""
+    name = engine_or_name if isinstance(engine_or_name, str) else engine_or_name.dialect.name
+    try:
+        return _DIALECTS[name]
+    except KeyError:
+        raise DatabaseError(f"unsupported database back end {name!r}: use a SQLite path or a "
+                            "postgresql+psycopg:// URL") from None
+
+
+def _window_choice(dialect: Dialect, revision: Any, conditions: list, strict: bool,
+                   output: Callable[[sa.FromClause], list[sa.ColumnElement]]) -> sa.Select:
+    """Window functions over each dataset's rows (PostgreSQL; any back end with window functions)."""
+    d = datasets
+    rev = dialect.byte_order(d.c.revision)
+    group = (d.c.session_id, d.c.collection, d.c.name)
+    if revision is not None:
+        conditions = [*conditions, rev <= revision]
+        n_default = sa.literal_column("0")
+    else:
+        n_default = sa.func.sum(sa.case((d.c.default_revision == sa.true(), 1), else_=0)).over(partition_by=group)
+    ranked = (
+        sa.select(*output(d), n_default.label("n_default"),
+                  sa.func.row_number().over(partition_by=group, order_by=rev.desc()).label("newest"))
+        .where(*conditions)
+        .subquery("ranked")
+    )
+    r = ranked.c
+    if revision is None and strict:
+        chosen = sa.or_(sa.and_(r.n_default >= 1, r.default_revision == sa.true()),
+                        sa.and_(r.n_default == 0, r.newest == 1))
+    elif revision is None:
+        chosen = sa.or_(sa.and_(r.n_default == 1, r.default_revision == sa.true()),
+                        sa.and_(r.n_default != 1, r.newest == 1))
+    else:
+        chosen = r.newest == 1
+    names = [c.key for c in output(d)]
+    return sa.select(*(r[c] for c in names), r.n_default).where(chosen)
+
+
+#: SQLite: whether the catalog (an import) holds every session, and every dataset, of the database,
+#: as when one cache has its own database: then a search needs no membership lookup per row (the
+#: lookups of 50,000 sessions and their datasets are most of a search's time). Rows of these tables
+#: are never deleted and have distinct positive rowids, so a table has at most max(rowid) rows; an
+#: import links n_sessions (n_datasets) distinct rows of it: if that is max(rowid), it links them all.
+_COVERAGE = sa.text(
+    "SELECT q.n_sessions = (SELECT max(rowid) FROM sessions) AND (SELECT min(rowid) FROM sessions) >= 1, "
+    "q.n_datasets = (SELECT max(rowid) FROM datasets) AND (SELECT min(rowid) FROM datasets) >= 1 "
+    "FROM queries AS q WHERE q.id = :query_id AND q.method = 'import_cache'")
+
+# The event's state: its dataset's current history row, looked up in the same statement.
+_SQLITE_INSERT_EVENT = (f"INSERT INTO access_events (run_id, {', '.join(EVENT_COLUMNS)}, state_id) "
+                        f"VALUES (?, {', '.join('?' * len(EVENT_COLUMNS))}, "
+                        "(SELECT state_id FROM datasets WHERE id = ?))")
+_SQLITE_INSERT_EVENT_ID = (f"INSERT INTO access_events (id, run_id, {', '.join(EVENT_COLUMNS)}, state_id) "
+                           f"VALUES ({', '.join('?' * (len(EVENT_COLUMNS) + 3))})")
+#: Bound parameters per statement: SQLite before 3.32 allows 999.
+_SQLITE_MAX_PARAMS = 999
+_PG_ARRAY_TYPES = ("bigint", "timestamp", "text", "text", "text", "text", "text", "text", "text", "text", "text",
+                   "bigint", "text", "boolean")
+
+
+@lru_cache(maxsize=1)
+def _sqlite_json() -> bool:
+    """Whether this process's SQLite library has the JSON functions."""
+    try:
+        sqlite3.connect(":memory:").execute("SELECT value FROM json_each('[1]')").fetchall()
+    except sqlite3.OperationalError:
+        return False
+    return True
+
+
+def _link_row_by_row(conn: Connection, kind: str, params: dict[str, Any]) -> None:
+    """:meth:`Dialect.link` without SQL functions that unpack a list: one row per INSERT row."""
+    qid, ids = params["qid"], params["ids"]
+    if kind == "sessions":
+        conn.execute(query_sessions.insert(), [{"query_id": qid, "session_id": s} for s in ids])
+    elif kind == "datasets_current":
+        current = sa.select(datasets.c.state_id).where(datasets.c.id == sa.bindparam("b_id")).scalar_subquery()
+        conn.execute(query_datasets.insert().values(query_id=qid, dataset_id=sa.bindparam("b_id"), state_id=current),
+                     [{"b_id": d} for d in ids])
+    else:
+        conn.execute(query_datasets.insert(), [{"query_id": qid, "dataset_id": d, "state_id": s}
+                                               for d, s in zip(ids, params["states"])])
+
+
+@cache
+def _sqlite_time(dialect: sa.Dialect) -> Callable[[Any], Any]:
+    """How SQLAlchemy stores a DateTime in SQLite (text), for values bound through the driver."""
+    return access_events.c.event_time.type.dialect_impl(dialect).bind_processor(dialect)
+
+
+def _max_history_id(conn: Connection) -> int:
+    return conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM dataset_history").scalar_one()

@@ -1,0 +1,251 @@
+"""Connecting to the provenance database: URLs, engines, the read and write transactions, and the
+one place where database errors become oneprov's one-line messages.
+
+A database is named by a file path (SQLite, the default) or a SQLAlchemy URL such as
+``postgresql+psycopg://user@host/db``. How each back end's connections are set up is its dialect's
+business (:mod:`oneprov.store.dialects`); here is what every caller shares: a :class:`Database`
+gives write transactions (``BEGIN IMMEDIATE`` on SQLite) and read transactions (never waiting
+for the write lock), and every driver error raised inside either becomes a
+:class:`~oneprov.errors.DatabaseError` naming the database.
+
+>>> db = Database(create_engine(":memory:"))
+>>> with db.reading() as conn:
+...     conn.exec_driver_sql("SELECT 1").scalar()
+1
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.engine.url import make_url
+
+from .. import settings
+from ..errors import DatabaseError
+from . import dialects
+
+NO_DATABASE = f"no database given: pass --db PATH_OR_URL (or db=...) or set {settings.DB_ENV}"
+
+#: Driver errors that :func:`mapped_errors` turns into a :class:`DatabaseError`.
+_DRIVER_ERRORS: tuple[type[BaseException], ...] = (sa.exc.DBAPIError, sqlite3.Error)
+
+
+def database_url(db: str | os.PathLike | URL | None = None, *, readonly: bool = False) -> URL:
+    """The SQLAlchemy URL for ``db``: a path, a URL, or ``None`` for ``$ONEPROV_DB``.
+
+    A plain path becomes a SQLite URL; ``readonly`` opens SQLite files with ``mode=ro``.
+    """
+    if db is None or db == "":
+        db = settings.database()
+        if db is None:
+            raise DatabaseError(NO_DATABASE)
+    if isinstance(db, URL):
+        url = db
+    elif isinstance(db, os.PathLike) or "://" not in str(db):
+        path = str(db)
+        if path != ":memory:":
+            path = str(Path(path).expanduser().absolute())
+        url = URL.create("sqlite", database=path)
+    else:
+        try:
+            url = make_url(str(db))
+        except sa.exc.ArgumentError as exc:
+            raise DatabaseError(f"invalid database URL {redact(str(db))!r}: {exc}") from None
+    if readonly and url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        url = url.set(database=f"file:{url.database}", query={"mode": "ro", "uri": "true"})
+    return url
+
+
+def redact(url: str | URL) -> str:
+    """How a database is named in messages and logs: a SQLite file's path, or a URL without password."""
+    if not isinstance(url, URL) and "://" not in str(url):
+        return str(url)
+    try:
+        url = url if isinstance(url, URL) else make_url(str(url))
+    except sa.exc.ArgumentError:
+        return "<unparsable URL>"
+    if url.get_backend_name() == "sqlite":
+        return (url.database or ":memory:").removeprefix("file:")
+    return url.render_as_string(hide_password=True)
+
+
+def sqlite_path(url: URL) -> str | None:
+    """The file of a SQLite URL (None for an in-memory database or another back end)."""
+    if url.get_backend_name() != "sqlite":
+        return None
+    path = (url.database or "").removeprefix("file:")
+    return None if path in ("", ":memory:") else path
+
+
+def create_engine(db: str | os.PathLike | URL | None = None, *, readonly: bool = False) -> Engine:
+    """An engine for ``db`` (see :func:`database_url`), set up for concurrent, durable writes.
+
+    On SQLite every transaction opened with ``engine.begin()`` starts with ``BEGIN IMMEDIATE``
+    (``BEGIN`` for a read-only engine). A read-only engine refuses every write on both back ends.
+    """
+    url = database_url(db, readonly=readonly)
+    backend = url.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise DatabaseError(f"unsupported database {redact(url)!r}: use a SQLite path or a postgresql+psycopg:// URL")
+    dialect = dialects.of(backend)
+    path = sqlite_path(url)
+    if path is not None:
+        parent = Path(path).parent
+        if not readonly and not parent.is_dir():
+            raise DatabaseError(f"cannot create database {path!r}: folder {str(parent)!r} does not exist")
+        warn_if_network(Path(path))
+    engine = sa.create_engine(url, **dialect.engine_options(url, readonly))
+    dialect.configure(engine, readonly)
+    return engine
+
+
+#: File systems on which SQLite's WAL mode is unsafe (it needs shared memory on one host).
+NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "sshfs", "9p", "afs", "ceph",
+                       "glusterfs", "fuse.glusterfs", "lustre", "gpfs", "beegfs", "fuse.gcsfuse", "fuse.s3fs"}
+
+
+def filesystem_type(path: Path, mounts: str | None = None) -> str | None:
+    """The type of the file system holding ``path``, from ``/proc/mounts`` (None if unknown)."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return None
+    target = path.absolute().as_posix()
+    best, kind = "", None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
+def warn_if_network(path: Path, mounts: str | None = None) -> bool:
+    """Warn (and return True) when a SQLite file is on a network file system, where WAL is unsafe."""
+    kind = filesystem_type(path, mounts)
+    if kind in NETWORK_FILESYSTEMS:
+        warnings.warn(f"database {str(path)!r} is on a network file system ({kind}): SQLite's WAL mode needs every "
+                      "process on one host, so concurrent writers from other machines can corrupt it. Share a "
+                      "PostgreSQL database between machines instead.", RuntimeWarning, stacklevel=3)
+        return True
+    return False
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a driver error's message (of its original DBAPI error), or its type's name."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def is_driver_error(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from the database or its driver (SQLAlchemy, sqlite3 or psycopg)."""
+    return isinstance(exc, _DRIVER_ERRORS) or type(exc).__module__.startswith("psycopg")
+
+
+@contextmanager
+def mapped_errors(where: str, doing: str = "use database") -> Iterator[None]:
+    """Turn a driver error raised inside the block into ``DatabaseError("cannot <doing> <where>: ...")``.
+
+    Errors oneprov raises on purpose (and every other exception) pass through unchanged.
+    """
+    try:
+        yield
+    except Exception as exc:
+        if not is_driver_error(exc):
+            raise
+        raise DatabaseError(f"cannot {doing} {where}: {first_line(exc)}") from None
+
+
+# -- transactions ---------------------------------------------------------------------------
+
+class Database:
+    """One database: its engine, its dialect (picked once), and the two kinds of transaction.
+
+    Read and write connections are decided here and nowhere else: :meth:`writing` begins a write
+    transaction (``BEGIN IMMEDIATE`` on SQLite, so a transaction never fails half-way on a lock
+    upgrade), :meth:`reading` a read transaction that never waits for the write lock.
+    """
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.dialect: dialects.Dialect = dialects.of(engine)
+        self.where = redact(engine.url)
+        self._reader = engine.execution_options(oneprov_read=True)   # the same pool, read transactions
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.where!r})"
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self.engine.dispose()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """A write transaction: committed when the block ends, rolled back if it raises."""
+        with mapped_errors(self.where), self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A read transaction that never takes the write lock (rolled back at the end)."""
+        with mapped_errors(self.where), self._reader.connect() as conn:
+            yield conn
+            conn.rollback()
+
+    @contextmanager
+    def driver_writing(self) -> Iterator[Any]:
+        """A write transaction on a bare driver cursor: committed on success, else rolled back.
+
+        The same transaction as :meth:`writing` without SQLAlchemy's execution machinery, which
+        costs several times what SQLite needs to commit one small row.
+        """
+        with mapped_errors(self.where):
+            fairy = self.engine.raw_connection()
+            try:
+                dbapi_conn = fairy.dbapi_connection
+                self.dialect.begin_write(dbapi_conn)
+                cursor = dbapi_conn.cursor()
+                try:
+                    yield cursor
+                    dbapi_conn.commit()
+                except BaseException:
+                    dbapi_conn.rollback()
+                    raise
+                finally:
+                    cursor.close()
+            finally:
+                fairy.close()
+
+    def frame(self, stmt: sa.Executable, params: dict | None = None) -> pd.DataFrame:
+        """The rows of one SELECT as a DataFrame, read in a read transaction."""
+        with self.reading() as conn:
+            return result_frame(conn.execute(stmt, params or {}))
+
+
+def result_frame(result: sa.CursorResult) -> pd.DataFrame:
+    """A DataFrame of a result's rows.
+
+    Rows become plain tuples first: pandas probes each SQLAlchemy Row for array attributes, and
+    every probe raises inside SQLAlchemy (about 8x slower).
+    """
+    return pd.DataFrame([tuple(row) for row in result.fetchall()], columns=list(result.keys()))

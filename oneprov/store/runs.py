@@ -1,0 +1,184 @@
+"""Runs: one analysis execution each, in a project, from its start to its end.
+
+A run is 'running' until it is closed ('finished', or 'failed' with the error that ended it); a
+killed process leaves it 'running', shown as 'interrupted' once its process is gone. Marks add to
+a run without changing it: a cleared loaded-ids list, a retirement with its reason.
+
+>>> from oneprov import open_store
+>>> store = open_store(":memory:")
+>>> run = start_run(store, "demo", label="fig1")
+>>> resolve_run(store, "fig1") == run
+True
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import platform
+import re
+import socket
+import sys
+import uuid
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from .. import settings
+from ..errors import BadInputError
+from .engine import Database
+from .schema import SUCCESS_OUTCOMES, access_events, projects, queries, run_marks, runs, utcnow
+
+
+def start_run(
+    db: Database,
+    project: str | None = None,
+    *,
+    label: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    base_url: str | None = None,
+    revision_cutoff: str | None = None,
+    versions: dict[str, str] | None = None,
+) -> str:
+    """Record a new run (status 'running') and return its id, a new UUID.
+
+    ``project`` defaults to ``$ONEPROV_PROJECT``, else "default".
+    """
+    project = settings.project(project)
+    run_id = str(uuid.uuid4())
+    versions = {"python": platform.python_version(), "oneprov": _version(), **(versions or {})}
+    with db.writing() as conn:
+        project_id = _project_id(db, conn, project)
+        conn.execute(runs.insert().values(
+            id=run_id, project_id=project_id, label=label, status="running", started_at=utcnow(),
+            user_name=_user(), host=socket.gethostname(), pid=os.getpid(),
+            command=scrub_credentials(" ".join(sys.argv))[:4000], versions=json.dumps(versions),
+            cache_dir=str(cache_dir) if cache_dir is not None else None,
+            base_url=scrub_credentials(base_url) if base_url else None, revision_cutoff=revision_cutoff,
+        ))
+    return run_id
+
+
+def _project_id(db: Database, conn: Connection, name: str) -> int:
+    conn.execute(db.dialect.insert(projects).values(name=name, created_at=utcnow())
+                 .on_conflict_do_nothing(index_elements=["name"]))
+    return conn.execute(sa.select(projects.c.id).where(projects.c.name == name)).scalar_one()
+
+
+def finish_run(db: Database, run_id: str, status: str = "finished", error: str | None = None) -> None:
+    """Close a run: 'finished', or 'failed' with the error that ended it."""
+    if status not in ("finished", "failed"):
+        raise BadInputError(f"unknown run status {status!r}: expected 'finished' or 'failed'")
+    with db.writing() as conn:
+        done = conn.execute(runs.update().where(runs.c.id == run_id, runs.c.status == "running")
+                            .values(status=status, finished_at=utcnow(), error=error))
+        if done.rowcount != 1:
+            raise BadInputError(f"no running run {run_id!r}")
+
+
+def mark(db: Database, run_id: str, kind: str, *, scope: str | None = None, detail: str | None = None) -> None:
+    """Append a mark to a run (e.g. 'clear_list' when the loaded-ids list is cleared)."""
+    with db.writing() as conn:
+        conn.execute(run_marks.insert().values(run_id=run_id, marked_at=utcnow(), kind=kind, scope=scope,
+                                               detail=detail))
+
+
+def retire_run(db: Database, run_id: str, reason: str) -> None:
+    """Retire a run (e.g. one left 'running' by a killed process, or one found wrong).
+
+    Retiring adds a 'retired' mark with the reason; nothing of the run is changed or deleted.
+    """
+    if not reason or not reason.strip():
+        raise BadInputError("retiring a run needs a reason")
+    with db.writing() as conn:
+        if conn.execute(sa.select(runs.c.id).where(runs.c.id == run_id)).first() is None:
+            raise BadInputError(f"no run {run_id!r}")
+        conn.execute(run_marks.insert().values(run_id=run_id, marked_at=utcnow(), kind="retired",
+                                               detail=reason.strip()))
+
+
+def list_runs(db: Database, project: str | None = None) -> pd.DataFrame:
+    """Every run, newest first, with its project, counts of loads and queries, and whether it was retired.
+
+    ``status`` is running, finished or failed as recorded, or 'interrupted' for a run still
+    'running' whose process (on this host) no longer exists: it was killed.
+    """
+    loads = (sa.select(sa.func.count()).where(access_events.c.run_id == runs.c.id,
+                                              access_events.c.outcome.in_(SUCCESS_OUTCOMES))
+             .scalar_subquery())
+    n_queries = sa.select(sa.func.count()).where(queries.c.run_id == runs.c.id).scalar_subquery()
+    retired = sa.exists().where(run_marks.c.run_id == runs.c.id, run_marks.c.kind == "retired")
+    stmt = (sa.select(runs.c.id.label("run_id"), projects.c.name.label("project"), runs.c.label,
+                      runs.c.status, runs.c.started_at, runs.c.finished_at, runs.c.user_name,
+                      runs.c.host, runs.c.pid, loads.label("loads"), n_queries.label("queries"),
+                      retired.label("retired"))
+            .join(projects, projects.c.id == runs.c.project_id)
+            .order_by(runs.c.started_at.desc(), runs.c.id))
+    if project is not None:
+        stmt = stmt.where(projects.c.name == project)
+    frame = db.frame(stmt)
+    # A killed process cannot close its run: show it as interrupted when its process is gone.
+    host = socket.gethostname()
+    gone = [status == "running" and h == host and not _process_alive(pid)
+            for status, h, pid in zip(frame["status"], frame["host"], frame["pid"])]
+    frame.loc[gone, "status"] = "interrupted"
+    return frame
+
+
+def resolve_run(db: Database, run: str, project: str | None = None) -> str:
+    """A run id from an id, a unique id prefix, a label (its latest run) or 'last'."""
+    stmt = sa.select(runs.c.id).join(projects, projects.c.id == runs.c.project_id)
+    if project is not None:
+        stmt = stmt.where(projects.c.name == project)
+    newest = stmt.order_by(runs.c.started_at.desc(), runs.c.id.desc()).limit(1)
+    with db.reading() as conn:
+        if run == "last":
+            found = conn.execute(newest).scalars().all()
+        else:
+            found = conn.execute(stmt.where(runs.c.id.startswith(run.lower(), autoescape=True))).scalars().all()
+            if not found:
+                found = conn.execute(newest.where(runs.c.label == run)).scalars().all()
+    if len(found) != 1:
+        raise BadInputError(f"no run matches {run!r}" if not found else f"run {run!r} is ambiguous: {len(found)} runs match")
+    return found[0]
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*):[^@\s]*@")
+_SECRET_OPTION = re.compile(r"(?i)(--?(?:password|passwd|token|secret)[= ])\S+|((?:password|token|secret)=)[^&\s]+")
+
+
+def scrub_credentials(text: str) -> str:
+    """Hide passwords and tokens in a command line or URL before it is stored or logged.
+
+    >>> scrub_credentials("analysis.py --db postgresql://me:s3cret@host/db --token abc")
+    'analysis.py --db postgresql://me:***@host/db --token ***'
+    """
+    text = _URL_PASSWORD.sub(r"\1:***@", text)
+    return _SECRET_OPTION.sub(lambda m: (m.group(1) or m.group(2)) + "***", text)
+
+
+def _process_alive(pid: Any) -> bool:
+    """Whether a process with this id exists on this host (an unknown pid counts as alive)."""
+    if pid is None or pd.isna(pid):
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def _user() -> str | None:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in some containers
+        return None
+
+
+def _version() -> str:
+    from .. import __version__
+    return __version__
