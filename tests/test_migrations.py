@@ -176,7 +176,7 @@ def test_link_tables_are_rebuilt_without_rowid_keeping_rows_and_triggers(tmp_pat
             conn.exec_driver_sql("INSERT INTO query_sessions VALUES (7, 'a'), (7, 'b')")
             conn.exec_driver_sql("INSERT INTO query_datasets VALUES (7, 'c', 3)")
         rows = {t: sorted(open_rows(engine, t)) for t in ("query_sessions", "query_datasets")}
-        migrate.upgrade(engine)
+        migrate.upgrade(engine, "0004")
         assert all(sql.rstrip().endswith("WITHOUT ROWID") for sql in _link_tables(engine).values())
         assert {t: sorted(open_rows(engine, t)) for t in rows} == rows and _triggers(engine) == triggers
         with pytest.raises(sa.exc.IntegrityError, match="append-only"):

@@ -214,10 +214,13 @@ class ONE:
         """The local session folder of an eid (a list for a list of eids)."""
         if isinstance(eid, (list, tuple)):
             return [self.eid2path(e) for e in eid]
-        rows = self._catalog.sessions(ids=[self._eid(eid)])  # ValueError for a bad id, as in ONE
-        if rows.empty:
-            return None
-        return self._source.session_folder(rows.iloc[0])
+        session = self._catalog.session(self._eid(eid))  # ValueError for a bad id, as in ONE
+        return None if session is None else self._source.session_folder(session)
+
+    def _session_record(self, eid: str | None) -> list[int]:
+        """The record of a session of the catalog, as a list (empty without an eid or such a session)."""
+        session = self._catalog.session(eid) if eid else None
+        return [] if session is None else [session.record_id]
 
     def _folder(self, eid: str) -> Path:
         """The session folder of an eid of the catalog (looked up once per catalog)."""
@@ -247,8 +250,8 @@ class ONE:
                 date_range=terms.get("date_range"), number=terms.get("number"), datasets=terms.get("datasets"),
                 dataset_qc_lte=alf.qc_name(terms["dataset_qc_lte"]) if terms.get("dataset_qc_lte") is not None else None,
                 ids_only=not details)
-            ids = found["id"].tolist() if details else found
-            self._record_query("search", {**terms, "details": details}, started, session_ids=ids)
+            ids = found["id"].tolist()
+            self._record_query("search", {**terms, "details": details}, started, sessions=found["record_id"].tolist())
             eids = [uuid.UUID(e) for e in ids]
         if not details:
             return eids
@@ -284,7 +287,7 @@ class ONE:
                                           default_revisions_only, table=details)
             self._record_query("list_datasets", {"eid": eid, "filename": filename, "collection": collection,
                                                  "revision": revision, "qc": qc, "details": details},
-                               started, session_ids=[eid] if eid else [], datasets=rows)
+                               started, sessions=self._session_record(eid), datasets=rows)
         if details:
             return dataset_frame(frame, keep_eid=keep_eid_index or eid is None)
         paths = [r.rel_path for r in rows]
@@ -307,7 +310,7 @@ class ONE:
             eid, rows, frame = self._list(eid, filename, collection, revision, table=details)
             self._record_query(f"list_{column}s", {"eid": eid, "filename": filename, "collection": collection,
                                                    "revision": revision}, started,
-                               session_ids=[eid] if eid else [], datasets=rows)
+                               sessions=self._session_record(eid), datasets=rows)
         if details:
             return {value: dataset_frame(group, keep_eid=False) for value, group in frame.groupby(column)}
         return list(dict.fromkeys(getattr(r, column) for r in rows))
