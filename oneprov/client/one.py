@@ -250,12 +250,11 @@ class ONE:
                 date_range=terms.get("date_range"), number=terms.get("number"), datasets=terms.get("datasets"),
                 dataset_qc_lte=alf.qc_name(terms["dataset_qc_lte"]) if terms.get("dataset_qc_lte") is not None else None,
                 ids_only=not details)
-            ids = found["id"].tolist()
-            self._record_query("search", {**terms, "details": details}, started, sessions=found["record_id"].tolist())
-            eids = [uuid.UUID(e) for e in ids]
+            self._record_query("search", {**terms, "details": details}, started, sessions=found.records)
+            eids = [uuid.UUID(e) for e in found.ids]
         if not details:
             return eids
-        records = [Bunch(r) for r in session_frame(found).reset_index(drop=True).to_dict("records")]
+        records = [Bunch(r) for r in session_frame(found.rows).reset_index(drop=True).to_dict("records")]
         return eids, records
 
     def list_subjects(self) -> list[str]:

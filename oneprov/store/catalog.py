@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from functools import lru_cache
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import pandas as pd
 import sqlalchemy as sa
@@ -87,14 +87,14 @@ class Catalog:
 
     def search(self, *, wildcards: bool = True, subject=None, lab=None, projects=None, task_protocol=None,
                date_range=None, number=None, datasets: Any = None, dataset_qc_lte=None,
-               ids_only: bool = False) -> pd.DataFrame | list[str]:
+               ids_only: bool = False) -> "Found":
         """Sessions matching every given term, newest first (ONE's local search rules).
 
         Text terms are partial matches (regular expressions when ``wildcards``), any of a list;
         ``datasets`` lists exact names (regexes) a session must all have, present on disk and with
         QC at or below ``dataset_qc_lte`` (FAIL by default). ``dataset_qc_lte`` alone keeps the
-        sessions with any such dataset. The rows have :data:`SESSION_COLUMNS`; with ``ids_only``
-        only ``id`` and ``record_id``.
+        sessions with any such dataset. The rows (:data:`SESSION_COLUMNS`) are left out with
+        ``ids_only``: a search of ids makes no DataFrame.
         """
         params: dict[str, Any] = {"query_id": self._query_param()}
         text, regex_terms = [], []
@@ -128,12 +128,14 @@ class Catalog:
         with self.db.reading() as conn:   # one snapshot for both statements
             params.update(self.db.dialect.coverage(conn, self.query_id))
             rows = conn.execute(stmt, params).fetchall()
+        if columns == ("id", "record_id"):
+            return Found([r[0] for r in rows], [r[1] for r in rows], None)
         frame = pd.DataFrame([tuple(row) for row in rows], columns=list(columns))
         for column, query in regex_terms:
             text_values = frame[column].astype("string").fillna("")
             frame = frame[text_values.str.contains(query, regex=True).fillna(False).astype(bool)]
         frame = frame.reset_index(drop=True)
-        return frame[["id", "record_id"]] if ids_only else frame
+        return Found(frame["id"].tolist(), frame["record_id"].tolist(), None if ids_only else frame)
 
     def _dataset_names(self, pattern: str) -> list[str]:
         """The dataset names a ``datasets`` search term stands for: itself, or those its regex matches whole."""
@@ -186,6 +188,15 @@ class Catalog:
                 check(rows)
             chosen = set(chosen_ids(conn, [r.record_id for r in rows], revision, strict=strict))
         return [r for r in rows if r.record_id in chosen]
+
+
+class Found(NamedTuple):
+    """What a search found: the eids, the session records they were read from, and (unless only ids
+    were asked for) the rows."""
+
+    ids: list[str]
+    records: list[int]
+    rows: pd.DataFrame | None
 
 
 _REGEX_CHARS = set("^$*+?()[]{}|\\.")

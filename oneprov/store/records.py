@@ -35,9 +35,10 @@ def current(records: sa.Table) -> sa.ColumnElement[bool]:
 
 
 def held_by(records: sa.Table, query: int | sa.BindParameter) -> sa.ColumnElement[bool]:
-    """Whether a record is one that ``query`` returned."""
+    """Whether a record is one that ``query`` returned (an EXISTS: one key lookup per record, where an
+    IN would first gather all of the query's links)."""
     link = LINKS[records.name]
-    return records.c.id.in_(sa.select(link.c.record_id).where(link.c.query_id == query))
+    return sa.select(sa.literal_column("1")).where(link.c.query_id == query, link.c.record_id == records.c.id).exists()
 
 
 def latest_import(conn: Connection) -> int | None:
