@@ -16,7 +16,7 @@ import json
 import sqlite3
 from contextlib import contextmanager
 from functools import cache, lru_cache
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import pyarrow as pa
 import sqlalchemy as sa
@@ -153,8 +153,14 @@ class Dialect:
         """The database role of this connection (None where the back end has no roles)."""
         return None
 
-    def fill(self, conn: Connection, table: sa.Table, columns: list[str], rows: list[tuple]) -> None:
-        """Insert ``rows`` (tuples in ``columns`` order) into ``table`` in bulk, through the driver."""
+    def may_alter(self, conn: Connection, table: sa.Table) -> bool:
+        """Whether this connection may drop and create ``table``'s indexes."""
+        return True
+
+    def fill(self, conn: Connection, table: sa.Table, columns: list[str], rows: list[tuple],
+             constants: dict[str, Any] | None = None) -> None:
+        """Insert ``rows`` (tuples in ``columns`` order) into ``table`` in bulk, through the driver;
+        ``constants`` give the same value to other columns of every row."""
         raise NotImplementedError
 
     def insert_events(self, db: Any, run_id: str, rows: list[tuple]) -> list[int]:
@@ -167,9 +173,12 @@ class Dialect:
         """Connection settings for the length of a large import."""
         yield
 
-    def number_new_records(self, conn: Connection, stage: sa.Table, part: sa.ColumnElement[bool],
-                           records: sa.Table) -> None:
-        """Set ``record_id`` of the stage's changed rows (of ``part``) to the ids their new ``records`` rows will get."""
+    def number_new_records(self, conn: Connection, stage: sa.Table, records: sa.Table) -> None:
+        """Set ``record_id`` of the stage's changed rows to the ids their new ``records`` rows will get."""
+        raise NotImplementedError
+
+    def reserve_ids(self, conn: Connection, table: sa.Table, n: int) -> Sequence[int]:
+        """``n`` new ids of ``table`` (an integer primary key ``id``), ascending, no other writer's."""
         raise NotImplementedError
 
 
@@ -297,12 +306,18 @@ class SQLite(Dialect):
             return
         conn.execute(_LINK_STATEMENTS[self.name][table.name], {"qid": query_id, "ids": json.dumps(record_ids)})
 
-    def fill(self, conn: Connection, table: sa.Table, columns: list[str], rows: list[tuple]) -> None:
-        # SQLAlchemy's own executemany spends more time per row than SQLite needs to store it.
+    def fill(self, conn: Connection, table: sa.Table, columns: list[str], rows: list[tuple],
+             constants: dict[str, Any] | None = None) -> None:
+        # SQLAlchemy's own executemany spends more time per row than SQLite needs to store it; the
+        # constants are SQL literals, bound once (a datetime parameter costs a conversion per row).
         if rows:
             quote = conn.dialect.identifier_preparer.quote
-            conn.exec_driver_sql(f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
-                                 f"VALUES ({', '.join('?' * len(columns))})", rows)
+            literals = [str(sa.literal(v, table.c[c].type).compile(dialect=conn.dialect,
+                                                                  compile_kwargs={"literal_binds": True}))
+                        for c, v in (constants or {}).items()]
+            names = ", ".join(quote(c) for c in [*columns, *(constants or {})])
+            conn.exec_driver_sql(f"INSERT INTO {quote(table.name)} ({names}) "
+                                 f"VALUES ({', '.join(['?'] * len(columns) + literals)})", rows)
 
     def insert_events(self, db: Any, run_id: str, rows: list[tuple]) -> list[int]:
         # Through the driver: SQLAlchemy's execution costs several times SQLite's commit.
@@ -338,15 +353,16 @@ class SQLite(Dialect):
             for schema, size in before.items():
                 driver.execute(f"PRAGMA {schema}.cache_size = {int(size)}")
 
-    def number_new_records(self, conn: Connection, stage: sa.Table, part: sa.ColumnElement[bool],
-                           records: sa.Table) -> None:
-        # BEGIN IMMEDIATE holds the write lock: the ids after the largest are free. Numbering the
-        # new rows in the stage's (sorted) order, without gaps.
+    def reserve_ids(self, conn: Connection, table: sa.Table, n: int) -> Sequence[int]:
+        # BEGIN IMMEDIATE holds the write lock: the ids after the largest are free.
+        base = conn.execute(sa.select(sa.func.coalesce(sa.func.max(table.c.id), 0))).scalar_one()
+        return range(base + 1, base + n + 1)
+
+    def number_new_records(self, conn: Connection, stage: sa.Table, records: sa.Table) -> None:
+        # BEGIN IMMEDIATE holds the write lock: the ids after the largest are free (in the stage's
+        # order; an unchanged row leaves a gap).
         base = conn.execute(sa.select(sa.func.coalesce(sa.func.max(records.c.id), 0))).scalar_one()
-        s = stage.c
-        numbered = (sa.select(s.seq.label("r"), sa.func.row_number().over(order_by=s.seq).label("k"))
-                    .where(part, s.changed == sa.true()).subquery("numbered"))
-        conn.execute(stage.update().where(s.seq == numbered.c.r).values(record_id=base + numbered.c.k))
+        conn.execute(stage.update().where(stage.c.changed == sa.true()).values(record_id=base + stage.c.seq))
 
 
 class PostgreSQL(Dialect):
@@ -411,14 +427,17 @@ class PostgreSQL(Dialect):
     def join_lines(self, column: sa.ColumnElement) -> sa.ColumnElement:
         return sa.func.string_agg(column, pg_dialect.aggregate_order_by(sa.literal("\n"), column))
 
-    def fill(self, conn: Connection, table: sa.Table, columns: list[str], rows: list[tuple]) -> None:
+    def fill(self, conn: Connection, table: sa.Table, columns: list[str], rows: list[tuple],
+             constants: dict[str, Any] | None = None) -> None:
         # COPY is several times faster than any INSERT.
         if rows:
             quote = conn.dialect.identifier_preparer.quote
+            names = ", ".join(quote(c) for c in [*columns, *(constants or {})])
+            extra = tuple((constants or {}).values())
             with conn.connection.driver_connection.cursor() as cursor:
-                with cursor.copy(f"COPY {quote(table.name)} ({', '.join(quote(c) for c in columns)}) FROM STDIN") as copy:
+                with cursor.copy(f"COPY {quote(table.name)} ({names}) FROM STDIN") as copy:
                     for row in rows:
-                        copy.write_row(row)
+                        copy.write_row(row + extra if extra else row)
 
     def insert_events(self, db: Any, run_id: str, rows: list[tuple]) -> list[int]:
         names = ", ".join(EVENT_COLUMNS)
@@ -444,12 +463,23 @@ class PostgreSQL(Dialect):
     def current_role(self, conn: Connection) -> str | None:
         return conn.exec_driver_sql("SELECT current_user").scalar_one()
 
-    def number_new_records(self, conn: Connection, stage: sa.Table, part: sa.ColumnElement[bool],
-                           records: sa.Table) -> None:
+    def may_alter(self, conn: Connection, table: sa.Table) -> bool:
+        # only the tables' owner (see roles.py): a client imports with the indexes in place
+        return bool(conn.execute(sa.text(
+            "SELECT pg_has_role(current_user, tableowner, 'USAGE') FROM pg_tables "
+            "WHERE schemaname = current_schema() AND tablename = :t"), {"t": table.name}).scalar())
+
+    def reserve_ids(self, conn: Connection, table: sa.Table, n: int) -> Sequence[int]:
+        # Drawn from the sequence: concurrent writers never get the same id.
+        return sorted(conn.exec_driver_sql(
+            f"SELECT nextval(pg_get_serial_sequence('{table.name}', 'id')) FROM generate_series(1, %(n)s)",
+            {"n": n}).scalars().all())
+
+    def number_new_records(self, conn: Connection, stage: sa.Table, records: sa.Table) -> None:
         # Concurrent imports draw from the same sequence: nextval never hands out an id twice.
         seq = conn.execute(sa.text(f"SELECT pg_get_serial_sequence('{records.name}', 'id')")).scalar_one()
         seq = sa.literal_column("'{}'::regclass".format(seq.replace("'", "''")))
-        conn.execute(stage.update().where(part, stage.c.changed == sa.true()).values(record_id=sa.func.nextval(seq)))
+        conn.execute(stage.update().where(stage.c.changed == sa.true()).values(record_id=sa.func.nextval(seq)))
 
 
 _DIALECTS: dict[str, Dialect] = {d.name: d for d in (SQLite(), PostgreSQL())}

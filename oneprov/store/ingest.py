@@ -5,15 +5,22 @@ instance's in-memory tables next), :func:`ingest` records them as one query: a r
 equal its current record is linked to that record; any other row becomes a new record. Records are
 never changed, so a client whose tables say something else than another cache's keeps its answers.
 
-A large import is written in many short transactions (each well under a second), so that other
-processes keep recording loads while it runs; the query is *complete* only when its last row is
-in, and nothing answers from an incomplete query: an import that fails or is killed half-way
-changes no answer. One process at a time imports given tables: another that starts the same
-import waits for it and then uses it.
+How an import runs:
+
+1. Every row is read and checked before anything is written: bad input changes nothing.
+2. One process at a time imports given rows: another that starts the same import waits for it and
+   then uses it.
+3. The rows are read again and recorded in many short transactions (each well under a second), so
+   that other processes keep recording loads while a large import runs. The query is *complete*
+   only when its last row is in, and nothing answers from an incomplete query: an import that
+   fails or is killed half-way changes no answer.
+4. Into a database without dataset records, the dataset records' secondary indexes are built once,
+   after the rows are in, in the transaction that completes the import (a million random inserts
+   into an index cost several times one sort).
 
 The rows come as a :class:`Rows` object: the sessions as one normalised frame, the datasets as
-normalised frames in batches (the layouts of :mod:`oneprov.tables`); :class:`RowSource` says where
-they came from, and is what the query records.
+normalised frames in batches (the layouts of :mod:`oneprov.tables`), which it can read twice;
+:class:`RowSource` says where they came from, and is what the query records.
 
 >>> import tempfile
 >>> from oneprov import open_store
@@ -33,10 +40,10 @@ import sys
 import threading
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -44,13 +51,13 @@ from tqdm.auto import tqdm
 
 from ..errors import BadInputError
 from ..tables import DATASETS_COLUMNS, SESSIONS_COLUMNS, STATE_COLUMNS, Folder
+from . import dialects
 from .engine import Database
+from .migrate import BULK_INDEXES, missing_indexes
+from .records import ROW_KEY
 from .recording import new_query
 from .runs import process_alive
-from .schema import (
-    dataset_records, queries, query_datasets, query_sessions, revisions, session_records, utcnow,
-)
-from .records import ROW_KEY
+from .schema import dataset_records, queries, query_datasets, query_sessions, revisions, session_records, utcnow
 
 #: Rows read from a datasets table and prepared at a time.
 IMPORT_BATCH = 100_000
@@ -80,7 +87,7 @@ class Rows(Protocol):
     """Sessions and dataset rows to ingest, normalised as :mod:`oneprov.tables` reads them."""
 
     def sessions(self) -> pd.DataFrame: ...
-    def datasets(self, batch_size: int) -> Iterator[pd.DataFrame]: ...
+    def datasets(self, batch_size: int) -> Iterator[pd.DataFrame]: ...   # called twice: check, then write
     def count_datasets(self) -> int | None: ...
     def metadata(self) -> dict[str, Any]: ...   # recorded as the query's params["metadata"]
 
@@ -103,7 +110,7 @@ def import_cache(db: Database, tables_dir: str | os.PathLike, *, run_id: str | N
     Importing tables identical to an earlier import into this database writes nothing and
     returns that import (unless ``force``). A row repeating an earlier row (the same dataset id in
     the same session at the same path) is left out with a warning. The datasets table streams in
-    batches, with a progress bar on a terminal (``progress``).
+    batches, with progress bars on a terminal (``progress``).
     """
     folder = Folder.open(tables_dir)
     source = RowSource("import_cache", str(folder.path), folder.checksum(), {"tables_dir": str(folder.path)}, "local")
@@ -113,15 +120,11 @@ def import_cache(db: Database, tables_dir: str | os.PathLike, *, run_id: str | N
 
 def ingest(db: Database, source: RowSource, rows: Rows, *, run_id: str | None = None, progress: bool | None = None,
            batch_size: int = IMPORT_BATCH, reuse: bool = True, name: str | None = None) -> ImportResult:
-    """Record ``rows`` from ``source`` as one query; return what it did.
+    """Record ``rows`` from ``source`` as one query; return what it did (see the module's text).
 
     With ``reuse``, rows whose ``source`` (location and checksum) was ingested before are not
     written again: that earlier query is returned (and while another process is ingesting them,
     this one waits for it). ``name`` names the rows in messages (default: the location).
-
-    Every row is read and checked, and staged in a temporary table, before anything is written: bad
-    input changes nothing. Then the rows are recorded in short write transactions, and the query
-    completes in a last one.
     """
     name = name or source.location
     if reuse and source.checksum is not None:
@@ -130,106 +133,96 @@ def ingest(db: Database, source: RowSource, rows: Rows, *, run_id: str | None = 
         if done is not None and done.completed_at is not None:
             return ImportResult(done.id, done.n_sessions, done.n_datasets, 0, True)
     show = progress if progress is not None else sys.stderr.isatty()
-    # One connection for the whole import: its temporary stage and its warm page cache.
+    sessions = rows.sessions()
+    if sessions["id"].duplicated().any():
+        raise BadInputError(f"duplicate session id {sessions['id'][sessions['id'].duplicated()].iloc[0]!r} "
+                            "in sessions table")
+    n_rows, repeats = _check(rows, batch_size, show)
+    # One connection for the whole import: its page cache stays warm. One transaction per step.
     with db.connection() as conn, db.dialect.import_session(conn):
-        sessions = rows.sessions()
-        if sessions["id"].duplicated().any():
-            raise BadInputError(f"duplicate session id {sessions['id'][sessions['id'].duplicated()].iloc[0]!r} "
-                                "in sessions table")
-        stage = _stage_table("_import_rows", dataset_records, _DATASET_COLUMNS)
-        with _temporary(conn, stage):
-            n_read, n_staged, repeated = _stage(db, conn, stage, rows, batch_size, show)
-            claim = _claim(conn, source, rows, run_id, reuse)
-            if isinstance(claim, ImportResult):
-                return claim
-            qid, started = claim, time.perf_counter()
-            try:
-                with conn.begin():
-                    _ingest_sessions(db, conn, qid, sessions)
-                changed = _record_staged(db, conn, stage, n_staged, qid, repeated, name, show)
-                n_datasets = n_read - len(repeated)
-                if repeated:
-                    # One-api keeps such rows twice; here a row (id, session, path) is one record.
-                    warnings.warn(f"{name}: {len(repeated)} row(s) repeat the dataset id, session and path of an "
-                                  f"earlier row (first: {repeated[0]}); the first of each was imported", UserWarning,
-                                  stacklevel=3)
-                with conn.begin():
-                    conn.execute(queries.update().where(queries.c.id == qid).values(
-                        n_sessions=len(sessions), n_datasets=n_datasets, duration_s=time.perf_counter() - started,
-                        completed_at=utcnow()))
-            except BaseException as exc:
-                _abandon(db, qid, exc)
-                raise
+        claim = _claim(conn, source, rows, run_id, reuse)
+        if isinstance(claim, ImportResult):
+            return claim
+        (qid, bulk), started = claim, time.perf_counter()
+        try:
+            with conn.begin():
+                _ingest_sessions(db, conn, qid, sessions)
+            changed, repeated = _ingest_all_datasets(db, conn, qid, rows, batch_size, repeats, n_rows, name, show)
+            n_datasets = n_rows - len(repeated)
+            if repeated:
+                # One-api keeps such rows twice; here a row (id, session, path) is one record.
+                warnings.warn(f"{name}: {len(repeated)} row(s) repeat the dataset id, session and path of an "
+                              f"earlier row (first: {repeated[0]}); the first of each was imported", UserWarning,
+                              stacklevel=3)
+            with conn.begin():
+                if bulk:
+                    _build_indexes(conn)
+                conn.execute(queries.update().where(queries.c.id == qid).values(
+                    n_sessions=len(sessions), n_datasets=n_datasets, duration_s=time.perf_counter() - started,
+                    completed_at=utcnow()))
+        except BaseException as exc:
+            _abandon(db, qid, exc)
+            raise
     return ImportResult(qid, len(sessions), n_datasets, changed, False)
 
 
-@contextmanager
-def _temporary(conn: Connection, table: sa.Table) -> Iterator[None]:
-    """A temporary table of ``conn`` for the block; its cleanup never hides the error that ended the
-    block (the next import on this pooled connection drops a table left behind)."""
-    with _reading(conn):
-        table.drop(conn, checkfirst=True)
-        table.create(conn)
-    try:
-        yield
-    except BaseException:
-        try:
-            _drop(conn, table)
-        except Exception:
-            pass
-        raise
-    _drop(conn, table)
+# -- reading twice --------------------------------------------------------------------------
+
+def _check(rows: Rows, batch_size: int, show: bool) -> tuple[int, set[int]]:
+    """Read and check every dataset row (the reader raises on a bad one); return how many rows there
+    are and the identity hashes seen more than once (candidates for repeated rows, usually none)."""
+    hashes, n = [], 0
+    with tqdm(total=rows.count_datasets(), unit="rows", desc="check datasets", disable=not show) as bar:
+        for frame in in_background(rows.datasets(batch_size)):
+            hashes.append(_identity_hashes(frame))
+            n += len(frame)
+            bar.update(len(frame))
+    every = np.concatenate(hashes) if hashes else np.empty(0, dtype=np.uint64)
+    every.sort()
+    return n, set(every[1:][every[1:] == every[:-1]].tolist())
 
 
-def _drop(conn: Connection, table: sa.Table) -> None:
-    if conn.in_transaction():
-        conn.rollback()
-    with _reading(conn):
-        table.drop(conn)
+def _identity_hashes(frame: pd.DataFrame) -> np.ndarray:
+    """A 64-bit hash of each row's identity (dataset id, session, rel_path) of a normalised frame."""
+    return pd.util.hash_pandas_object(frame[["id", "eid", "rel_path"]], index=False).to_numpy()
 
 
-@contextmanager
-def _reading(conn: Connection) -> Iterator[None]:
-    """A transaction of ``conn`` that takes no write lock on the database (writes to temporary tables only)."""
-    conn.execution_options(oneprov_read=True)
-    try:
-        with conn.begin():
-            yield
-    finally:
-        conn.execution_options(oneprov_read=False)
+def _prepared(frames: Iterator[pd.DataFrame], repeats: set[int], repeated: list[str]) -> Iterator[list[list]]:
+    """Each normalised datasets frame as column values (:data:`_DATASET_COLUMNS`), in session and path
+    order, without rows that repeat an earlier row (their ids are added to ``repeated``)."""
+    seen: set[tuple] = set()
+    for frame in frames:
+        if repeats:
+            candidates = np.isin(_identity_hashes(frame), list(repeats))
+            keep = np.ones(len(frame), dtype=bool)
+            for k in np.flatnonzero(candidates):
+                identity = (frame["id"].iat[k], frame["eid"].iat[k], frame["rel_path"].iat[k])
+                keep[k] = identity not in seen
+                seen.add(identity)
+            repeated.extend(frame["id"][~keep].tolist())
+            frame = frame[keep]
+        frame = frame.rename(columns={"id": "uuid", "eid": "session_uuid"})
+        # In session order, the inserts walk the indexes by session in order instead of jumping
+        # around them at random (fewer pages written, and each once).
+        yield _column_values(frame.sort_values(["session_uuid", "rel_path", "uuid"]), _DATASET_COLUMNS)
 
 
-def _stage(db: Database, conn: Connection, stage: sa.Table, rows: Rows, batch_size: int,
-           show: bool) -> tuple[int, int, list[str]]:
-    """Read, check and stage every dataset row; return how many were read, how many staged (``seq``
-    runs from 1 to it) and the ids of rows that repeat an earlier row of their batch. Takes no write
-    lock: other processes go on recording."""
-    n_read, repeated, seq = 0, [], 0
-    with tqdm(total=rows.count_datasets(), unit="rows", desc="read datasets", disable=not show) as bar, _reading(conn):
-        # Batch k+1 is read and checked in a thread while batch k is staged.
-        for batch in in_background(_prepared(rows.datasets(batch_size))):
-            n = len(batch.values[0])
-            db.dialect.fill(conn, stage, ["seq", *_DATASET_COLUMNS], list(zip(range(seq + 1, seq + n + 1), *batch.values)))
-            seq += n
-            n_read += batch.rows
-            repeated.extend(batch.repeated)
-            bar.update(batch.rows)
-    return n_read, seq, repeated
-
-
-def _record_staged(db: Database, conn: Connection, stage: sa.Table, last: int, qid: int, repeated: list[str],
-                   name: str, show: bool) -> int:
-    """Record the staged rows 1..``last`` in parts, one short write transaction each; return how many
-    rows became new records. Rows repeating a row this import recorded already are added to ``repeated``."""
-    writer, start, changed = _Writer(), 1, 0
-    with tqdm(total=last, unit="rows", desc="import datasets", disable=not show) as bar:
-        while start <= last:
-            stop = min(start + writer.rows - 1, last)
-            changed += writer.write(conn, lambda: _ingest_datasets(db, conn, stage, start, stop, qid, repeated, name),
-                                    stop - start + 1)
-            bar.update(stop - start + 1)
-            start = stop + 1
-    return changed
+def _ingest_all_datasets(db: Database, conn: Connection, qid: int, rows: Rows, batch_size: int, repeats: set[int],
+                         n_rows: int, name: str, show: bool) -> tuple[int, list[str]]:
+    """Record every dataset row, one short write transaction per part; return how many rows became
+    new records, and the ids of the rows left out as repeats."""
+    writer, changed, repeated = _Writer(), 0, []
+    with tqdm(total=n_rows, unit="rows", desc="import datasets", disable=not show) as bar:
+        # Batch k+1 is read and prepared in a thread while batch k is written: SQLite works without
+        # holding the GIL, so the two overlap on two cores.
+        for values in in_background(_prepared(rows.datasets(batch_size), repeats, repeated)):
+            start = 0
+            while start < len(values[0]):
+                part = [column[start:start + writer.rows] for column in values]
+                changed += writer.write(conn, lambda: _ingest_datasets(db, conn, qid, part, name), len(part[0]))
+                start += len(part[0])
+                bar.update(len(part[0]))
+    return changed, repeated
 
 
 # -- one import at a time -------------------------------------------------------------------
@@ -243,8 +236,10 @@ def _earlier(conn: Connection, source: RowSource) -> Any:
         .order_by(q.id.desc()).limit(1)).first()
 
 
-def _claim(conn: Connection, source: RowSource, rows: Rows, run_id: str | None, reuse: bool) -> int | ImportResult:
-    """Start the import's query, or return the import of the same rows that another process finished
+def _claim(conn: Connection, source: RowSource, rows: Rows, run_id: str | None,
+           reuse: bool) -> tuple[int, bool] | ImportResult:
+    """Start the import's query: return its id, and whether it builds the indexes after the rows (see
+    :func:`_start_bulk`). Or return the import of the same rows that another process finished
     meanwhile. While another live process imports the same rows, wait for it."""
     params = {**source.params, "metadata": rows.metadata(), "importer": {"host": socket.gethostname(), "pid": os.getpid()}}
     while True:
@@ -253,8 +248,9 @@ def _claim(conn: Connection, source: RowSource, rows: Rows, run_id: str | None, 
             if other is not None and other.completed_at is not None:
                 return ImportResult(other.id, other.n_sessions, other.n_datasets, 0, True)
             if other is None or not _importing(conn, other):
-                return new_query(conn, run_id, source.method, params, source=source.location,
-                                 checksum=source.checksum, mode=source.mode)
+                qid = new_query(conn, run_id, source.method, params, source=source.location,
+                                checksum=source.checksum, mode=source.mode)
+                return qid, _start_bulk(conn)
         time.sleep(0.2)
 
 
@@ -273,9 +269,36 @@ def _abandon(db: Database, qid: int, exc: BaseException) -> None:
     reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"[:2000]
     try:
         with db.writing() as conn:
+            if conn.execute(sa.select(dataset_records.c.id).limit(1)).first() is not None:
+                _build_indexes(conn)   # (a bulk import that failed must not leave them missing)
             conn.execute(queries.update().where(queries.c.id == qid, queries.c.error.is_(None)).values(error=reason))
     except Exception:  # the database may be what failed; the import stays incomplete either way
         pass
+
+
+def _start_bulk(conn: Connection) -> bool:
+    """In an import's first transaction: with no dataset record at all in the database, drop the
+    secondary indexes of ``dataset_records`` (built again by :func:`_build_indexes`). Only plans that
+    read ``dataset_records`` are slower meanwhile, and there is nothing in it to read."""
+    if conn.execute(sa.select(dataset_records.c.id).limit(1)).first() is not None \
+            or not dialects.of(conn).may_alter(conn, dataset_records):
+        return False
+    missing = missing_indexes(conn)
+    for index in BULK_INDEXES:
+        if index.name not in missing:
+            index.drop(conn)
+    return True
+
+
+def _build_indexes(conn: Connection) -> None:
+    """Create the dataset records' secondary indexes that are missing (after a bulk import, or one
+    that failed), when this connection may."""
+    missing = missing_indexes(conn)
+    if missing and not dialects.of(conn).may_alter(conn, dataset_records):
+        return
+    for index in BULK_INDEXES:
+        if index.name in missing:
+            index.create(conn)
 
 
 class _Writer:
@@ -300,104 +323,99 @@ class _Writer:
 _SESSION_FIELDS = SESSIONS_COLUMNS[1:]
 #: A dataset row as staged and recorded: the normalised columns, ``id`` as ``uuid``, ``eid`` as ``session_uuid``.
 _DATASET_COLUMNS = [{"id": "uuid", "eid": "session_uuid"}.get(c, c) for c in DATASETS_COLUMNS]
-_DATASET_ROW = ROW_KEY["dataset_records"]
 
 
 def _ingest_sessions(db: Database, conn: Connection, qid: int, frame: pd.DataFrame) -> None:
     """Record the sessions (checked, distinct ids) inside ``conn``'s transaction."""
     values = frame.rename(columns={"id": "uuid"})
-    # (created and dropped in this transaction: a failure rolls both back, and no cleanup hides it)
     stage = _stage_table("_incoming_sessions", session_records, ["uuid", *_SESSION_FIELDS])
     stage.create(conn)
     if len(values):
         conn.execute(stage.insert(), [{"seq": k, **row} for k, row in enumerate(_records(values), 1)])
-    everything = stage.c.seq.is_not(None)
-    _match(conn, stage, everything, session_records, ROW_KEY["session_records"], _SESSION_FIELDS, qid)
-    db.dialect.number_new_records(conn, stage, everything, session_records)
-    _insert_new(conn, stage, everything, session_records, ["uuid", *_SESSION_FIELDS], qid)
+    _record(db, conn, stage, session_records, ["uuid", *_SESSION_FIELDS], _SESSION_FIELDS, qid)
     conn.execute(query_sessions.insert().from_select(
         ["query_id", "record_id"], sa.select(sa.literal(qid), stage.c.record_id).order_by(stage.c.record_id)))
     stage.drop(conn)
 
 
-def _ingest_datasets(db: Database, conn: Connection, stage: sa.Table, start: int, stop: int, qid: int,
-                     repeated: list[str], name: str) -> int:
-    """Record the staged rows ``start..stop`` (inside ``conn``'s transaction); return how many became new records.
+def _ingest_datasets(db: Database, conn: Connection, qid: int, values: list[list], name: str) -> int:
+    """Record one part of the dataset rows (inside ``conn``'s transaction); return how many became new records."""
+    if not _anything_recorded(conn, dataset_records):
+        return _ingest_new_datasets(db, conn, qid, values, name)
+    return _ingest_known_datasets(db, conn, qid, values, name)
 
-    Set-based statements find each row's current record, insert a record for every row that has
-    none or differs from it, add the revisions seen, and link the query to every row's record.
-    Rows this import recorded already are left out and added to ``repeated``.
+
+def _ingest_new_datasets(db: Database, conn: Connection, qid: int, values: list[list], name: str) -> int:
+    """:func:`_ingest_datasets` when no complete query recorded any dataset (a first import): every
+    row is a new record, written straight into ``dataset_records``, without a stage."""
+    now = utcnow()
+    ids = db.dialect.reserve_ids(conn, dataset_records, len(values[0]))
+    try:
+        db.dialect.fill(conn, dataset_records, ["id", *_DATASET_COLUMNS], list(zip(ids, *values)),
+                        {"query_id": qid, "first_seen_at": now})
+    except sa.exc.IntegrityError as exc:
+        raise BadInputError(f"cannot import {name!r}: {exc.orig}") from None
+    seen = {rev for rev in values[_DATASET_COLUMNS.index("revision")] if rev}
+    if seen:
+        known = set(conn.execute(sa.select(revisions.c.name).where(revisions.c.name.in_(sorted(seen)))).scalars())
+        if seen - known:
+            conn.execute(revisions.insert(), [{"name": rev, "first_seen_at": now} for rev in sorted(seen - known)])
+    db.dialect.link(conn, query_datasets, qid, list(ids))
+    return len(ids)
+
+
+def _ingest_known_datasets(db: Database, conn: Connection, qid: int, values: list[list], name: str) -> int:
+    """:func:`_ingest_datasets` when the database holds dataset records already.
+
+    The rows go into a temporary stage, created and dropped in this transaction (a failure rolls
+    both back, and no cleanup can hide the error); set-based statements then find each row's current
+    record, insert a record for every row that has none or differs from it, add the revisions seen,
+    and link the query to every row's record.
     """
     now = utcnow()
+    stage = _stage_table("_incoming_datasets", dataset_records, _DATASET_COLUMNS)
+    stage.create(conn)
     i = stage.c
-    part = i.seq.between(start, stop)
     try:
-        repeated.extend(_match(conn, stage, part, dataset_records, ROW_KEY["dataset_records"], STATE_COLUMNS, qid))
-        db.dialect.number_new_records(conn, stage, part, dataset_records)
-        _insert_new(conn, stage, part, dataset_records, _DATASET_COLUMNS, qid, now)
-        n_changed = conn.execute(sa.select(sa.func.count()).where(part, i.changed == sa.true())).scalar_one()
-        r = revisions.c
+        db.dialect.fill(conn, stage, ["seq", *_DATASET_COLUMNS], list(zip(range(1, len(values[0]) + 1), *values)))
+        _record(db, conn, stage, dataset_records, _DATASET_COLUMNS, STATE_COLUMNS, qid, now)
+        n_changed = conn.execute(sa.select(sa.func.count()).where(i.changed == sa.true())).scalar_one()
         conn.execute(revisions.insert().from_select(
             ["name", "first_seen_at"],
             sa.select(i.revision, sa.literal(now)).distinct()
-            .where(part, i.revision != "", i.revision.not_in(sa.select(r.name)))))
+            .where(i.revision != "", i.revision.not_in(sa.select(revisions.c.name)))))
         conn.execute(query_datasets.insert().from_select(
-            ["query_id", "record_id"], sa.select(sa.literal(qid), i.record_id).where(part).order_by(i.record_id)))
+            ["query_id", "record_id"], sa.select(sa.literal(qid), i.record_id).order_by(i.record_id)))
     except sa.exc.IntegrityError as exc:
         raise BadInputError(f"cannot import {name!r}: {exc.orig}") from None
+    stage.drop(conn)
     return n_changed
 
 
-def _match(conn: Connection, stage: sa.Table, part: sa.ColumnElement[bool], records: sa.Table, key: list[str],
-           fields: list[str], qid: int) -> list[str]:
-    """Find each staged row's current record (the latest of a complete query, or of this import);
-    mark the rows that equal it unchanged (``record_id`` = that record) and the others changed.
-
-    Rows that this import recorded already are removed from the stage; their ids are returned.
-    """
+def _record(db: Database, conn: Connection, stage: sa.Table, records: sa.Table, columns: list[str],
+            fields: list[str], qid: int, now: Any = None) -> None:
+    """Give every staged row its record: its current record when it has one with the same ``fields``
+    (the latest of a complete query), else a new record of this query. Sets ``record_id``."""
     i, r, q = stage.c, records.c, queries.c
-    same_row = [r[c] == i[c] for c in key]
-    latest = (sa.select(sa.func.max(r.id)).join(queries, q.id == r.query_id)
-              .where(*same_row, sa.or_(q.completed_at.is_not(None), r.query_id == qid)).scalar_subquery())
-    conn.execute(stage.update().where(part).values(match_id=latest))
-    mine = sa.select(r.id).where(r.query_id == qid)
-    again = conn.execute(sa.select(i.uuid).where(part, i.match_id.in_(mine))).scalars().all()
-    if again:
-        conn.execute(stage.delete().where(part, i.match_id.in_(mine)))
-    same = sa.and_(*(r[f].is_not_distinct_from(i[f]) for f in fields))
-    equal = sa.exists().where(r.id == i.match_id, same)
-    conn.execute(stage.update().where(part).values(changed=~equal, record_id=sa.case((equal, i.match_id))))
-    return again
-
-
-def _insert_new(conn: Connection, stage: sa.Table, part: sa.ColumnElement[bool], records: sa.Table,
-                columns: list[str], qid: int, now: Any = None) -> None:
-    """Insert the stage's changed rows as new records (their ids are set in the stage already)."""
-    now = now or utcnow()
-    i = stage.c
+    if _anything_recorded(conn, records):   # (else every row is new: a first import)
+        same_row = [r[c] == i[c] for c in ROW_KEY[records.name]]
+        latest = (sa.select(sa.func.max(r.id)).join(queries, q.id == r.query_id)
+                  .where(*same_row, q.completed_at.is_not(None)).scalar_subquery())
+        conn.execute(stage.update().values(match_id=latest))
+        equal = sa.exists().where(r.id == i.match_id, sa.and_(*(r[f].is_not_distinct_from(i[f]) for f in fields)))
+        conn.execute(stage.update().values(changed=~equal, record_id=sa.case((equal, i.match_id))))
+    db.dialect.number_new_records(conn, stage, records)
     conn.execute(records.insert().from_select(
         ["id", *columns, "query_id", "first_seen_at"],
-        sa.select(i.record_id, *(i[c] for c in columns), sa.literal(qid), sa.literal(now))
-        .where(part, i.changed == sa.true()).order_by(i.record_id)))
+        sa.select(i.record_id, *(i[c] for c in columns), sa.literal(qid), sa.literal(now or utcnow()))
+        .where(i.changed == sa.true()).order_by(i.record_id)))
 
 
-@dataclass
-class _Batch:
-    """Rows of a datasets table ready to stage: column values, without rows repeated in the batch."""
-    rows: int                # rows read, repeated ones included
-    values: list[list]       # per column of _DATASET_COLUMNS
-    repeated: list[str]      # ids of rows that repeat an earlier one of the batch
-
-
-def _prepared(frames: Iterator[pd.DataFrame]) -> Iterator[_Batch]:
-    """Each normalised datasets frame as a :class:`_Batch`, in session and path order."""
-    for frame in frames:
-        frame = frame.rename(columns={"id": "uuid", "eid": "session_uuid"})
-        dup = frame.duplicated(_DATASET_ROW)
-        # In session order, the inserts walk the indexes by session in order instead of jumping
-        # around them at random (fewer pages written, and each once).
-        kept = frame[~dup].sort_values(["session_uuid", "rel_path", "uuid"])
-        yield _Batch(len(frame), _column_values(kept, _DATASET_COLUMNS), frame["uuid"][dup].tolist())
+def _anything_recorded(conn: Connection, records: sa.Table) -> bool:
+    """Whether a complete query has recorded any row of ``records``."""
+    q = queries.c
+    counted = q.n_datasets if records is dataset_records else q.n_sessions
+    return conn.execute(sa.select(q.id).where(q.completed_at.is_not(None), counted > 0).limit(1)).first() is not None
 
 
 def in_background(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:
@@ -457,8 +475,8 @@ def _column_values(frame: pd.DataFrame, columns: list[str]) -> list[list]:
 
 def _stage_table(name: str, like: sa.Table, columns: list[str]) -> sa.Table:
     """A temporary table with some of ``like``'s columns, for set-based matching and inserts, and:
-    ``seq`` (the row's place in the import), ``match_id`` (the row's current record),
-    ``record_id`` (its record in this query) and ``changed`` (it needs a new record)."""
+    ``seq`` (the row's place), ``match_id`` (the row's current record), ``record_id`` (its record in
+    this query) and ``changed`` (it needs a new record)."""
     return sa.Table(name, sa.MetaData(), sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
                     *(sa.Column(c, like.c[c].type) for c in columns),
                     sa.Column("match_id", sa.Integer), sa.Column("record_id", sa.Integer),

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from . import dialects
-from .schema import dataset_records, queries, query_datasets, query_sessions, session_records
+from .schema import dataset_records, queries, query_datasets, query_sessions
 
 #: What identifies a row of each record table: its records are its states.
 ROW_KEY = {"session_records": ["uuid"], "dataset_records": ["uuid", "session_uuid", "rel_path"]}
