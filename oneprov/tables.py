@@ -30,8 +30,9 @@ import datetime
 import hashlib
 import json
 import os
+import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -46,7 +47,7 @@ from .errors import BadInputError
 from .files import file_sha256, write_atomically
 
 __all__ = [
-    "SESSIONS_COLUMNS", "DATASETS_COLUMNS", "STATE_COLUMNS", "QC_DTYPE", "WrittenTable", "Folder",
+    "SESSIONS_COLUMNS", "DATASETS_COLUMNS", "STATE_COLUMNS", "QC_DTYPE", "WrittenTable", "Folder", "Frames",
     "read_metadata", "read_sessions", "iter_datasets", "count_rows",
     "write_sessions", "write_datasets", "sessions_batch", "datasets_batch", "write_batches",
     "merge_tables", "merge_metadata",
@@ -211,20 +212,38 @@ def _open(path: str | os.PathLike) -> tuple[Path, pq.ParquetFile]:
         raise BadInputError(f"{path}: not a readable parquet file (corrupt or truncated?): {exc}") from exc
 
 
-def _batches(path: Path, pf: pq.ParquetFile, columns: list[str],
-             batch_size: int) -> Iterator[tuple[pa.RecordBatch, int]]:
-    """Stream ``(batch, first_row)``; corrupt data pages surface as BadInputError."""
-    batches = pf.iter_batches(batch_size=batch_size, columns=columns, use_pandas_metadata=False)
-    start = 0
-    while True:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            return
-        except (pa.ArrowException, OSError) as exc:
-            raise BadInputError(f"{path}: corrupt parquet data (reading from row {start}): {exc}") from exc
-        yield batch, start
-        start += batch.num_rows
+class _Table:
+    """A table to read and check: a parquet file (:meth:`parquet`) or an arrow table in memory
+    (:meth:`arrow`); ``name`` names it in messages."""
+
+    def __init__(self, name: Any, schema: pa.Schema, batches: Callable[[list[str], int], Iterator[pa.RecordBatch]],
+                 close: Callable[[], None] = lambda: None):
+        self.name, self.schema, self._batches, self.close = name, schema, batches, close
+
+    @classmethod
+    def parquet(cls, path: str | os.PathLike) -> "_Table":
+        path, pf = _open(path)
+        batches = lambda columns, size: pf.iter_batches(batch_size=size, columns=columns, use_pandas_metadata=False)  # noqa: E731
+        return cls(path, pf.schema_arrow, batches, pf.close)
+
+    @classmethod
+    def arrow(cls, name: str, table: pa.Table) -> "_Table":
+        return cls(name, table.schema, lambda columns, size: iter(table.select(columns).to_batches(max_chunksize=size)))
+
+    def batches(self, columns: list[str], batch_size: int) -> Iterator[tuple[pa.RecordBatch, int]]:
+        """Stream ``(batch, first_row)``; corrupt data pages surface as BadInputError."""
+        batches = self._batches(columns, batch_size)
+        start = 0
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except (pa.ArrowException, OSError) as exc:
+                raise BadInputError(f"{self.name}: corrupt parquet data (reading from row {start}): {exc}") from exc
+            if batch.num_rows:
+                yield batch, start
+            start += batch.num_rows
 
 
 def _check_columns(path: Path, schema: pa.Schema, table: str, checks: Mapping[str, tuple]) -> None:
@@ -303,9 +322,13 @@ def read_sessions(path: str | os.PathLike) -> pd.DataFrame:
     and ``task_protocol`` are str or None. The legacy layout (``id_0/id_1``, ``project``) is
     converted as one-api converts it. Duplicate ids are refused.
     """
-    path, pf = _open(path)
+    return _read_sessions(_Table.parquet(path))
+
+
+def _read_sessions(source: _Table) -> pd.DataFrame:
+    path = source.name
     try:
-        schema = pf.schema_arrow
+        schema = source.schema
         id_source = _id_source(path, schema, "id", "sessions")
         for required in ("subject", "date", "number"):
             if required not in schema.names:
@@ -316,9 +339,9 @@ def read_sessions(path: str | os.PathLike) -> pd.DataFrame:
         optional = [c for c in ("lab", "task_protocol", projects) if c and c in schema.names]
         columns = [*id_source, "subject", "date", "number", *optional]
         frames = [_sessions_frame(path, batch, start, id_source, projects)
-                  for batch, start in _batches(path, pf, columns, 65_536)]
+                  for batch, start in source.batches(columns, 65_536)]
     finally:
-        pf.close()
+        source.close()
     if not frames:
         return pd.DataFrame({c: _object([]) for c in SESSIONS_COLUMNS}).astype({"number": np.int64})
     sessions = pd.concat(frames, ignore_index=True)
@@ -404,9 +427,13 @@ def iter_datasets(path: str | os.PathLike, batch_size: int = 200_000) -> Iterato
     ``default_revision`` is bool, or None when the column is absent. The file's schema is checked
     when this is called, not on the first iteration. An empty table yields one empty frame.
     """
-    path, pf = _open(path)
+    return _iter_datasets(_Table.parquet(path), batch_size)
+
+
+def _iter_datasets(source: _Table, batch_size: int) -> Iterator[pd.DataFrame]:
+    path = source.name
     try:
-        schema = pf.schema_arrow
+        schema = source.schema
         eid_source = _id_source(path, schema, "eid", "datasets")
         id_source = _id_source(path, schema, "id", "datasets")
         if "rel_path" not in schema.names:
@@ -415,20 +442,20 @@ def iter_datasets(path: str | os.PathLike, batch_size: int = 200_000) -> Iterato
         optional = [c for c in ("file_size", "hash", "exists", "qc", "default_revision") if c in schema.names]
         columns = [*id_source, *eid_source, "rel_path", *optional]
     except BaseException:
-        pf.close()
+        source.close()
         raise
 
     def generate() -> Iterator[pd.DataFrame]:
         try:
             empty = True
-            for batch, start in _batches(path, pf, columns, batch_size):
+            for batch, start in source.batches(columns, batch_size):
                 empty = False
                 yield _datasets_frame(path, batch, start, id_source, eid_source)
             if empty:  # one empty frame, so that pd.concat(iter_datasets(...)) always works
                 no_rows = pa.RecordBatch.from_pylist([], schema=pa.schema([schema.field(c) for c in columns]))
                 yield _datasets_frame(path, no_rows, 0, id_source, eid_source)
         finally:
-            pf.close()
+            source.close()
 
     return generate()
 
@@ -476,6 +503,42 @@ class Folder:
 
     def count_datasets(self) -> int:
         return count_rows(self.files["datasets"])
+
+
+@dataclass(frozen=True)
+class Frames:
+    """ONE's tables in memory (as one-api keeps them in ``One._cache``: ids in the index, maybe
+    UUID objects) as rows to ingest, read and checked as the files would be; ``name`` names them in
+    messages."""
+
+    sessions_frame: pd.DataFrame
+    datasets_frame: pd.DataFrame
+    name: str = "<tables in memory>"
+    table_metadata: Mapping[str, Any] = field(default_factory=dict)   # each table's one_metadata
+
+    def sessions(self) -> pd.DataFrame:
+        return _read_sessions(_Table.arrow(f"{self.name}['sessions']", _arrow(self.sessions_frame)))
+
+    def datasets(self, batch_size: int) -> Iterator[pd.DataFrame]:
+        return _iter_datasets(_Table.arrow(f"{self.name}['datasets']", _arrow(self.datasets_frame)), batch_size)
+
+    def count_datasets(self) -> int:
+        return len(self.datasets_frame)
+
+    def metadata(self) -> dict[str, dict]:
+        return {name: {k: sorted(v) if isinstance(v, (set, frozenset)) else v for k, v in dict(meta).items()}
+                for name, meta in self.table_metadata.items() if name in ("sessions", "datasets")}
+
+
+def _arrow(frame: pd.DataFrame) -> pa.Table:
+    """A frame of ONE's as an arrow table: its index as columns, UUID objects as text."""
+    frame = frame.reset_index() if any(name is not None for name in frame.index.names) else frame
+    text = {c: frame[c].map(lambda v: str(v) if isinstance(v, uuid.UUID) else v)
+            for c in frame.columns if frame[c].dtype == object and len(frame) and isinstance(frame[c].iloc[0], uuid.UUID)}
+    try:
+        return pa.Table.from_pandas(frame.assign(**text), preserve_index=False)
+    except (pa.ArrowException, TypeError, ValueError) as exc:
+        raise BadInputError(f"cannot read the tables in memory: {exc}") from exc
 
 
 def _datasets_frame(path: Path, batch: pa.RecordBatch, start: int, id_source: list[str],

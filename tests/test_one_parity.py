@@ -604,7 +604,7 @@ def test_list_survives_cache_reload(pair, repo, method):
     with pytest.warns(UserWarning, match="No datasets loaded"):
         assert ref.save_loaded_ids() == ([], None)
     dataset_id = repo.datasets.set_index(["eid", "rel_path"]).loc[(repo.eid, "alf/trials.intervals.npy"), "id"]
-    assert ours.save_loaded_ids()[0] == [dataset_id]
+    assert ids(ours.save_loaded_ids()[0]) == [dataset_id]
 
 
 # -- saving the cache tables -------------------------------------------------------------------

@@ -16,6 +16,7 @@ True
 """
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from contextlib import closing, contextmanager
@@ -231,7 +232,8 @@ def export_cache(
     run: str | None = None,
     query: int | None = None,
     clobber: bool = False,
-    origin: str = "oneprov",
+    origin: str | None = "oneprov",
+    record: bool = True,
 ) -> dict[str, Path]:
     """Write ONE-format ``sessions.pqt`` and ``datasets.pqt`` into ``out_dir``; return their paths.
 
@@ -239,17 +241,22 @@ def export_cache(
     already in the folder, as ONE's ``save_cache`` does (rows updated by id, new rows appended,
     the earliest ``date_created`` kept, ``date_modified`` set); ``default_revision`` is always kept.
     Otherwise the rows stream from the database to the file in batches, in bounded memory.
+    With ``origin=None`` the tables keep the metadata of the tables ``query`` imported (their
+    ``origin`` and ``date_created``), as one-api's ``save_cache`` keeps its tables' own. Each file
+    is recorded in ``exports`` (unless not ``record``).
     """
     folder = Path(out_dir).expanduser().absolute()
     if not folder.is_dir():
         raise BadInputError(f"export folder {str(folder)!r} does not exist")
     written: dict[str, tables.WrittenTable] = {}
+    now = datetime.now().strftime(tables.DATE_FORMAT)
     try:
         with _snapshot(store) as conn:
             selects = dict(zip(("sessions", "datasets"), _cache_selects(conn, run, query)))
+            imported = _imported_metadata(conn, query) if origin is None else {}
             for name, stmt in selects.items():
                 target = folder / f"{name}.pqt"
-                meta = {"origin": origin}
+                meta = {**imported.get(name, {}), "date_modified": now} if origin is None else {"origin": origin}
                 if clobber or not target.exists():
                     # (closed here: its cursor, before the rollback)
                     with closing(_store_batches(conn, store.dialect, stmt, name, target)) as batches:
@@ -264,6 +271,16 @@ def export_cache(
                 written[name] = write(frame, target, meta)
     finally:
         # Recorded once the read transaction is over: an in-memory store has a single connection.
-        store.record_exports([ExportedFile(f"{result.path.stem}_table", result.path, result.rows, run,
-                                           {"clobber": clobber}) for result in written.values()])
+        if record:
+            store.record_exports([ExportedFile(f"{result.path.stem}_table", result.path, result.rows, run,
+                                               {"clobber": clobber}) for result in written.values()])
     return {name: result.path for name, result in written.items()}
+
+
+def _imported_metadata(conn: Connection, query: int | None) -> dict[str, dict]:
+    """The ``one_metadata`` of each table that ``query`` (an import) read, as it recorded them."""
+    if query is None:
+        return {}
+    params = conn.execute(sa.select(queries.c.params).where(queries.c.id == query)).scalar()
+    metadata = json.loads(params or "{}").get("metadata") or {}
+    return {name: meta for name, meta in metadata.items() if isinstance(meta, dict)}

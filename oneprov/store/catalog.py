@@ -47,6 +47,7 @@ class Catalog:
         self.db = db
         self.query_id = query_id
         self._sessions: dict[str, Any] = {}   # eid -> row: a complete query's records never change
+        self._defaults: bool | None = None
 
     def _session_rows(self) -> sa.Select:
         # EXISTS rather than a join: SQLite then filters the sessions first (e.g. by subject) and
@@ -68,6 +69,17 @@ class Catalog:
         if ids is not None:
             stmt = stmt.where(session_records.c.uuid.in_(list(ids)))
         return self.db.frame(stmt)
+
+    def knows_default_revisions(self) -> bool:
+        """Whether the catalog's tables said which revisions are the default ones (a
+        ``default_revision`` column: one-api's ``default_revisions_only`` needs it)."""
+        if self._defaults is None:
+            q, d = query_datasets.c, dataset_records.c
+            with self.db.reading() as conn:
+                self._defaults = conn.execute(
+                    sa.select(d.id).join(query_datasets, q.record_id == d.id)
+                    .where(q.query_id == self._query_param(), d.default_revision.is_not(None)).limit(1)).first() is not None
+        return self._defaults
 
     def session(self, eid: str) -> Any:
         """The catalog's row of one session (attribute access, :data:`SESSION_COLUMNS`), or None."""

@@ -118,6 +118,14 @@ def import_cache(db: Database, tables_dir: str | os.PathLike, *, run_id: str | N
                   name=str(folder.files["datasets"]))
 
 
+def ingest_rows(db: Database, rows: Rows, *, method: str, location: str, run_id: str | None = None,
+                params: dict[str, Any] | None = None, mode: str = "local", progress: bool | None = None) -> ImportResult:
+    """Record rows that no file holds (tables in memory, a REST answer) as one query of ``method``
+    from ``location`` (a description: an Alyx URL, "in-memory edit of query 3" ...)."""
+    return ingest(db, RowSource(method, location, None, params or {}, mode), rows, run_id=run_id, progress=progress,
+                  reuse=False)
+
+
 def ingest(db: Database, source: RowSource, rows: Rows, *, run_id: str | None = None, progress: bool | None = None,
            batch_size: int = IMPORT_BATCH, reuse: bool = True, name: str | None = None) -> ImportResult:
     """Record ``rows`` from ``source`` as one query; return what it did (see the module's text).
