@@ -16,6 +16,12 @@ class BadInputError(OneprovError, ValueError):
     """Input (a table, a UUID, a QC value, a path) that oneprov refuses; nothing was stored."""
 
 
+class MissingColumnError(BadInputError, KeyError):
+    """A table without a column it needs (also a ``KeyError``, as one-api raises for it)."""
+
+    __str__ = BaseException.__str__   # (not KeyError's, which quotes the message)
+
+
 class DatabaseError(OneprovError):
     """The database cannot be opened or used (wrong URL, not a database, not writable...)."""
 
@@ -53,3 +59,11 @@ class ALFMultipleRevisionsFound(ALFError, _one.ALFMultipleRevisionsFound):
 
 class ALFWarning(_one.ALFWarning, UserWarning):
     """A doubtful but answerable request (one-api's ``ALFWarning``)."""
+
+
+class DuplicateIdError(BadInputError, ALFMultipleObjectsFound):
+    """Tables that give one id to several sessions: refused (nothing stored), and to one-api's callers
+    the ``ALFMultipleObjectsFound`` that one-api raises when it meets the duplicate."""
+
+    def __init__(self, message: str):
+        _one.ALFError.__init__(self, message, terse=True)

@@ -43,7 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .alf import QC_DTYPE, QC_ORDER, check_uuid, check_uuids, qc_name, split_rel_path, split_rel_paths
-from .errors import BadInputError
+from .errors import BadInputError, DuplicateIdError, MissingColumnError
 from .files import file_sha256, write_atomically
 
 __all__ = [
@@ -216,19 +216,20 @@ class _Table:
     """A table to read and check: a parquet file (:meth:`parquet`) or an arrow table in memory
     (:meth:`arrow`); ``name`` names it in messages."""
 
-    def __init__(self, name: Any, schema: pa.Schema, batches: Callable[[list[str], int], Iterator[pa.RecordBatch]],
-                 close: Callable[[], None] = lambda: None):
-        self.name, self.schema, self._batches, self.close = name, schema, batches, close
+    def __init__(self, name: Any, schema: pa.Schema, num_rows: int,
+                 batches: Callable[[list[str], int], Iterator[pa.RecordBatch]], close: Callable[[], None] = lambda: None):
+        self.name, self.schema, self.num_rows, self._batches, self.close = name, schema, num_rows, batches, close
 
     @classmethod
     def parquet(cls, path: str | os.PathLike) -> "_Table":
         path, pf = _open(path)
         batches = lambda columns, size: pf.iter_batches(batch_size=size, columns=columns, use_pandas_metadata=False)  # noqa: E731
-        return cls(path, pf.schema_arrow, batches, pf.close)
+        return cls(path, pf.schema_arrow, int(pf.metadata.num_rows), batches, pf.close)
 
     @classmethod
     def arrow(cls, name: str, table: pa.Table) -> "_Table":
-        return cls(name, table.schema, lambda columns, size: iter(table.select(columns).to_batches(max_chunksize=size)))
+        return cls(name, table.schema, table.num_rows,
+                   lambda columns, size: iter(table.select(columns).to_batches(max_chunksize=size)))
 
     def batches(self, columns: list[str], batch_size: int) -> Iterator[tuple[pa.RecordBatch, int]]:
         """Stream ``(batch, first_row)``; corrupt data pages surface as BadInputError."""
@@ -254,15 +255,19 @@ def _check_columns(path: Path, schema: pa.Schema, table: str, checks: Mapping[st
                                 f"{schema.field(name).type}, expected {expected}")
 
 
-def _id_source(path: Path, schema: pa.Schema, name: str, table: str) -> list[str]:
-    """The columns holding UUIDs ``name``: ``[name]`` or the legacy int64 pair ``[name_0, name_1]``."""
+def _id_source(path: Path, schema: pa.Schema, name: str, table: str, level: int) -> list[str]:
+    """The columns holding UUIDs ``name``: ``[name]``, the legacy int64 pair ``[name_0, name_1]``, or
+    the index level ``level`` when the frame was saved with an unnamed index (pandas then stores it as
+    ``__index_level_N__``; one-api reads ids from the index by position)."""
     if name in schema.names:
         return [name]
+    if f"__index_level_{level}__" in schema.names:
+        return [f"__index_level_{level}__"]
     pair = [f"{name}_0", f"{name}_1"]
     if all(p in schema.names for p in pair):
         _check_columns(path, schema, table, {p: (pa.types.is_integer, "int64 (legacy UUID pair)") for p in pair})
         return pair
-    raise BadInputError(f"{path}: the {table} table has no column {name!r} (nor legacy {pair[0]!r}/{pair[1]!r}); "
+    raise MissingColumnError(f"{path}: the {table} table has no column {name!r} (nor legacy {pair[0]!r}/{pair[1]!r}); "
                         f"columns are {schema.names}")
 
 
@@ -329,10 +334,12 @@ def _read_sessions(source: _Table) -> pd.DataFrame:
     path = source.name
     try:
         schema = source.schema
-        id_source = _id_source(path, schema, "id", "sessions")
+        if source.num_rows == 0:   # no rows, nothing to check (one-api reads such a table whatever its columns)
+            return _no_sessions()
+        id_source = _id_source(path, schema, "id", "sessions", 0)
         for required in ("subject", "date", "number"):
             if required not in schema.names:
-                raise BadInputError(f"{path}: the sessions table has no column {required!r}; "
+                raise MissingColumnError(f"{path}: the sessions table has no column {required!r}; "
                                     f"columns are {schema.names}")
         _check_columns(path, schema, "sessions", _SESSION_CHECKS)
         projects = "projects" if "projects" in schema.names else "project" if "project" in schema.names else None
@@ -343,13 +350,17 @@ def _read_sessions(source: _Table) -> pd.DataFrame:
     finally:
         source.close()
     if not frames:
-        return pd.DataFrame({c: _object([]) for c in SESSIONS_COLUMNS}).astype({"number": np.int64})
+        return _no_sessions()
     sessions = pd.concat(frames, ignore_index=True)
     duplicated = sessions["id"].duplicated()
     if duplicated.any():
         row = int(np.flatnonzero(duplicated.to_numpy())[0])
-        raise BadInputError(f"{path}: column 'id', row {row}: duplicate session id {sessions['id'].iloc[row]!r}")
+        raise DuplicateIdError(f"{path}: column 'id', row {row}: duplicate session id {sessions['id'].iloc[row]!r}")
     return sessions
+
+
+def _no_sessions() -> pd.DataFrame:
+    return pd.DataFrame({c: _object([]) for c in SESSIONS_COLUMNS}).astype({"number": np.int64})
 
 
 def _sessions_frame(path: Path, batch: pa.RecordBatch, start: int, id_source: list[str],
@@ -434,10 +445,14 @@ def _iter_datasets(source: _Table, batch_size: int) -> Iterator[pd.DataFrame]:
     path = source.name
     try:
         schema = source.schema
-        eid_source = _id_source(path, schema, "eid", "datasets")
-        id_source = _id_source(path, schema, "id", "datasets")
+        if source.num_rows == 0:   # no rows, nothing to check: one empty frame
+            source.close()
+            schema = pa.schema([("id", pa.string()), ("eid", pa.string()), ("rel_path", pa.string())])
+            return iter([_datasets_frame(path, pa.RecordBatch.from_pylist([], schema=schema), 0, ["id"], ["eid"])])
+        eid_source = _id_source(path, schema, "eid", "datasets", 0)
+        id_source = _id_source(path, schema, "id", "datasets", 1)
         if "rel_path" not in schema.names:
-            raise BadInputError(f"{path}: the datasets table has no column 'rel_path'; columns are {schema.names}")
+            raise MissingColumnError(f"{path}: the datasets table has no column 'rel_path'; columns are {schema.names}")
         _check_columns(path, schema, "datasets", _DATASET_CHECKS)
         optional = [c for c in ("file_size", "hash", "exists", "qc", "default_revision") if c in schema.names]
         columns = [*id_source, *eid_source, "rel_path", *optional]
@@ -462,9 +477,10 @@ def _iter_datasets(source: _Table, batch_size: int) -> Iterator[pd.DataFrame]:
 
 @dataclass(frozen=True)
 class Folder:
-    """A folder of ONE cache tables, ``sessions.pqt`` and ``datasets.pqt``: the rows a store ingests.
+    """A folder of ONE cache tables, ``datasets.pqt`` and (optional, as for one-api) ``sessions.pqt``:
+    the rows a store ingests.
 
-    Make one with :meth:`open`, which refuses a folder without both tables.
+    Make one with :meth:`open`, which refuses a folder without ``datasets.pqt``.
     """
 
     path: Path
@@ -474,21 +490,23 @@ class Folder:
         folder = cls(Path(path).expanduser().absolute())
         if not folder.path.is_dir():
             raise BadInputError(f"cache tables folder {str(folder.path)!r} does not exist")
-        missing = [str(p) for p in folder.files.values() if not p.is_file()]
-        if missing:
-            raise BadInputError(f"missing cache table {missing[0]!r}: expected sessions.pqt and datasets.pqt "
-                                f"in {str(folder.path)!r}")
+        if not folder.files["datasets"].is_file():
+            raise BadInputError(f"missing cache table {str(folder.files['datasets'])!r}: expected datasets.pqt "
+                                f"(and sessions.pqt) in {str(folder.path)!r}")
         return folder
 
     @property
     def files(self) -> dict[str, Path]:
-        return {name: self.path / f"{name}.pqt" for name in ("sessions", "datasets")}
+        """The table files present, by table name."""
+        files = {name: self.path / f"{name}.pqt" for name in ("sessions", "datasets")}
+        return {name: path for name, path in files.items() if name == "datasets" or path.is_file()}
 
     def checksum(self) -> str:
         """A sha256 over the sha256 of each table file: the same tables, the same checksum."""
         digest = hashlib.sha256()
-        for path in self.files.values():
-            digest.update(file_sha256(path).encode())
+        files = self.files
+        for name in ("sessions", "datasets"):
+            digest.update(file_sha256(files[name]).encode() if name in files else b"absent")
         return digest.hexdigest()
 
     def metadata(self) -> dict[str, dict]:
@@ -496,7 +514,8 @@ class Folder:
         return {name: read_metadata(path) for name, path in self.files.items()}
 
     def sessions(self) -> pd.DataFrame:
-        return read_sessions(self.files["sessions"])
+        path = self.files.get("sessions")
+        return _no_sessions() if path is None else read_sessions(path)
 
     def datasets(self, batch_size: int) -> Iterator[pd.DataFrame]:
         return iter_datasets(self.files["datasets"], batch_size=batch_size)

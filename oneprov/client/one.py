@@ -25,6 +25,7 @@ import contextlib
 import datetime as dt
 import functools
 import gc
+import logging
 import os
 import time
 import uuid
@@ -49,6 +50,10 @@ from .recorder import Recorder
 from .shapes import SEARCH_TERMS, Bunch, autocomplete, dataset_frame, load_object, read_file, session_frame
 
 __all__ = ["ONE", "One"]
+
+#: Where one-api logs what it logs (not warns) about a load, e.g. datasets not in the cache; the same
+#: logger here, so that logging set up for ONE (levels, handlers, ``assertLogs``) keeps working.
+_log = logging.getLogger("one.api")
 
 #: Arguments of one-api's ``ONE()``/``OneAlyx`` that only remote mode uses (not yet here).
 REMOTE_ARGUMENTS = ("base_url", "username", "password", "cache_rest", "org")
@@ -76,6 +81,19 @@ def _with_tables(method: Callable) -> Callable:
         if self._edits is not None:
             self._take_edits()
         return method(self, *args, **kwargs)
+    return wrapper
+
+
+def _parses_id(method: Callable) -> Callable:
+    """Resolve the session identifier (first argument) of ``method`` to an eid first, as one-api's
+    ``parse_id`` does. The undecorated method stays reachable as ``__wrapped__``: one-api's
+    converters (``ref2path``) call ``unwrap(self.eid2path)(self, eid)``."""
+    @functools.wraps(method)
+    def wrapper(self: "ONE", id: Any, *args: Any, **kwargs: Any) -> Any:
+        eid = self.to_eid(id)
+        if eid is None:
+            raise ValueError(f'Cannot parse session ID "{id}" (session may not exist)')
+        return method(self, eid, *args, **kwargs)
     return wrapper
 
 
@@ -120,6 +138,7 @@ class ONE(ConversionMixin):
         self._catalog = Catalog(self.store, None)
         self._folders: dict[str, Path] = {}   # eid -> session folder, for the current catalog
         self._edits: Any = None                # one-api's tables, once ``_cache`` was asked for
+        self._saved_query: int | None = None   # the query whose tables are as loaded or last saved
         self.load_cache(self._tables_dir)
 
     def __repr__(self) -> str:
@@ -208,6 +227,7 @@ class ONE(ConversionMixin):
             self._catalog = Catalog(self.store, None)
             return None
         self._catalog = Catalog(self.store, self.store.import_cache(folder).query_id)
+        self._saved_query = self._catalog.query_id
         return dt.datetime.now()
 
     def reset_cache(self) -> None:
@@ -218,14 +238,20 @@ class ONE(ConversionMixin):
 
     @_with_tables
     def save_cache(self, save_dir: str | os.PathLike | None = None, clobber: bool = False) -> dict[str, Path]:
-        """Write the client's tables as ONE-format ``sessions.pqt``/``datasets.pqt``.
+        """Write the client's tables as ONE-format ``sessions.pqt``/``datasets.pqt``; return their paths.
 
-        Merged with tables already in ``save_dir`` (default ``cache_dir``) unless ``clobber``;
-        ``default_revision`` is always kept, and the tables' own ``origin`` and ``date_created``
-        with a new ``date_modified``. Unlike one-api, it always writes.
+        As one-api: nothing is written (``{}``) unless the tables changed since they were loaded or
+        last saved (an edit of ``_cache``), or ``clobber``; merged with tables already in ``save_dir``
+        (default ``cache_dir``) unless ``clobber``. ``default_revision`` is always kept, and the
+        tables' own ``origin`` and ``date_created``, with a new ``date_modified``.
         """
-        return export.export_cache(self.store, Path(save_dir or self.cache_dir), query=self._catalog.query_id,
-                                   clobber=clobber, origin=None)
+        query = self._catalog.query_id
+        if query is None or (query == self._saved_query and not clobber):
+            return {}
+        written = export.export_cache(self.store, Path(save_dir or self.cache_dir), query=query,
+                                      clobber=clobber, origin=None)
+        self._saved_query = query
+        return written
 
     @_with_tables
     def save_loaded_ids(self, sessions_only: bool = False, clear_list: bool = True,
@@ -311,8 +337,14 @@ class ONE(ConversionMixin):
             raise ValueError(f'Cannot parse session ID "{id}" (session may not exist)')
         return str(eid)
 
-    def eid2path(self, eid: Any) -> ALFPath | list | None:
-        """The local session folder of an eid (a list for a list of eids), as an ``ALFPath``."""
+    @_parses_id
+    @_with_tables
+    def eid2path(self, eid: Any, query_type: str | None = None) -> ALFPath | list | None:
+        """The local session folder of a session (a list for a list), as an ``ALFPath``; None if unknown.
+
+        ``eid`` is any session identifier (UUID, ref, path, URL); ``query_type`` is one-api's and only
+        'local' exists here.
+        """
         if isinstance(eid, (list, tuple)):
             return [self.eid2path(e) for e in eid]
         if not alf.UUID_RE.match(str(eid).lower()):
@@ -320,6 +352,7 @@ class ONE(ConversionMixin):
         session = self._catalog.session(str(eid).lower())
         return None if session is None else ALFPath(self._source.session_folder(session))
 
+    @_with_tables
     def path2eid(self, path_obj: Any) -> uuid.UUID | list | None:
         """The eid of the session whose folder ``path_obj`` is (or is inside)."""
         if isinstance(path_obj, (list, tuple)):
@@ -331,14 +364,25 @@ class ONE(ConversionMixin):
         found = self._catalog.find_session(subject, date, int(number))
         return uuid.UUID(found[0]) if len(found) == 1 else None
 
+    @_with_tables
     def path2record(self, path: Any) -> pd.Series | None:
-        """The cache record of a session folder or a dataset file (a Series), or None."""
+        """The cache record of a session folder or a dataset file (a Series), or None.
+
+        A file name carrying a dataset UUID (as Alyx's file URLs do) is looked up by that UUID.
+        """
         path = ALFPath(path)
+        if path.is_session_path():
+            lab = path.session_parts[0]
+            eid = self.path2eid(path)
+            record = None if eid is None else self.get_details(eid)
+            return record if record is not None and (not lab or record.get("lab") == lab) else None
+        stem_end = path.stem.split(".")[-1]
+        if alf.UUID_RE.match(stem_end.lower()):
+            rows = self._catalog.dataset(stem_end.lower())
+            return None if rows.empty else dataset_frame(rows, keep_eid=True).squeeze()
         eid = self.path2eid(path)
         if eid is None:
             return None
-        if path.is_session_path():
-            return self.get_details(eid)
         rel_path = path.relative_to_session().as_posix()
         table = self.list_datasets(eid, details=True)
         match = table[table["rel_path"] == rel_path]
@@ -594,7 +638,7 @@ class ONE(ConversionMixin):
             message = f"No datasets found for session {eid}"
             if assert_present:
                 raise ALFObjectNotFound(message)
-            _warn(message)
+            _log.warning(message)
             return None, dataset_frame(pd.DataFrame(columns=DATASET_COLUMNS), keep_eid=True)
         if not datasets:
             return None, dataset_frame(pd.DataFrame(columns=DATASET_COLUMNS), keep_eid=True)
@@ -620,7 +664,7 @@ class ONE(ConversionMixin):
             message = "The following datasets are not in the cache: " + ", ".join(e["rel_path"] for e in missing)
             if assert_present:
                 raise ALFObjectNotFound(message)
-            _warn(message)
+            _log.warning(message)
         found = [row for rows in chosen for row in rows]
         paths = iter(self._fetch("load_datasets", found, check_hash=check_hash, download_only=download_only,
                                  requested_revision=None))
@@ -637,7 +681,7 @@ class ONE(ConversionMixin):
             message = "The following datasets were not downloaded: " + ", ".join(absent)
             if assert_present:
                 raise ALFObjectNotFound(message)
-            _warn(message)
+            _log.warning(message)
         if download_only:
             return out_paths, out_records
         return [read_file(p) if p is not None else None for p in out_paths], out_records

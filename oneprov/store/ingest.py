@@ -49,7 +49,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from tqdm.auto import tqdm
 
-from ..errors import BadInputError
+from ..errors import BadInputError, DuplicateIdError
 from ..tables import DATASETS_COLUMNS, SESSIONS_COLUMNS, STATE_COLUMNS, Folder
 from . import dialects
 from .engine import Database
@@ -143,8 +143,8 @@ def ingest(db: Database, source: RowSource, rows: Rows, *, run_id: str | None = 
     show = progress if progress is not None else sys.stderr.isatty()
     sessions = rows.sessions()
     if sessions["id"].duplicated().any():
-        raise BadInputError(f"duplicate session id {sessions['id'][sessions['id'].duplicated()].iloc[0]!r} "
-                            "in sessions table")
+        raise DuplicateIdError(f"{name}: duplicate session id "
+                               f"{sessions['id'][sessions['id'].duplicated()].iloc[0]!r} in the sessions table")
     n_rows, repeats = _check(rows, batch_size, show)
     # One connection for the whole import: its page cache stays warm. One transaction per step.
     with db.connection() as conn, db.dialect.import_session(conn):
