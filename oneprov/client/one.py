@@ -60,10 +60,11 @@ REMOTE_ARGUMENTS = ("base_url", "username", "password", "cache_rest", "org")
 
 
 def _caller_level() -> int:
-    """The ``stacklevel`` of a warning that names the line of code that called a client method."""
+    """The ``stacklevel`` (for a ``warnings.warn`` in :func:`_warn`) that names the line of code
+    outside oneprov that called a client method."""
     import inspect
 
-    frame, level = inspect.currentframe(), 1
+    frame, level = inspect.currentframe().f_back, 1     # level 1: _warn itself
     here = os.path.dirname(os.path.dirname(__file__))
     while frame is not None and frame.f_code.co_filename.startswith(here):
         frame, level = frame.f_back, level + 1
@@ -384,7 +385,7 @@ class ONE(ConversionMixin):
         if eid is None:
             return None
         rel_path = path.relative_to_session().as_posix()
-        table = self.list_datasets(eid, details=True)
+        table = self.list_datasets(eid, details=True, keep_eid_index=True)   # (record2path needs (eid, id))
         match = table[table["rel_path"] == rel_path]
         return None if match.empty else match.squeeze()
 
