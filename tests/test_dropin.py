@@ -236,6 +236,25 @@ def test_one_api_fixture_with_repeated_ids(tmp_path):
         assert sorted(ours.list_collections(eid)) == sorted(ref.list_collections(eid)), eid
         compared += 1
     assert compared >= 5
+    # One UUID under alf/ and alf/ks2/ (both rows kept, as one-api keeps them); loaded twice, it is
+    # listed once in the loaded-ids CSV, as one-api lists it.
+    datasets = ref._cache["datasets"].reset_index()
+    (eid, did), = datasets.loc[datasets["id"].duplicated(), ["eid", "id"]].itertuples(index=False)
+    assert "alf/ks2" in ours.list_collections(eid) and sorted(ours.list_collections(eid)) == \
+        sorted(ref.list_collections(eid))
+    for rel_path, size in datasets.loc[datasets["id"] == did, ["rel_path", "file_size"]].itertuples(index=False):
+        path = ref.eid2path(eid) / rel_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            f.truncate(int(size))                 # the recorded size (no hash recorded)
+    ids = {}
+    for client in (ours, ref):
+        client.record_loaded = True
+        for collection in ("alf", "alf/ks2"):
+            assert client.load_dataset(eid, "spikes.clusters.npy", collection=collection, download_only=True)
+        ids[client] = [str(i) for i in client.save_loaded_ids(path=tmp_path / f"{id(client)}.csv")[0]] \
+            if client is ours else [str(i) for i in client.save_loaded_ids()[0]]
+    assert ids[ours] == ids[ref] == [str(did)]
     ours.close()
 
 
@@ -382,3 +401,22 @@ def test_no_future_warnings_from_common_calls(formats):
         ours.load_datasets(eid, ["_lab_wheel.position", "_lab_wheel.moves"])
         ours.get_details(eid, full=True)
         ours._cache["datasets"]
+
+
+def test_smaller_points_as_one_api(formats, tmp_path, monkeypatch, repo):
+    root, files, ours, ref = formats
+    eid = ref.path2eid(root / SESSION)
+    elsewhere = root / "mylab" / "Subjects" / "SUB_1" / "2030-01-01" / "001"    # not in the tables
+    for method in ("list_datasets", "list_collections", "list_revisions"):
+        assert len(getattr(ours, method)(elsewhere)) == len(getattr(ref, method)(elsewhere)) == 0, method
+    for client in (ours, ref):
+        with pytest.raises(ValueError, match="only str or only dicts"):
+            client.load_datasets(eid, ["_lab_wheel.position", {"object": "wheel", "attribute": "moves"}])
+        with pytest.raises(one_errors.ALFError, match="No default revisions"):   # make_parquet_db: no column
+            client.list_datasets(eid, default_revisions_only=True)
+    # tables_dir without cache_dir: the data stay in one-api's default cache folder
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(one.params, "CACHE_DIR_DEFAULT", str(tmp_path / "ONE"))
+    client = ONE(tables_dir=repo.root, silent=True, db=tmp_path / "p.sqlite")
+    assert client.cache_dir == tmp_path / "ONE" and client.search() == One(cache_dir=repo.root).search()
+    client.close()
