@@ -7,7 +7,15 @@ True
 """
 from .errors import BadInputError, DatabaseError, OneprovError, SchemaVersionError
 from .store import Store, open_store
-from .client import ONE, One
 
 __version__ = "0.1.0"
 __all__ = ["ONE", "One", "open_store", "Store", "OneprovError", "BadInputError", "DatabaseError", "SchemaVersionError", "__version__"]
+
+
+def __getattr__(name: str):
+    # The client (and one-api's converters under it) is imported when first asked for, so that the
+    # store and its CLI commands do not pay for it at start-up.
+    if name in ("ONE", "One"):
+        from . import client
+        return getattr(client, name)
+    raise AttributeError(f"module 'oneprov' has no attribute {name!r}")

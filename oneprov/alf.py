@@ -12,6 +12,7 @@ dataset has revision ``''``.
 """
 from __future__ import annotations
 
+import fnmatch
 import re
 from functools import lru_cache
 from typing import Iterable
@@ -114,69 +115,68 @@ def ensure_list(value: object) -> list:
 
 
 # -- matching dataset names the way ONE does ---------------------------------------------------
+#
+# One-api selects datasets with a regular expression over ``rel_path``, built from the ALF spec
+# (``one.alf.spec``, public) and the filters: each filter value is a regular expression, or with
+# wildcards a shell pattern (``fnmatch``: ``*``, ``?``, ``[01]``); a list is any of its values; a
+# filename may be a dict of ALF parts. The functions below build that same expression.
 
-#: ALF file name parts: ``[_namespace_]object.attribute[_timescale][.extra].extension``.
-ALF_NAME_RE = re.compile(
-    r"^(?:_(?P<namespace>[a-zA-Z0-9]+)_)?(?P<object>\w+?)\."
-    r"(?P<attribute>(?:_[a-z]+_)?[a-zA-Z0-9]+(?:_times(?=[_.])|_intervals(?=[_.]))?)"
-    r"(?:_(?P<timescale>\w+))?(?:\.(?P<extra>[.\w-]+))?\.(?P<extension>\w+)$"
-)
-_ANY_COLLECTION = r"(?:[\w./-]+/)?"
-_ANY_REVISION = r"(?:#[\w.-]+#/)?"
+#: The ALF parts a filename dict may name.
+NAME_PARTS = ("namespace", "object", "attribute", "timescale", "extra", "extension")
+#: In ``one.alf.spec.FILE_SPEC``, the mark that makes each optional part optional.
+_OPTIONAL = {"namespace": "?", "timescale": "?", "extra": "*"}
+#: What ``fnmatch.translate`` may wrap a pattern in (a flags group), before its leading ``.*``.
+_FLAGS_GROUP = re.escape("(?s:")
 
 
 def name_parts(name: str) -> dict[str, str | None]:
     """The ALF parts of a file name (all None when it is not an ALF name)."""
-    m = ALF_NAME_RE.match(name)
-    keys = ("namespace", "object", "attribute", "timescale", "extra", "extension")
-    return {k: (m[k] if m else None) for k in keys}
+    from one.alf.path import filename_parts
+
+    try:
+        values = filename_parts(name, as_dict=True)
+    except Exception:  # not an ALF name
+        values = {}
+    return {k: values.get(k) for k in NAME_PARTS}
 
 
-def _pattern(value: object, wildcards: bool, *, file_name: bool = False) -> str:
-    """One regex alternative for a value or list of values (globs when ``wildcards``)."""
-    alternatives = []
-    for v in ensure_list(value):
-        v = str(v)
-        if wildcards:
-            # A glob: * matches anything (across folders, as in ONE: collection='*probe01'),
-            # except a leading * of a file name, which stays inside the name.
-            out = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in v)
-            out = ("[^/]*" + out[2:]) if file_name and out.startswith(".*") else out
-        else:
-            out = v.removesuffix("$")
-        alternatives.append(f"(?:{out})")
-    return "|".join(alternatives)
+def _translated(value: str, wildcards: bool) -> str:
+    """A filter value as a regular expression without an end anchor."""
+    return re.sub(r"\\[Zz]$", "", fnmatch.translate(value)) if wildcards else value
 
 
-def _name_pattern(filename: object, wildcards: bool) -> str:
-    if filename is None:
-        return r"[^/]+"
-    if not isinstance(filename, dict):
-        return _pattern(filename, wildcards, file_name=True)
-    parts = {k: v for k, v in filename.items() if v is not None}
-    unknown = set(parts) - {"namespace", "object", "attribute", "timescale", "extra", "extension"}
-    if unknown:
-        raise BadInputError(f"unknown ALF name part {sorted(unknown)[0]!r}")
+def _file_name(value: str, wildcards: bool) -> str:
+    """A filename filter as a regular expression that must end the path. A leading ``*`` does not
+    reach into the collection (``*`` -> ``[^/]*``)."""
+    if not wildcards:
+        return value + "$"
+    return re.sub(rf"^({_FLAGS_GROUP})?\.\*", r"\g<1>[^/]*", fnmatch.translate(value))
 
-    def part(key: str, default: str) -> str:
-        return f"(?:{_pattern(parts[key], wildcards)})" if key in parts else default
 
-    namespace = f"_{part('namespace', '')}_" if "namespace" in parts else r"(?:_[a-zA-Z0-9]+_)?"
-    timescale = f"_{part('timescale', '')}" if "timescale" in parts else r"(?:_\w+)?"
-    extra = rf"\.{part('extra', '')}" if "extra" in parts else r"(?:\.[.\w-]+)?"
-    attribute = part("attribute", r"(?:_[a-z]+_)?[a-zA-Z0-9]+(?:_times(?=[_.])|_intervals(?=[_.]))?")
-    return (namespace + part("object", r"\w+") + r"\." + attribute + timescale + extra
-            + r"\." + part("extension", r"\w+"))
+def _spec_with(parts: dict) -> str:
+    """``one.alf.spec.FILE_SPEC`` with the optional parts that a filename dict names made required."""
+    from one.alf.spec import FILE_SPEC
+
+    spec = FILE_SPEC
+    for key, value in parts.items():
+        if key in _OPTIONAL and value is not None:
+            at = spec.find(key) + len(key)
+            at += spec[at:].find(_OPTIONAL[key])
+            spec = spec[:at] + spec[at:].replace(_OPTIONAL[key], "", 1)
+    return spec
 
 
 def rel_path_regex(filename: object = None, collection: object = None, revision: object = None, *,
                    wildcards: bool = True, match_revision: bool = False) -> re.Pattern:
-    """A regex over ``rel_path`` selecting datasets as ONE's filters do.
+    """The regular expression over ``rel_path`` that one-api's ``filter_datasets`` selects with.
 
     ``None`` matches anything (including absent parts), ``''`` only an absent collection or
     revision. ``filename`` is a name pattern, a list of them, or a dict of ALF parts; it may
     include the collection (a relative path). ``revision`` is matched only with ``match_revision``
-    (list methods); loads choose revisions in SQL instead.
+    (list methods); loads choose revisions in SQL instead. Use ``pattern.match(rel_path)``.
+
+    >>> bool(rel_path_regex("spikes.times*", collection="alf/probe0[01]").match("alf/probe01/spikes.times.npy"))
+    True
     """
     try:  # the same few filters come back on every load: build each regex once
         return _cached_rel_path_regex(filename, collection, revision, wildcards, match_revision)
@@ -186,13 +186,25 @@ def rel_path_regex(filename: object = None, collection: object = None, revision:
 
 def _rel_path_regex(filename: object, collection: object, revision: object, wildcards: bool,
                     match_revision: bool) -> re.Pattern:
-    col = _ANY_COLLECTION if collection is None else "" if collection == "" else f"(?:{_pattern(collection, wildcards)})/"
-    if not match_revision or revision is None:
-        rev = _ANY_REVISION
+    from one.alf.spec import regex
+
+    revision = revision if match_revision else None
+    spec = ""
+    for value, part in ((collection, "{collection}/"), (revision, "#{revision}#/")):
+        spec += part if value else f"({part})?" if value is None else ""   # '' must be absent
+    values: dict[str, object] = {"collection": collection, "revision": revision}
+    filename = filename or {}
+    if isinstance(filename, dict):
+        unknown = set(filename) - set(NAME_PARTS)
+        if unknown:
+            raise BadInputError(f"unknown ALF name part {sorted(unknown)[0]!r}: expected {', '.join(NAME_PARTS)}")
+        spec += _spec_with(filename)
+        values.update(filename)
     else:
-        rev = "" if revision == "" else f"#(?:{_pattern(revision, wildcards)})#/"
-    return re.compile(f"^{col}{rev}(?:{_name_pattern(filename, wildcards)})$")
+        spec += "|".join(_file_name(str(v), wildcards) for v in ensure_list(filename))
+    fields = {k: "|".join(_translated(str(v), wildcards) for v in ensure_list(v))
+              for k, v in values.items() if v is not None}
+    return regex("^" + spec, **fields)
 
 
 _cached_rel_path_regex = lru_cache(maxsize=256)(_rel_path_regex)
-

@@ -61,7 +61,7 @@ def _seed_example(info, cache: Path, root: Path, echo: Callable[[str], None]) ->
         try:
             one.load_dataset(eid, name)
         except ALFObjectNotFound as err:
-            echo(f"load_dataset(..., {name!r}) -> ALFObjectNotFound ({err}); the attempt is recorded")
+            echo(f"load_dataset(..., {name!r}) -> ALFObjectNotFound ({err.message}); the attempt is recorded")
 
     dataset_uuids, filename = one.save_loaded_ids(clear_list=False)
     echo(f"\nsave_loaded_ids -> {filename}\n{pd.read_csv(filename)}\n")
@@ -79,7 +79,7 @@ def _seed_example(info, cache: Path, root: Path, echo: Callable[[str], None]) ->
     listed = frozen.list_datasets(eid, filename="spikes.times.npy", collection="alf/probe00/pykilosort")
     echo(f"with ONE_REVISION_LAST_BEFORE=2024-04-01, list_datasets shows {listed}")
     path = frozen.load_dataset(eid, "spikes.times.npy", collection="alf/probe00/pykilosort", download_only=True)
-    echo(f"and load_dataset loads the older revision: {path.relative_to(frozen.eid2path(eid))}")
+    echo(f"and load_dataset loads the older revision: {path.relative_to(frozen.eid2path(frozen.to_eid(eid)))}")
     del os.environ[settings.REVISION_CUTOFF_ENV]
     frozen.close()
     one.close()

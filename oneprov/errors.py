@@ -5,6 +5,8 @@ raised before anything is written, so that the database is left as it was.
 """
 from __future__ import annotations
 
+from one.alf import exceptions as _one
+
 
 class OneprovError(Exception):
     """Base class of every error oneprov raises on purpose."""
@@ -12,6 +14,12 @@ class OneprovError(Exception):
 
 class BadInputError(OneprovError, ValueError):
     """Input (a table, a UUID, a QC value, a path) that oneprov refuses; nothing was stored."""
+
+
+class MissingColumnError(BadInputError, KeyError):
+    """A table without a column it needs (also a ``KeyError``, as one-api raises for it)."""
+
+    __str__ = BaseException.__str__   # (not KeyError's, which quotes the message)
 
 
 class DatabaseError(OneprovError):
@@ -26,28 +34,36 @@ class ReadOnlyError(DatabaseError):
     """A statement tried to change a database that was opened read-only."""
 
 
-# ONE's exception names, so that analysis code written against one-api reads the same. They are
-# oneprov's own classes (one-api is not a dependency); catch them from ``oneprov.errors``.
+# ONE's exceptions: subclasses of one-api's own (``one.alf.exceptions``), so that analysis code that
+# catches one-api's classes catches oneprov's too; their messages are one-api's (with its explanation).
 
-class ALFError(OneprovError):
-    """A dataset request that cannot be answered (ONE's base exception name)."""
+class ALFError(OneprovError, _one.ALFError):
+    """A dataset request that cannot be answered (one-api's ``ALFError``)."""
 
 
-class ALFObjectNotFound(ALFError):
+class ALFObjectNotFound(ALFError, _one.ALFObjectNotFound):
     """No dataset, object or collection matches the request, or its file is not on disk."""
 
 
-class ALFMultipleObjectsFound(ALFError):
+class ALFMultipleObjectsFound(ALFError, _one.ALFMultipleObjectsFound):
     """The request matches several datasets or objects where one was expected."""
 
 
-class ALFMultipleCollectionsFound(ALFError):
+class ALFMultipleCollectionsFound(ALFError, _one.ALFMultipleCollectionsFound):
     """The request matches datasets in several collections where one was expected."""
 
 
-class ALFMultipleRevisionsFound(ALFError):
+class ALFMultipleRevisionsFound(ALFError, _one.ALFMultipleRevisionsFound):
     """Several revisions match where one was expected (e.g. several default revisions)."""
 
 
-class ALFWarning(UserWarning):
-    """A doubtful but answerable request (ONE's warning name)."""
+class ALFWarning(_one.ALFWarning, UserWarning):
+    """A doubtful but answerable request (one-api's ``ALFWarning``)."""
+
+
+class DuplicateIdError(BadInputError, ALFMultipleObjectsFound):
+    """Tables that give one id to several sessions: refused (nothing stored), and to one-api's callers
+    the ``ALFMultipleObjectsFound`` that one-api raises when it meets the duplicate."""
+
+    def __init__(self, message: str):
+        _one.ALFError.__init__(self, message, terse=True)

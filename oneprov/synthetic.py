@@ -219,6 +219,8 @@ def _write_file(path: Path, name: str, rng: np.random.Generator, revised: bool) 
             data = rng.choice([-1, 1], n).astype(np.int64)
         elif name == "spikes.clusters.npy":
             data = rng.integers(0, 8 if revised else 5, 100).astype(np.int64)
+        elif name.startswith("trials."):   # (one value per trial, as every trials attribute)
+            data = np.sort(rng.uniform(0, 100, n))
         else:
             data = np.sort(rng.uniform(0, 100, 100))
             if revised:

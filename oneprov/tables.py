@@ -30,8 +30,9 @@ import datetime
 import hashlib
 import json
 import os
+import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -42,11 +43,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .alf import QC_DTYPE, QC_ORDER, check_uuid, check_uuids, qc_name, split_rel_path, split_rel_paths
-from .errors import BadInputError
+from .errors import BadInputError, DuplicateIdError, MissingColumnError
 from .files import file_sha256, write_atomically
 
 __all__ = [
-    "SESSIONS_COLUMNS", "DATASETS_COLUMNS", "STATE_COLUMNS", "QC_DTYPE", "WrittenTable", "Folder",
+    "SESSIONS_COLUMNS", "DATASETS_COLUMNS", "STATE_COLUMNS", "QC_DTYPE", "WrittenTable", "Folder", "Frames",
     "read_metadata", "read_sessions", "iter_datasets", "count_rows",
     "write_sessions", "write_datasets", "sessions_batch", "datasets_batch", "write_batches",
     "merge_tables", "merge_metadata",
@@ -211,20 +212,39 @@ def _open(path: str | os.PathLike) -> tuple[Path, pq.ParquetFile]:
         raise BadInputError(f"{path}: not a readable parquet file (corrupt or truncated?): {exc}") from exc
 
 
-def _batches(path: Path, pf: pq.ParquetFile, columns: list[str],
-             batch_size: int) -> Iterator[tuple[pa.RecordBatch, int]]:
-    """Stream ``(batch, first_row)``; corrupt data pages surface as BadInputError."""
-    batches = pf.iter_batches(batch_size=batch_size, columns=columns, use_pandas_metadata=False)
-    start = 0
-    while True:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            return
-        except (pa.ArrowException, OSError) as exc:
-            raise BadInputError(f"{path}: corrupt parquet data (reading from row {start}): {exc}") from exc
-        yield batch, start
-        start += batch.num_rows
+class _Table:
+    """A table to read and check: a parquet file (:meth:`parquet`) or an arrow table in memory
+    (:meth:`arrow`); ``name`` names it in messages."""
+
+    def __init__(self, name: Any, schema: pa.Schema, num_rows: int,
+                 batches: Callable[[list[str], int], Iterator[pa.RecordBatch]], close: Callable[[], None] = lambda: None):
+        self.name, self.schema, self.num_rows, self._batches, self.close = name, schema, num_rows, batches, close
+
+    @classmethod
+    def parquet(cls, path: str | os.PathLike) -> "_Table":
+        path, pf = _open(path)
+        batches = lambda columns, size: pf.iter_batches(batch_size=size, columns=columns, use_pandas_metadata=False)  # noqa: E731
+        return cls(path, pf.schema_arrow, int(pf.metadata.num_rows), batches, pf.close)
+
+    @classmethod
+    def arrow(cls, name: str, table: pa.Table) -> "_Table":
+        return cls(name, table.schema, table.num_rows,
+                   lambda columns, size: iter(table.select(columns).to_batches(max_chunksize=size)))
+
+    def batches(self, columns: list[str], batch_size: int) -> Iterator[tuple[pa.RecordBatch, int]]:
+        """Stream ``(batch, first_row)``; corrupt data pages surface as BadInputError."""
+        batches = self._batches(columns, batch_size)
+        start = 0
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except (pa.ArrowException, OSError) as exc:
+                raise BadInputError(f"{self.name}: corrupt parquet data (reading from row {start}): {exc}") from exc
+            if batch.num_rows:
+                yield batch, start
+            start += batch.num_rows
 
 
 def _check_columns(path: Path, schema: pa.Schema, table: str, checks: Mapping[str, tuple]) -> None:
@@ -235,15 +255,19 @@ def _check_columns(path: Path, schema: pa.Schema, table: str, checks: Mapping[st
                                 f"{schema.field(name).type}, expected {expected}")
 
 
-def _id_source(path: Path, schema: pa.Schema, name: str, table: str) -> list[str]:
-    """The columns holding UUIDs ``name``: ``[name]`` or the legacy int64 pair ``[name_0, name_1]``."""
+def _id_source(path: Path, schema: pa.Schema, name: str, table: str, level: int) -> list[str]:
+    """The columns holding UUIDs ``name``: ``[name]``, the legacy int64 pair ``[name_0, name_1]``, or
+    the index level ``level`` when the frame was saved with an unnamed index (pandas then stores it as
+    ``__index_level_N__``; one-api reads ids from the index by position)."""
     if name in schema.names:
         return [name]
+    if f"__index_level_{level}__" in schema.names:
+        return [f"__index_level_{level}__"]
     pair = [f"{name}_0", f"{name}_1"]
     if all(p in schema.names for p in pair):
         _check_columns(path, schema, table, {p: (pa.types.is_integer, "int64 (legacy UUID pair)") for p in pair})
         return pair
-    raise BadInputError(f"{path}: the {table} table has no column {name!r} (nor legacy {pair[0]!r}/{pair[1]!r}); "
+    raise MissingColumnError(f"{path}: the {table} table has no column {name!r} (nor legacy {pair[0]!r}/{pair[1]!r}); "
                         f"columns are {schema.names}")
 
 
@@ -303,30 +327,40 @@ def read_sessions(path: str | os.PathLike) -> pd.DataFrame:
     and ``task_protocol`` are str or None. The legacy layout (``id_0/id_1``, ``project``) is
     converted as one-api converts it. Duplicate ids are refused.
     """
-    path, pf = _open(path)
+    return _read_sessions(_Table.parquet(path))
+
+
+def _read_sessions(source: _Table) -> pd.DataFrame:
+    path = source.name
     try:
-        schema = pf.schema_arrow
-        id_source = _id_source(path, schema, "id", "sessions")
+        schema = source.schema
+        if source.num_rows == 0:   # no rows, nothing to check (one-api reads such a table whatever its columns)
+            return _no_sessions()
+        id_source = _id_source(path, schema, "id", "sessions", 0)
         for required in ("subject", "date", "number"):
             if required not in schema.names:
-                raise BadInputError(f"{path}: the sessions table has no column {required!r}; "
+                raise MissingColumnError(f"{path}: the sessions table has no column {required!r}; "
                                     f"columns are {schema.names}")
         _check_columns(path, schema, "sessions", _SESSION_CHECKS)
         projects = "projects" if "projects" in schema.names else "project" if "project" in schema.names else None
         optional = [c for c in ("lab", "task_protocol", projects) if c and c in schema.names]
         columns = [*id_source, "subject", "date", "number", *optional]
         frames = [_sessions_frame(path, batch, start, id_source, projects)
-                  for batch, start in _batches(path, pf, columns, 65_536)]
+                  for batch, start in source.batches(columns, 65_536)]
     finally:
-        pf.close()
+        source.close()
     if not frames:
-        return pd.DataFrame({c: _object([]) for c in SESSIONS_COLUMNS}).astype({"number": np.int64})
+        return _no_sessions()
     sessions = pd.concat(frames, ignore_index=True)
     duplicated = sessions["id"].duplicated()
     if duplicated.any():
         row = int(np.flatnonzero(duplicated.to_numpy())[0])
-        raise BadInputError(f"{path}: column 'id', row {row}: duplicate session id {sessions['id'].iloc[row]!r}")
+        raise DuplicateIdError(f"{path}: column 'id', row {row}: duplicate session id {sessions['id'].iloc[row]!r}")
     return sessions
+
+
+def _no_sessions() -> pd.DataFrame:
+    return pd.DataFrame({c: _object([]) for c in SESSIONS_COLUMNS}).astype({"number": np.int64})
 
 
 def _sessions_frame(path: Path, batch: pa.RecordBatch, start: int, id_source: list[str],
@@ -404,40 +438,49 @@ def iter_datasets(path: str | os.PathLike, batch_size: int = 200_000) -> Iterato
     ``default_revision`` is bool, or None when the column is absent. The file's schema is checked
     when this is called, not on the first iteration. An empty table yields one empty frame.
     """
-    path, pf = _open(path)
+    return _iter_datasets(_Table.parquet(path), batch_size)
+
+
+def _iter_datasets(source: _Table, batch_size: int) -> Iterator[pd.DataFrame]:
+    path = source.name
     try:
-        schema = pf.schema_arrow
-        eid_source = _id_source(path, schema, "eid", "datasets")
-        id_source = _id_source(path, schema, "id", "datasets")
+        schema = source.schema
+        if source.num_rows == 0:   # no rows, nothing to check: one empty frame
+            source.close()
+            schema = pa.schema([("id", pa.string()), ("eid", pa.string()), ("rel_path", pa.string())])
+            return iter([_datasets_frame(path, pa.RecordBatch.from_pylist([], schema=schema), 0, ["id"], ["eid"])])
+        eid_source = _id_source(path, schema, "eid", "datasets", 0)
+        id_source = _id_source(path, schema, "id", "datasets", 1)
         if "rel_path" not in schema.names:
-            raise BadInputError(f"{path}: the datasets table has no column 'rel_path'; columns are {schema.names}")
+            raise MissingColumnError(f"{path}: the datasets table has no column 'rel_path'; columns are {schema.names}")
         _check_columns(path, schema, "datasets", _DATASET_CHECKS)
         optional = [c for c in ("file_size", "hash", "exists", "qc", "default_revision") if c in schema.names]
         columns = [*id_source, *eid_source, "rel_path", *optional]
     except BaseException:
-        pf.close()
+        source.close()
         raise
 
     def generate() -> Iterator[pd.DataFrame]:
         try:
             empty = True
-            for batch, start in _batches(path, pf, columns, batch_size):
+            for batch, start in source.batches(columns, batch_size):
                 empty = False
                 yield _datasets_frame(path, batch, start, id_source, eid_source)
             if empty:  # one empty frame, so that pd.concat(iter_datasets(...)) always works
                 no_rows = pa.RecordBatch.from_pylist([], schema=pa.schema([schema.field(c) for c in columns]))
                 yield _datasets_frame(path, no_rows, 0, id_source, eid_source)
         finally:
-            pf.close()
+            source.close()
 
     return generate()
 
 
 @dataclass(frozen=True)
 class Folder:
-    """A folder of ONE cache tables, ``sessions.pqt`` and ``datasets.pqt``: the rows a store ingests.
+    """A folder of ONE cache tables, ``datasets.pqt`` and (optional, as for one-api) ``sessions.pqt``:
+    the rows a store ingests.
 
-    Make one with :meth:`open`, which refuses a folder without both tables.
+    Make one with :meth:`open`, which refuses a folder without ``datasets.pqt``.
     """
 
     path: Path
@@ -447,21 +490,23 @@ class Folder:
         folder = cls(Path(path).expanduser().absolute())
         if not folder.path.is_dir():
             raise BadInputError(f"cache tables folder {str(folder.path)!r} does not exist")
-        missing = [str(p) for p in folder.files.values() if not p.is_file()]
-        if missing:
-            raise BadInputError(f"missing cache table {missing[0]!r}: expected sessions.pqt and datasets.pqt "
-                                f"in {str(folder.path)!r}")
+        if not folder.files["datasets"].is_file():
+            raise BadInputError(f"missing cache table {str(folder.files['datasets'])!r}: expected datasets.pqt "
+                                f"(and sessions.pqt) in {str(folder.path)!r}")
         return folder
 
     @property
     def files(self) -> dict[str, Path]:
-        return {name: self.path / f"{name}.pqt" for name in ("sessions", "datasets")}
+        """The table files present, by table name."""
+        files = {name: self.path / f"{name}.pqt" for name in ("sessions", "datasets")}
+        return {name: path for name, path in files.items() if name == "datasets" or path.is_file()}
 
     def checksum(self) -> str:
         """A sha256 over the sha256 of each table file: the same tables, the same checksum."""
         digest = hashlib.sha256()
-        for path in self.files.values():
-            digest.update(file_sha256(path).encode())
+        files = self.files
+        for name in ("sessions", "datasets"):
+            digest.update(file_sha256(files[name]).encode() if name in files else b"absent")
         return digest.hexdigest()
 
     def metadata(self) -> dict[str, dict]:
@@ -469,13 +514,50 @@ class Folder:
         return {name: read_metadata(path) for name, path in self.files.items()}
 
     def sessions(self) -> pd.DataFrame:
-        return read_sessions(self.files["sessions"])
+        path = self.files.get("sessions")
+        return _no_sessions() if path is None else read_sessions(path)
 
     def datasets(self, batch_size: int) -> Iterator[pd.DataFrame]:
         return iter_datasets(self.files["datasets"], batch_size=batch_size)
 
     def count_datasets(self) -> int:
         return count_rows(self.files["datasets"])
+
+
+@dataclass(frozen=True)
+class Frames:
+    """ONE's tables in memory (as one-api keeps them in ``One._cache``: ids in the index, maybe
+    UUID objects) as rows to ingest, read and checked as the files would be; ``name`` names them in
+    messages."""
+
+    sessions_frame: pd.DataFrame
+    datasets_frame: pd.DataFrame
+    name: str = "<tables in memory>"
+    table_metadata: Mapping[str, Any] = field(default_factory=dict)   # each table's one_metadata
+
+    def sessions(self) -> pd.DataFrame:
+        return _read_sessions(_Table.arrow(f"{self.name}['sessions']", _arrow(self.sessions_frame)))
+
+    def datasets(self, batch_size: int) -> Iterator[pd.DataFrame]:
+        return _iter_datasets(_Table.arrow(f"{self.name}['datasets']", _arrow(self.datasets_frame)), batch_size)
+
+    def count_datasets(self) -> int:
+        return len(self.datasets_frame)
+
+    def metadata(self) -> dict[str, dict]:
+        return {name: {k: sorted(v) if isinstance(v, (set, frozenset)) else v for k, v in dict(meta).items()}
+                for name, meta in self.table_metadata.items() if name in ("sessions", "datasets")}
+
+
+def _arrow(frame: pd.DataFrame) -> pa.Table:
+    """A frame of ONE's as an arrow table: its index as columns, UUID objects as text."""
+    frame = frame.reset_index() if any(name is not None for name in frame.index.names) else frame
+    text = {c: frame[c].map(lambda v: str(v) if isinstance(v, uuid.UUID) else v)
+            for c in frame.columns if frame[c].dtype == object and len(frame) and isinstance(frame[c].iloc[0], uuid.UUID)}
+    try:
+        return pa.Table.from_pandas(frame.assign(**text), preserve_index=False)
+    except (pa.ArrowException, TypeError, ValueError) as exc:
+        raise BadInputError(f"cannot read the tables in memory: {exc}") from exc
 
 
 def _datasets_frame(path: Path, batch: pa.RecordBatch, start: int, id_source: list[str],

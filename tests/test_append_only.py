@@ -1,7 +1,8 @@
 """The history is append-only in the database itself: plain SQL cannot change or delete it.
 
-Migration 0003: triggers on SQLite, trigger functions on PostgreSQL. Every refused statement is an
-IntegrityError that names the table, and leaves every row as it was.
+Migrations 0003 and 0008: triggers on SQLite, trigger functions on PostgreSQL. Every refused
+statement is an IntegrityError that names the table, and leaves every row as it was. Nothing is
+updated in place but a running run's status and an import's totals, once.
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from oneprov import export
 from oneprov.store.schema import metadata
 
 ALL_TABLES = sorted(metadata.tables)
-HISTORY = ["access_events", "dataset_history", "query_sessions", "query_datasets", "run_marks", "exports"]
-NEVER_DELETED = ["runs", "sessions", "datasets", "queries"]
+HISTORY = ["access_events", "session_records", "dataset_records", "query_sessions", "query_datasets", "run_marks",
+           "exports"]
+NEVER_DELETED = ["runs", "queries"]
 
 
 def snapshot(engine) -> dict[str, list]:
@@ -32,7 +34,7 @@ def refused(engine, statement: str, params: dict | None = None) -> str:
         with engine.begin() as conn:
             conn.execute(sa.text(statement), params or {})
     message = str(err.value.orig)
-    assert "oneprov:" in message and ("append-only" in message or "never deleted" in message), message
+    assert "oneprov:" in message and any(w in message for w in ("append-only", "never deleted", "final")), message
     return message
 
 
@@ -51,7 +53,7 @@ def recorded(store, repo, tmp_path):
     frame.iloc[0, frame.columns.get_loc("qc")] = "CRITICAL"
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=True).replace_schema_metadata(table.schema.metadata),
                    folder / "datasets.pqt")
-    assert store.import_cache(folder).changed == 1           # updates datasets, appends history
+    assert store.import_cache(folder).changed == 1           # one new dataset record
 
     run = store.start_run("paper", label="fig1")
     ids = sorted(repo.datasets["id"].tolist()[:3])
@@ -59,7 +61,7 @@ def recorded(store, repo, tmp_path):
     store.record_access(run, [{"method": "load_dataset", "outcome": "loaded", "dataset_id": i} for i in ids])
     store.mark(run, "clear_list")
     export.export_loaded_ids(store, tmp_path, run=run)
-    store.finish_run(run)                                     # updates the run's status
+    store.finish_run(run)                                     # updates the run's status, once
     counts = {t: len(rows) for t, rows in snapshot(store.engine).items()}
     assert all(counts[t] > 0 for t in HISTORY + NEVER_DELETED), counts
     return store
@@ -76,11 +78,14 @@ PLAIN_SQL = [
     "UPDATE access_events SET outcome = 'x'",
     "DELETE FROM access_events",
     "DELETE FROM access_events WHERE id = (SELECT MIN(id) FROM access_events)",
-    "UPDATE dataset_history SET qc = 'PASS'",
-    "DELETE FROM dataset_history",
-    "UPDATE query_datasets SET state_id = NULL",
+    "UPDATE dataset_records SET qc = 'PASS'",
+    "UPDATE dataset_records SET rel_path = 'alf/x.y.npy' WHERE id = 1",
+    "DELETE FROM dataset_records",
+    "UPDATE session_records SET lab = 'renamed'",
+    "DELETE FROM session_records",
+    "UPDATE query_datasets SET record_id = record_id",
     "DELETE FROM query_datasets",
-    "UPDATE query_sessions SET session_id = '00000000-0000-0000-0000-000000000000'",
+    "UPDATE query_sessions SET record_id = record_id",
     "DELETE FROM query_sessions",
     "UPDATE run_marks SET kind = 'x'",
     "DELETE FROM run_marks",
@@ -91,10 +96,12 @@ PLAIN_SQL = [
     "UPDATE queries SET params = '{}', n_datasets = n_datasets",
     "UPDATE queries SET n_datasets = n_datasets + 1",        # already filled in: fixed
     "UPDATE queries SET duration_s = 0",
+    "UPDATE queries SET completed_at = '2030-01-01'",     # an import completes once
     "DELETE FROM queries",
     "DELETE FROM runs",
-    "DELETE FROM sessions",
-    "DELETE FROM datasets",
+    "UPDATE runs SET status = 'running'",                  # a finished run is final
+    "UPDATE runs SET error = 'rewritten'",
+    "UPDATE runs SET label = 'relabelled'",
 ]
 
 
@@ -122,21 +129,33 @@ def test_each_back_ends_own_ways_to_overwrite_are_refused(recorded):
     else:
         refused(engine, "INSERT OR REPLACE INTO access_events (id, run_id, event_time, method, outcome) "
                         "SELECT id, run_id, event_time, method, 'x' FROM access_events")
-        refused(engine, "REPLACE INTO query_datasets (query_id, dataset_id, state_id) "
-                        "SELECT query_id, dataset_id, NULL FROM query_datasets LIMIT 1")
+        refused(engine, "REPLACE INTO query_datasets (query_id, record_id) "
+                        "SELECT query_id, record_id FROM query_datasets LIMIT 1")
+        refused(engine, "INSERT OR REPLACE INTO dataset_records SELECT * FROM dataset_records LIMIT 1")
         refused(engine, "INSERT OR REPLACE INTO queries (id, method, started_at) "
                         "SELECT id, 'x', started_at FROM queries LIMIT 1")
         refused(engine, "UPDATE queries SET rowid = rowid + 1000")   # the id, by its other name
     assert snapshot(engine) == before
 
 
-def test_current_state_is_still_updated_in_place(recorded):
+def test_current_state_is_a_view_of_the_latest_records(recorded, repo):
+    """The second import changed one dataset: its current state (the ``datasets`` view) is the new
+    record, and the record the first import returned is still there, unchanged."""
+    first = repo.datasets.sort_values(["eid", "id"])["id"].iloc[0]
+    records = recorded.sql("SELECT qc, query_id FROM dataset_records WHERE uuid = :id ORDER BY id", {"id": first})
+    assert records.qc.tolist()[-1] == "CRITICAL" and len(records) == 2 and records.query_id.is_unique
+    assert recorded.sql("SELECT qc FROM datasets WHERE id = :id", {"id": first}).qc.tolist() == ["CRITICAL"]
+    assert len(recorded.sql("SELECT * FROM datasets")) == len(repo.datasets)
+
+
+def test_a_running_run_is_closed_once(recorded):
     engine = recorded.engine
+    run = recorded.start_run("paper")
     with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE datasets SET qc = 'PASS'"))
-        conn.execute(sa.text("UPDATE sessions SET lab = 'renamed'"))
-        conn.execute(sa.text("UPDATE runs SET label = 'relabelled'"))
-    assert set(recorded.sql("SELECT qc FROM datasets").qc) == {"PASS"}
+        conn.execute(sa.text("UPDATE runs SET status = 'failed', error = 'boom', finished_at = '2030-01-01' "
+                             "WHERE id = :r"), {"r": run})
+    refused(engine, "UPDATE runs SET status = 'finished', error = NULL WHERE id = :r", {"r": run})
+    assert recorded.sql("SELECT status, error FROM runs WHERE id = :r", {"r": run}).iloc[0].tolist() == ["failed", "boom"]
 
 
 def test_query_totals_are_filled_in_once(recorded):
@@ -154,6 +173,9 @@ def test_query_totals_are_filled_in_once(recorded):
     refused(engine, "UPDATE queries SET n_sessions = NULL WHERE id = :id", {"id": qid})
     row = recorded.sql("SELECT n_sessions, n_datasets, duration_s, error FROM queries WHERE id = :id", {"id": qid})
     assert row.iloc[0].tolist() == [1, 2, 0.5, "late"]
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE queries SET completed_at = '2026-01-02' WHERE id = :id"), {"id": qid})
+    refused(engine, "UPDATE queries SET completed_at = NULL WHERE id = :id", {"id": qid})
 
 
 def test_new_rows_are_still_appended(recorded):

@@ -16,7 +16,7 @@ from alembic.script import ScriptDirectory
 from oneprov import DatabaseError, SchemaVersionError, open_store
 from oneprov.store import migrate
 from oneprov.store.engine import create_engine
-from oneprov.store.schema import PUBLIC_VIEWS, metadata
+from oneprov.store.schema import CURRENT_VIEWS, PUBLIC_VIEWS, metadata
 
 ROOT = Path(__file__).parent.parent
 
@@ -42,7 +42,7 @@ def test_upgrade_downgrade_upgrade_agrees_with_models(db_url):
         assert migrate.upgrade(engine).current == migrate.head_revision()
         assert schema_diff(engine) == []
         assert user_tables(engine) == set(metadata.tables)
-        for view, columns in PUBLIC_VIEWS.items():
+        for view, columns in {**PUBLIC_VIEWS, **CURRENT_VIEWS}.items():
             assert view_columns(engine, view) == columns
 
         assert migrate.downgrade(engine, "base").current is None
@@ -176,7 +176,7 @@ def test_link_tables_are_rebuilt_without_rowid_keeping_rows_and_triggers(tmp_pat
             conn.exec_driver_sql("INSERT INTO query_sessions VALUES (7, 'a'), (7, 'b')")
             conn.exec_driver_sql("INSERT INTO query_datasets VALUES (7, 'c', 3)")
         rows = {t: sorted(open_rows(engine, t)) for t in ("query_sessions", "query_datasets")}
-        migrate.upgrade(engine)
+        migrate.upgrade(engine, "0004")
         assert all(sql.rstrip().endswith("WITHOUT ROWID") for sql in _link_tables(engine).values())
         assert {t: sorted(open_rows(engine, t)) for t in rows} == rows and _triggers(engine) == triggers
         with pytest.raises(sa.exc.IntegrityError, match="append-only"):
@@ -197,3 +197,110 @@ def test_link_tables_are_rebuilt_without_rowid_keeping_rows_and_triggers(tmp_pat
 def open_rows(engine: sa.Engine, table: str) -> list[tuple]:
     with engine.connect() as conn:
         return [tuple(r) for r in conn.exec_driver_sql(f"SELECT * FROM {table}")]
+
+
+# -- migration 0008 (records), with data, both ways ----------------------------------------------
+
+S1, S2 = "11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222"
+D1, D2, D3 = ("aaaaaaaa-0000-4000-8000-00000000000" + str(k) for k in (1, 2, 3))
+RUN = "99999999-9999-4999-8999-999999999999"
+#: A database of schema 0007 as its oneprov wrote it: two imports (D1 changed QC in the second),
+#: a search, a run that loaded D1 in its first state and D2, a cleared list and an export.
+SCHEMA_0007_ROWS = [
+    "INSERT INTO projects (id, name, created_at) VALUES (1, 'paper', '2026-01-01 00:00:00')",
+    f"INSERT INTO runs (id, project_id, status, started_at, finished_at) VALUES ('{RUN}', 1, 'finished', "
+    "'2026-01-02 00:00:00', '2026-01-02 01:00:00')",
+    "INSERT INTO queries (id, method, source, checksum, mode, started_at, duration_s, n_sessions, n_datasets) VALUES "
+    "(1, 'import_cache', '/t', 'c1', 'local', '2026-01-01 00:00:00', 1.0, 2, 3), "
+    "(2, 'import_cache', '/t', 'c2', 'local', '2026-01-03 00:00:00', 1.0, 2, 3)",
+    f"INSERT INTO queries (id, run_id, method, params, mode, started_at, n_sessions, n_datasets) VALUES "
+    f"(3, '{RUN}', 'search', '{{}}', 'local', '2026-01-02 00:10:00', 1, 1)",
+    f"INSERT INTO sessions (id, lab, subject, date, number, task_protocol, projects, first_seen_at, updated_at) VALUES "
+    f"('{S1}', 'lab', 'mouse1', '2025-05-05', 1, 'task', 'p1', '2026-01-01 00:00:00', '2026-01-01 00:00:00'), "
+    f"('{S2}', NULL, 'mouse2', '2025-05-06', 2, NULL, NULL, '2026-01-01 00:00:00', '2026-01-01 00:00:00')",
+    f"INSERT INTO datasets (id, session_id, rel_path, collection, revision, name, file_size, hash, \"exists\", qc, "
+    f"default_revision, state_id, first_seen_at, updated_at) VALUES "
+    f"('{D1}', '{S1}', 'alf/#2024-01-01#/spikes.times.npy', 'alf', '2024-01-01', 'spikes.times.npy', 10, 'ab', TRUE, "
+    f"'CRITICAL', TRUE, 4, '2026-01-01 00:00:00', '2026-01-03 00:00:00'), "
+    f"('{D2}', '{S1}', 'alf/trials.table.pqt', 'alf', '', 'trials.table.pqt', NULL, NULL, TRUE, 'PASS', NULL, 2, "
+    f"'2026-01-01 00:00:00', '2026-01-01 00:00:00'), "
+    f"('{D3}', '{S2}', 'raw/x.y.bin', 'raw', '', 'x.y.bin', 5, NULL, FALSE, 'NOT_SET', TRUE, 3, "
+    f"'2026-01-01 00:00:00', '2026-01-01 00:00:00')",
+    f"INSERT INTO dataset_history (id, dataset_id, query_id, observed_at, qc, default_revision, \"exists\", hash, "
+    f"file_size) VALUES (1, '{D1}', 1, '2026-01-01 00:00:00', 'PASS', TRUE, TRUE, 'ab', 10), "
+    f"(2, '{D2}', 1, '2026-01-01 00:00:00', 'PASS', NULL, TRUE, NULL, NULL), "
+    f"(3, '{D3}', 1, '2026-01-01 00:00:00', 'NOT_SET', TRUE, FALSE, NULL, 5), "
+    f"(4, '{D1}', 2, '2026-01-03 00:00:00', 'CRITICAL', TRUE, TRUE, 'ab', 10)",
+    f"INSERT INTO query_sessions (query_id, session_id) VALUES (1, '{S1}'), (1, '{S2}'), (2, '{S1}'), (2, '{S2}'), "
+    f"(3, '{S1}')",
+    f"INSERT INTO query_datasets (query_id, dataset_id, state_id) VALUES (1, '{D1}', 1), (1, '{D2}', 2), "
+    f"(1, '{D3}', 3), (2, '{D1}', 4), (2, '{D2}', 2), (2, '{D3}', 3), (3, '{D1}', 1)",
+    f"INSERT INTO access_events (id, run_id, event_time, method, outcome, dataset_id, session_id, rel_path, state_id, "
+    f"listed) VALUES (1, '{RUN}', '2026-01-02 00:20:00', 'load_dataset', 'loaded', '{D1}', '{S1}', "
+    f"'alf/#2024-01-01#/spikes.times.npy', 1, TRUE), "
+    f"(2, '{RUN}', '2026-01-02 00:21:00', 'load_dataset', 'loaded', '{D2}', '{S1}', 'alf/trials.table.pqt', 2, TRUE), "
+    f"(3, '{RUN}', '2026-01-02 00:22:00', 'load_dataset', 'not_found', NULL, '{S1}', 'alf/none.npy', NULL, TRUE)",
+    f"INSERT INTO run_marks (id, run_id, marked_at, kind) VALUES (1, '{RUN}', '2026-01-02 00:30:00', 'clear_list')",
+    f"INSERT INTO exports (id, run_id, kind, path, rows, bytes, sha256, created_at) VALUES "
+    f"(1, '{RUN}', 'loaded_dataset_ids', '/x.csv', 2, 90, 'ff', '2026-01-02 00:31:00')",
+]
+
+
+def rows_of(engine: sa.Engine, sql: str) -> list[tuple]:
+    with engine.connect() as conn:
+        return sorted(tuple(str(v) for v in r) for r in conn.exec_driver_sql(sql).fetchall())
+
+
+def test_records_migration_moves_every_row_and_back(db_url):
+    """0007 -> 0008 -> 0007 on both back ends: each history row becomes the record with its id, each
+    link and event names the record it named, the public views show the same rows, and the way back
+    gives the tables of 0007 again."""
+    engine = create_engine(db_url)
+    try:
+        migrate.upgrade(engine, "0007")
+        with engine.begin() as conn:
+            for statement in SCHEMA_0007_ROWS:
+                conn.exec_driver_sql(statement)
+            if conn.dialect.name == "postgresql":   # (ids given explicitly above: the sequences follow)
+                for table in ("projects", "queries", "dataset_history", "access_events", "run_marks", "exports"):
+                    conn.exec_driver_sql(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), max(id)) FROM {table}")
+        values = {"sessions": "id, lab, subject, date, number, task_protocol, projects",
+                  "datasets": 'id, session_id, rel_path, collection, revision, name, file_size, hash, "exists", qc, '
+                              'default_revision, state_id'}
+        old = {t: rows_of(engine, f"SELECT {values.get(t, '*')} FROM {t}") for t in
+               ("sessions", "datasets", "dataset_history", "query_sessions", "query_datasets")}
+        public = {v: rows_of(engine, f"SELECT * FROM {v}") for v in PUBLIC_VIEWS}
+        events = rows_of(engine, "SELECT id, state_id FROM access_events")
+
+        migrate.upgrade(engine)
+        assert schema_diff(engine) == []
+        assert {v: rows_of(engine, f"SELECT * FROM {v}") for v in PUBLIC_VIEWS} == public
+        assert rows_of(engine, "SELECT id, uuid, qc, query_id FROM dataset_records") == sorted(
+            (str(i), d, q, str(k)) for i, d, q, k in [(1, D1, "PASS", 1), (2, D2, "PASS", 1), (3, D3, "NOT_SET", 1),
+                                                       (4, D1, "CRITICAL", 2)])
+        assert rows_of(engine, "SELECT uuid, subject FROM session_records") == [(S1, "mouse1"), (S2, "mouse2")]
+        assert rows_of(engine, "SELECT id, record_id FROM access_events") == events
+        linked = rows_of(engine, "SELECT q.query_id, r.uuid FROM query_datasets q "
+                                 "JOIN dataset_records r ON r.id = q.record_id WHERE q.record_id = 1")
+        assert linked == [("1", D1), ("3", D1)]    # the search saw D1 in its first state, as recorded
+        assert rows_of(engine, "SELECT id, qc, record_id FROM datasets") == [(D1, "CRITICAL", "4"), (D2, "PASS", "2"),
+                                                                               (D3, "NOT_SET", "3")]
+        assert rows_of(engine, "SELECT COUNT(*) FROM queries WHERE completed_at IS NULL") == [("0",)]
+        # the upgraded database takes new writes
+        with open_store(db_url) as store:
+            run = store.start_run("paper")
+            store.record_access(run, [{"method": "load_dataset", "outcome": "loaded", "dataset_id": D3}])
+            assert store.sql("SELECT record_id FROM access_events WHERE run_id = :r", {"r": run}).record_id.tolist() == [3]
+        with engine.begin() as conn:   # (leave the 0007 rows alone for the comparison below)
+            conn.exec_driver_sql(f"INSERT INTO run_marks (run_id, marked_at, kind) VALUES ('{run}', "
+                                 "'2026-02-01 00:00:00', 'note')")
+
+        migrate.downgrade(engine, "0007")
+        # the same rows (current rows by their values: first-seen times are those of their first records)
+        assert {t: rows_of(engine, f"SELECT {values.get(t, '*')} FROM {t}") for t in old} == old
+        assert {v: [r for r in rows_of(engine, f"SELECT * FROM {v}") if RUN in r] for v in PUBLIC_VIEWS} == public
+        assert rows_of(engine, "SELECT id, state_id FROM access_events WHERE id <= 3") == events
+        migrate.upgrade(engine)                       # and up again
+        assert schema_diff(engine) == []
+    finally:
+        engine.dispose()

@@ -30,7 +30,7 @@ from oneprov.store import revisions
 from oneprov.alf import split_rel_path
 from oneprov.store.engine import create_engine
 from oneprov.store.migrate import upgrade
-from oneprov.store.schema import datasets
+from oneprov.store.schema import dataset_records, queries
 
 QC_NAMES = ["NOT_SET", "PASS", "WARNING", "FAIL", "CRITICAL"]
 #: Revisions that exercise plain string comparison: '' (unrevised) sorts first, digits before upper
@@ -68,16 +68,28 @@ def engine(db_url, request):
     eng.dispose()
 
 
-def insert(conn, session: str, rows) -> list[str]:
-    """Insert ``(rel_path, qc, default_revision)`` rows of one session; return their dataset ids."""
-    ids = []
-    for rel_path, qc, default in rows:
-        collection, revision, name = split_rel_path(rel_path)
-        ids.append(str(uuid.uuid4()))
-        conn.execute(datasets.insert().values(
-            id=ids[-1], session_id=session, rel_path=rel_path, collection=collection, revision=revision,
-            name=name, exists=True, qc=qc, default_revision=default, first_seen_at=T0, updated_at=T0))
-    return ids
+def a_query(conn) -> int:
+    """A complete query to credit the records with (the same one within a transaction)."""
+    found = conn.execute(sa.select(queries.c.id).where(queries.c.method == "test")).scalar()
+    if found is None:
+        found = conn.execute(queries.insert().values(method="test", started_at=T0, completed_at=T0)
+                             .returning(queries.c.id)).scalar_one()
+    return found
+
+
+def record(conn, uuid_: str, session: str, rel_path: str, qc: str, default, **extra) -> int:
+    """Insert one dataset record; return its id."""
+    collection, revision, name = split_rel_path(rel_path)
+    return conn.execute(dataset_records.insert().values(
+        uuid=uuid_, session_uuid=session, rel_path=rel_path, collection=collection, revision=revision, name=name,
+        exists=True, qc=qc, default_revision=default, query_id=a_query(conn), first_seen_at=T0, **extra)
+        .returning(dataset_records.c.id)).scalar_one()
+
+
+def insert(conn, session: str, rows) -> list[int]:
+    """Insert ``(rel_path, qc, default_revision[, extra columns])`` rows of one session, each a new
+    dataset; return their record ids."""
+    return [record(conn, str(uuid.uuid4()), session, *row[:3], **(row[3] if len(row) > 3 else {})) for row in rows]
 
 
 # --- the reference: one-api itself ----------------------------------------------------------------
@@ -112,7 +124,7 @@ def one_choice(rows, cutoff, qc="FAIL", ignore_qc_not_set=False, default_column=
 def sql_choice(conn, cutoff, sessions=None, session=None, **kwargs) -> set[tuple[str, str]]:
     """oneprov's choice: of all sessions, of ``sessions`` (a WHERE clause), or of ``session`` (the
     statement compiled once with a bound session id, Store.datasets_last_before(eid=...))."""
-    where = [] if sessions is None else [datasets.c.session_id.in_(sessions)]
+    where = [] if sessions is None else [dataset_records.c.session_uuid.in_(sessions)]
     frame = revisions.last_before(conn, cutoff, where=where, session=session, **kwargs)
     assert frame.columns.tolist() == revisions.COLUMNS
     return set(zip(frame["dataset_uuid"], frame["revision"]))
@@ -178,16 +190,12 @@ def test_sql_choice_agrees_with_one_api(engine):
         with engine.connect() as conn:
             trans = conn.begin()  # rolled back at the end: every example starts from an empty table
             try:
-                assert conn.execute(sa.select(sa.func.count()).select_from(datasets)).scalar() == 0
+                assert conn.execute(sa.select(sa.func.count()).select_from(dataset_records)).scalar() == 0
                 for session, rows in table.items():
                     for id_, rel_path, qc, flag in rows:
                         # our parser and ONE's agree on the revision (else the comparison is moot)
                         assert split_rel_path(rel_path)[1] == (rel_path_parts(rel_path)[1] or "")
-                        collection, revision, name = split_rel_path(rel_path)
-                        conn.execute(datasets.insert().values(
-                            id=id_, session_id=session, rel_path=rel_path, collection=collection,
-                            revision=revision, name=name, exists=True, qc=qc, default_revision=flag,
-                            first_seen_at=T0, updated_at=T0))
+                        record(conn, id_, session, rel_path, qc, flag)
                 union, any_raised = set(), False
                 for session, rows in table.items():
                     # one-api groups by rel_path only; ONE applies it to one session at a time.
@@ -358,12 +366,11 @@ def test_frame_dtypes_whatever_the_path(engine):
         try:
             insert(conn, SESSION, [("alf/trials.table.pqt", "PASS", None),
                                    ("alf/#2021-01-01#/trials.table.pqt", "PASS", None),
-                                   ("spikes.times.npy", "FAIL", None)])
+                                   ("spikes.times.npy", "FAIL", None, {"file_size": 123, "hash": "ab"})])
             insert(conn, other, [("alf/trials.table.pqt", "PASS", True)])
-            conn.execute(datasets.update().where(datasets.c.name == "spikes.times.npy").values(file_size=123, hash="ab"))
             frames = {
                 "one": revisions.last_before(conn, session=SESSION),
-                "where": revisions.last_before(conn, where=[datasets.c.session_id.in_([SESSION])]),
+                "where": revisions.last_before(conn, where=[dataset_records.c.session_uuid.in_([SESSION])]),
                 "all": revisions.last_before(conn).query("session_uuid == @SESSION"),
                 "cutoff": revisions.last_before(conn, "2099-01-01", session=SESSION),
             }
@@ -405,18 +412,18 @@ def test_several_defaults_raise_on_every_path(engine):
 
 
 def test_sqlite_choice_reads_the_index_not_the_table(tmp_path):
-    """The choice groups along ix_datasets_revision_choice (no sort, no table read) and then reads
+    """The choice groups along ix_dataset_records_revision_choice (no sort, no table read) and then reads
     the chosen rows by rowid, in rowid order."""
     eng = create_engine(str(tmp_path / "p.sqlite"))
     upgrade(eng)
     try:
         with eng.connect() as conn:
             for revision in (None, "2024-01-01"):
-                for where in ([], [datasets.c.session_id == SESSION]):
+                for where in ([], [dataset_records.c.session_uuid == SESSION]):
                     stmt = revisions.last_before_select("sqlite", revision, where=where)
                     compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
                     plan = [r[3] for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}")]
-                    assert any("COVERING INDEX ix_datasets_revision_choice" in step for step in plan), plan
+                    assert any("COVERING INDEX ix_dataset_records_revision_choice" in step for step in plan), plan
                     assert not any(step.startswith("SCAN") and "INDEX" not in step and "choice" not in step
                                    for step in plan), plan
                     assert any("chosen_row USING INTEGER PRIMARY KEY" in step for step in plan), plan

@@ -23,7 +23,7 @@ from oneprov import DatabaseError, export, open_store
 from oneprov.store import migrate, roles
 from oneprov.store.engine import create_engine
 from oneprov.store.roles import CLIENT_UPDATE
-from oneprov.store.schema import PUBLIC_VIEWS, metadata
+from oneprov.store.schema import CURRENT_VIEWS, PUBLIC_VIEWS, metadata
 from oneprov.synthetic import make_repository
 
 pytestmark = [
@@ -167,12 +167,13 @@ def test_client_cannot_change_the_schema_or_the_history(shared, tmp_path):
         "UPDATE access_events SET outcome = 'x'",
         "DELETE FROM access_events",
         "TRUNCATE access_events",
-        "UPDATE dataset_history SET qc = 'PASS'",
+        "UPDATE dataset_records SET qc = 'PASS'",
+        "DELETE FROM session_records",
         "DELETE FROM query_datasets",
         "UPDATE run_marks SET kind = 'x'",
         "DELETE FROM exports",
         "DELETE FROM runs",
-        "DELETE FROM datasets",
+        "DELETE FROM datasets",                           # a view
         "UPDATE runs SET project_id = project_id",      # a run's status, finish time and error only
         "UPDATE queries SET method = 'x'",                # the import totals only
         "UPDATE alembic_version SET version_num = '0001'",
@@ -211,7 +212,7 @@ def test_effective_privileges_are_exactly_the_kinds(shared):
                 assert not can(shared.client, table, privilege) and not can(shared.auditor, table, privilege)
             for privilege in ("INSERT", "UPDATE"):
                 assert not can(shared.auditor, table, privilege)
-        for name in [*PUBLIC_VIEWS, "alembic_version"]:
+        for name in [*PUBLIC_VIEWS, *CURRENT_VIEWS, "alembic_version"]:
             for role in (shared.client, shared.auditor):
                 assert can(role, name, "SELECT") and not can(role, name, "INSERT") and not can(role, name, "UPDATE")
         assert conn.execute(sa.text("SELECT has_database_privilege(CAST(:r AS name), current_database(), 'TEMPORARY')"),
@@ -268,7 +269,8 @@ def test_client_cannot_migrate_an_older_schema_and_says_who_can(shared, tmp_path
         assert "oneprov db upgrade" in line and shared.owner in line
         assert migrate.schema_status(owner).current == "0002"           # nothing was changed
 
-        migrate.upgrade(owner)                                           # the owner upgrades ...
+        migrate.upgrade(owner)                                           # the owner upgrades, grants again ...
+        roles.grant(owner, shared.client, "client")
         record_as_client(shared.client_url, tmp_path)                     # ... and the client carries on
     finally:
         owner.dispose()

@@ -1,7 +1,7 @@
 """Searches and lists: what each call records, and which tables it answers from.
 
-A search or list commits a query with exactly the sessions and datasets it returned, each dataset
-with the state it was read in. A client answers from the tables it imported, whether or not they
+A search or list commits a query with exactly the sessions and datasets it returned, each as the
+record it was read from. A client answers from the tables it imported, whether or not they
 hold every row of the database (a search skips the membership lookups only when they do).
 """
 from __future__ import annotations
@@ -23,19 +23,24 @@ def cache(repo, tmp_path):
     return shutil.copytree(repo.root, tmp_path / "cache")
 
 
-def last_query(one: ONE) -> tuple[pd.Series, set[str], dict[str, int | None]]:
-    """The client's latest query row, its linked session ids and its linked {dataset id: state id}."""
+def last_query(one: ONE) -> tuple[pd.Series, set[str], dict[str, int]]:
+    """The client's latest query row, its linked session ids and its linked {dataset id: record id}."""
     store = one.store
     query = store.sql("SELECT * FROM queries WHERE run_id = :r ORDER BY id DESC LIMIT 1", {"r": one.run_id}).iloc[0]
-    qid = int(query["id"])
-    sessions = set(store.sql("SELECT session_id FROM query_sessions WHERE query_id = :q", {"q": qid}).session_id)
-    links = store.sql("SELECT dataset_id, state_id FROM query_datasets WHERE query_id = :q", {"q": qid})
-    return query, sessions, {d: (None if pd.isna(s) else int(s)) for d, s in zip(links.dataset_id, links.state_id)}
+    return query, *linked(store, int(query["id"]))
+
+
+def linked(store, qid: int) -> tuple[set[str], dict[str, int]]:
+    sessions = set(store.sql("SELECT r.uuid FROM query_sessions q JOIN session_records r ON r.id = q.record_id "
+                             "WHERE q.query_id = :q", {"q": qid}).uuid)
+    links = store.sql("SELECT r.uuid, r.id FROM query_datasets q JOIN dataset_records r ON r.id = q.record_id "
+                      "WHERE q.query_id = :q", {"q": qid})
+    return sessions, dict(zip(links.uuid, links.id.astype(int)))
 
 
 def current_states(one: ONE) -> dict[str, int]:
-    frame = one.store.sql("SELECT id, state_id FROM datasets")
-    return dict(zip(frame.id, frame.state_id.astype(int)))
+    frame = one.store.sql("SELECT id, record_id FROM datasets")
+    return dict(zip(frame.id, frame.record_id.astype(int)))
 
 
 def sessions_with(datasets: pd.DataFrame, name: str) -> set[str]:
@@ -142,24 +147,24 @@ def test_links_are_the_same_without_sqlite_json(cache, repo, tmp_path, monkeypat
         listed = last_query(one)[1:]
         run = one.store.start_run()
         qid = one.store.record_query(run, "search", session_ids=[repo.eid], dataset_ids=[repo.revised_id])
-        linked = one.store.sql("SELECT dataset_id, state_id FROM query_datasets WHERE query_id = :q", {"q": qid})
-        recorded[json_functions] = (searched, listed, linked.values.tolist())
+        recorded[json_functions] = (searched, listed, linked(one.store, qid))
         one.close()
     assert recorded[True] == recorded[False]
-    assert recorded[True][2][0][1] is not None
+    assert recorded[True][2] == ({repo.eid}, {repo.revised_id: recorded[True][2][1][repo.revised_id]})
 
 
-def test_state_ids_must_match_ids_read_here(cache, repo, tmp_path):
-    """State ids go with ids read from the database, one each; anything else is refused, nothing written."""
+def test_rows_are_recorded_by_record_or_by_uuid(cache, repo, tmp_path):
+    """Record ids (as a catalog reads them) are linked as given; UUIDs are linked with their current
+    records; a malformed UUID is refused and nothing is written."""
     from oneprov import BadInputError
     one = ONE(cache_dir=cache, db=tmp_path / "p.sqlite")
     run = one.store.start_run()
     before = one.store.sql("SELECT COUNT(*) AS n FROM queries").n[0]
-    with pytest.raises(BadInputError, match="1 dataset ids, 2 state ids"):
-        one.store.record_query(run, "search", dataset_ids=[repo.revised_id], state_ids=[1, 2], read_here=True)
-    with pytest.raises(BadInputError, match="read_here"):
-        one.store.record_query(run, "search", dataset_ids=[repo.revised_id], state_ids=[1])
+    with pytest.raises(BadInputError, match="malformed dataset id"):
+        one.store.record_query(run, "search", dataset_ids=[repo.revised_id, "nope"])
     assert one.store.sql("SELECT COUNT(*) AS n FROM queries").n[0] == before
-    qid = one.store.record_query(run, "search", dataset_ids=[repo.revised_id], state_ids=[7], read_here=True)
-    assert one.store.sql("SELECT state_id FROM query_datasets WHERE query_id = :q", {"q": qid}).state_id[0] == 7
+    current = current_states(one)
+    qid = one.store.record_query(run, "search", dataset_records=[current[repo.critical_id]],
+                                 dataset_ids=[repo.revised_id, repo.revised_id.upper()])
+    assert linked(one.store, qid)[1] == {d: current[d] for d in (repo.critical_id, repo.revised_id)}
     one.close()

@@ -50,9 +50,9 @@ def test_import_cache(store, repo):
     assert (result.sessions, result.datasets) == (len(repo.sessions), len(repo.datasets))
     assert result.changed == len(repo.datasets) and not result.unchanged_tables
     c = counts(store)
-    assert c["sessions"] == len(repo.sessions) and c["datasets"] == len(repo.datasets)
-    assert c["dataset_history"] == len(repo.datasets)          # one first observation each
-    assert c["query_datasets"] == len(repo.datasets)           # the import's rows are linked
+    assert c["session_records"] == len(repo.sessions) and c["dataset_records"] == len(repo.datasets)  # a record each
+    assert c["query_sessions"] == len(repo.sessions) and c["query_datasets"] == len(repo.datasets)    # all linked
+    assert len(store.sql("SELECT * FROM datasets")) == len(repo.datasets)   # the current state: those records
     assert c["revisions"] == 1                                 # '2024-05-06'
     row = store.sql("SELECT collection, revision, name, default_revision FROM datasets WHERE id = :id",
                     {"id": repo.revised_id}).iloc[0]
@@ -84,13 +84,14 @@ def test_reimport_of_same_tables_changes_nothing(store, repo, tmp_path):
     again = store.import_cache(folder)
     assert again.unchanged_tables and again.query_id == first.query_id
     assert snapshot(store) == before
-    forced = store.import_cache(folder, force=True)          # a new query, but no new state
+    forced = store.import_cache(folder, force=True)          # a new query, but no new record
     assert forced.changed == 0
     c = counts(store)
-    assert c["dataset_history"] == len(repo.datasets) and c["queries"] == 2
+    assert c["dataset_records"] == len(repo.datasets) and c["queries"] == 2
+    assert c["query_datasets"] == 2 * len(repo.datasets)     # each query links the same records
 
 
-def test_changed_rows_update_state_and_append_history(store, repo, tmp_path):
+def test_changed_rows_become_new_records(store, repo, tmp_path):
     folder = copy_tables(repo, tmp_path / "tables")
     store.import_cache(folder)
     target = repo.datasets.iloc[0]["id"]
@@ -104,17 +105,19 @@ def test_changed_rows_update_state_and_append_history(store, repo, tmp_path):
     result = store.import_cache(folder)
     assert result.changed == 1 and not result.unchanged_tables
     assert store.sql("SELECT qc FROM datasets WHERE id = :id", {"id": target}).qc[0] == "CRITICAL"
-    history = store.sql("SELECT qc FROM dataset_history WHERE dataset_id = :id ORDER BY id", {"id": target})
+    history = store.sql("SELECT qc FROM dataset_records WHERE uuid = :id ORDER BY id", {"id": target})
     assert history.qc.tolist()[-1] == "CRITICAL" and len(history) == 2
-    assert counts(store)["dataset_history"] == len(repo.datasets) + 1
+    assert counts(store)["dataset_records"] == len(repo.datasets) + 1
 
 
 def test_import_is_all_or_nothing(store, repo, tmp_path):
-    """A malformed UUID in the last batch leaves the database exactly as it was."""
+    """A malformed UUID in the last batch leaves the database exactly as it was: every row is read and
+    checked before anything is written."""
     store.import_cache(repo.root)
     before = snapshot(store)
     folder = copy_tables(repo, tmp_path / "bad")
     last = repo.datasets.iloc[-1]["id"]
+    rewrite_datasets(folder, lambda df: df.assign(qc=df["qc"].where(np.arange(len(df)) == 0, "PASS")))  # many changed
 
     def corrupt(df):
         df = df.reset_index()
@@ -125,35 +128,6 @@ def test_import_is_all_or_nothing(store, repo, tmp_path):
     with pytest.raises(BadInputError, match="not-a-uuid"):
         store.import_cache(folder, batch_size=5)
     assert snapshot(store) == before
-
-
-def _sqlite_schema(store) -> list[tuple]:
-    with store.engine.connect() as conn:
-        return sorted(map(tuple, conn.exec_driver_sql("SELECT type, name, tbl_name, sql FROM sqlite_master")))
-
-
-def test_first_import_builds_indexes_after_the_rows_and_keeps_the_schema(tmp_path, repo):
-    """On SQLite a first import drops and rebuilds secondary indexes and insert checks (store._bulk_load):
-    afterwards, and after a first import that failed, the schema is exactly what the migrations made."""
-    store = open_store(tmp_path / "p.sqlite")
-    schema = _sqlite_schema(store)
-    assert any(name.startswith("ix_datasets_name") for _, name, _, _ in schema)
-    assert any(name.endswith("dataset_history_no_replace") for _, name, _, _ in schema)
-    folder = copy_tables(repo, tmp_path / "bad")
-    rewrite_datasets(folder, lambda df: df.assign(qc=df["qc"].where(np.arange(len(df)) != len(df) - 1, "EXCELLENT")))
-    with pytest.raises(BadInputError, match="EXCELLENT"):
-        store.import_cache(folder, batch_size=5)           # fails in its last batch
-    assert _sqlite_schema(store) == schema and counts(store)["datasets"] == 0
-    store.import_cache(repo.root)
-    assert _sqlite_schema(store) == schema
-    with store.engine.connect() as conn:
-        assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
-        plan = " ".join(r[-1] for r in conn.exec_driver_sql(
-            "EXPLAIN QUERY PLAN SELECT id FROM datasets WHERE name = 'spikes.times.npy'"))
-    assert "ix_datasets_name" in plan
-    with pytest.raises(sa.exc.IntegrityError, match="append-only"):   # the rebuilt insert check works
-        with store.engine.begin() as conn:
-            conn.exec_driver_sql("INSERT OR REPLACE INTO dataset_history SELECT * FROM dataset_history LIMIT 1")
 
 
 def test_missing_tables_are_named(store, tmp_path):
@@ -188,8 +162,9 @@ def test_runs_queries_and_access_views(store, repo):
     assert loaded.dataset_uuid.tolist() == [repo.revised_id] and loaded.session_uuid[0] == repo.eid
     sessions = store.sql("SELECT * FROM loaded_sessions")
     assert sessions.values.tolist() == [["paper1", run, repo.eid]]
-    linked = store.sql("SELECT dataset_id, state_id FROM query_datasets WHERE query_id = :q", {"q": qid})
-    assert set(linked.dataset_id) == {repo.revised_id, repo.critical_id} and linked.state_id.notna().all()
+    linked = store.sql("SELECT r.uuid FROM query_datasets q JOIN dataset_records r ON r.id = q.record_id "
+                       "WHERE q.query_id = :q", {"q": qid})
+    assert set(linked.uuid) == {repo.revised_id, repo.critical_id}
     runs = store.runs()
     assert runs.status.tolist() == ["finished"] and runs.loads.tolist() == [2] and runs.queries.tolist() == [1]
     assert store.resolve_run("last") == run == store.resolve_run("fig-run") == store.resolve_run(run[:8])
@@ -228,27 +203,29 @@ def test_loaded_ids_filters_and_clear_marks(store, repo):
 
 
 
-def test_record_access_returns_ids_in_order_with_states(store, repo):
-    """One event and many: the ids follow the events, each event carries its dataset's current state."""
+def test_record_access_returns_ids_in_order_with_records(store, repo):
+    """One event and many: the ids follow the events, each event carries the record it names."""
     store.import_cache(repo.root)
     run = store.start_run("p")
+    records = store.sql("SELECT id, uuid FROM dataset_records")
+    record_of = dict(zip(records.uuid, records.id))
     ids = repo.datasets["id"].tolist()
-    events = [{"method": "load_dataset", "outcome": "loaded", "dataset_id": i, "bytes": k, "listed": k % 2 == 0}
-              for k, i in enumerate(reversed(ids))]
+    events = [{"method": "load_dataset", "outcome": "loaded", "dataset_id": i, "bytes": k, "listed": k % 2 == 0,
+               "record_id": record_of[i]} for k, i in enumerate(reversed(ids))]
     events.insert(3, {"method": "load_object", "outcome": "not_found", "rel_path": "alf/nothing.npy"})
     events.insert(5, {"method": "load_dataset", "outcome": "loaded", "dataset_id": "00000000-0000-4000-8000-000000000000"})
     first = store.record_access(run, events[:1])
     rest = store.record_access(run, events[1:])
     event_ids = first + rest
     assert len(event_ids) == len(events) and event_ids == sorted(event_ids)
-    got = store.sql("SELECT e.id, e.dataset_id, e.rel_path, e.bytes, e.listed, e.state_id, d.state_id AS current "
+    got = store.sql("SELECT e.id, e.dataset_id, e.rel_path, e.bytes, e.listed, e.record_id, d.record_id AS current "
                     "FROM access_events e LEFT JOIN datasets d ON d.id = e.dataset_id ORDER BY e.id")
     assert got["id"].tolist() == event_ids
     assert got["dataset_id"].fillna("").tolist() == [e.get("dataset_id", "") for e in events]
     assert got["rel_path"][3] == "alf/nothing.npy" and got["bytes"][0] == 0
     assert [bool(x) for x in got["listed"]] == [e.get("listed", True) for e in events]
     known = got["current"].notna()
-    assert (got["state_id"][known] == got["current"][known]).all() and got["state_id"][~known].isna().all()
+    assert (got["record_id"][known] == got["current"][known]).all() and got["record_id"][~known].isna().all()
     assert known.sum() == len(ids)
 
 
@@ -299,7 +276,7 @@ def test_datasets_last_before_on_imported_repository(store, repo):
 def test_sql_is_read_only(store, repo):
     store.import_cache(repo.root)
     before = snapshot(store)
-    for statement in ("DELETE FROM datasets", "UPDATE runs SET status = 'x'", "DROP TABLE datasets",
+    for statement in ("DELETE FROM dataset_records", "UPDATE runs SET status = 'x'", "DROP TABLE dataset_records",
                       "INSERT INTO projects (name, created_at) VALUES ('x', '2020-01-01')",
                       # escaping the read-only transaction with several statements
                       "COMMIT; SET default_transaction_read_only = off; COMMIT; "

@@ -1,9 +1,11 @@
-"""``from oneprov import ONE``: ONE's local-mode API, with every search and load recorded.
+"""``from oneprov import ONE``: one-api's local-mode ``One``, with every search and load recorded.
 
-The client resolves datasets in the store (SQL), reads the files, and records what happened: every
-search and list is a query with the rows it returned, every load attempt an access event with its
-outcome. Each call is one transaction, committed before the call returns. A run is started by the
-first recorded call and closed at exit ('finished', or 'failed' when an exception ends the process).
+The client answers as one-api's ``One`` answers, from the rows of the cache tables it was given:
+the catalog (the records of its import) says which rows answer a call, SQL chooses their
+revisions, the source says where their files are, and one-api's own readers read them. Every
+search and list is recorded as a query with the rows it returned, every load attempt as an access
+event with its outcome, each committed before the call returns. A run is started by the first
+recorded call and closed at exit ('finished', or 'failed' when an exception ends the process).
 
 >>> import tempfile
 >>> from oneprov.synthetic import make_repository
@@ -20,17 +22,23 @@ Deliberate differences from one-api are listed in the README ("Differences from 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import functools
 import gc
+import logging
 import os
 import time
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import pandas as pd
+from one.alf.path import ALFPath, get_session_path, rel_path_parts
+from one.converters import ConversionMixin
 
-from .. import alf, export, files, settings
+from .. import alf, export, settings
 from ..errors import (
     ALFError, ALFMultipleCollectionsFound, ALFMultipleObjectsFound, ALFObjectNotFound, ALFWarning,
     BadInputError,
@@ -39,38 +47,90 @@ from ..sources.local import LocalSource
 from ..store import Store, open_store
 from ..store.catalog import DATASET_COLUMNS, Catalog
 from .recorder import Recorder
-from .shapes import SEARCH_TERMS, Bunch, autocomplete, dataset_frame, load_object, session_frame
+from .shapes import SEARCH_TERMS, Bunch, autocomplete, dataset_frame, load_object, read_file, session_frame
 
-__all__ = ["ONE", "One", "Bunch"]
+__all__ = ["ONE", "One"]
+
+#: Where one-api logs what it logs (not warns) about a load, e.g. datasets not in the cache; the same
+#: logger here, so that logging set up for ONE (levels, handlers, ``assertLogs``) keeps working.
+_log = logging.getLogger("one.api")
+
+#: Arguments of one-api's ``ONE()``/``OneAlyx`` that only remote mode uses (not yet here).
+REMOTE_ARGUMENTS = ("base_url", "username", "password", "cache_rest", "org")
 
 
-class ONE:
-    """A ONE client in local mode whose every search and load is recorded in a provenance store.
+def _caller_level() -> int:
+    """The ``stacklevel`` (for a ``warnings.warn`` in :func:`_warn`) that names the line of code
+    outside oneprov that called a client method."""
+    import inspect
 
-    ``cache_dir`` holds the ALF tree (``<lab>/Subjects/<subject>/<date>/<NNN>/<rel_path>``);
-    ``tables_dir`` (default ``cache_dir``) the ONE cache tables, imported into the store when they
-    changed. ``db`` defaults to ``$ONEPROV_DB``, else ``<cache_dir>/provenance.sqlite``; ``project``
-    to ``$ONEPROV_PROJECT``, else "default"; ``label`` names the run.
+    frame, level = inspect.currentframe().f_back, 1     # level 1: _warn itself
+    here = os.path.dirname(os.path.dirname(__file__))
+    while frame is not None and frame.f_code.co_filename.startswith(here):
+        frame, level = frame.f_back, level + 1
+    return level
 
-    The client asks its catalog (the rows of the tables it imported) which datasets answer a call,
-    its source where their files are, and its recorder to record what happened.
+
+def _warn(message: str, category: type[Warning] = ALFWarning) -> None:
+    warnings.warn(message, category, stacklevel=_caller_level())
+
+
+def _with_tables(method: Callable) -> Callable:
+    """Before a public method runs, take in the user's edits of ``one._cache`` (see :attr:`ONE._cache`)."""
+    @functools.wraps(method)
+    def wrapper(self: "ONE", *args: Any, **kwargs: Any) -> Any:
+        if self._edits is not None:
+            self._take_edits()
+        return method(self, *args, **kwargs)
+    return wrapper
+
+
+def _parses_id(method: Callable) -> Callable:
+    """Resolve the session identifier (first argument) of ``method`` to an eid first, as one-api's
+    ``parse_id`` does. The undecorated method stays reachable as ``__wrapped__``: one-api's
+    converters (``ref2path``) call ``unwrap(self.eid2path)(self, eid)``."""
+    @functools.wraps(method)
+    def wrapper(self: "ONE", id: Any, *args: Any, **kwargs: Any) -> Any:
+        eid = self.to_eid(id)
+        if eid is None:
+            raise ValueError(f'Cannot parse session ID "{id}" (session may not exist)')
+        return method(self, eid, *args, **kwargs)
+    return wrapper
+
+
+class ONE(ConversionMixin):
+    """one-api's ``One`` in local mode, whose every search and load is recorded in a provenance store.
+
+    ``cache_dir`` holds the ALF tree (``<lab>/Subjects/<subject>/<date>/<NNN>/<rel_path>``); by
+    default one-api's own cache folder (its saved parameters). ``tables_dir`` (default
+    ``cache_dir``) holds the ONE cache tables, imported into the store when they changed. ``db``
+    defaults to ``$ONEPROV_DB``, else ``<cache_dir>/provenance.sqlite``; ``project`` to
+    ``$ONEPROV_PROJECT``, else "default"; ``label`` names the run.
     """
 
-    def __init__(self, cache_dir: str | os.PathLike | None = None, mode: str = "local",
-                 tables_dir: str | os.PathLike | None = None, db: Any = None, project: str | None = None,
-                 label: str | None = None, wildcards: bool = True, **kwargs: Any):
-        if mode != "local":
-            raise NotImplementedError(f"mode={mode!r}: oneprov's ONE works in local mode only for now; use mode='local'")
+    _search_terms = SEARCH_TERMS
+    uuid_filenames = False
+
+    def __init__(self, cache_dir: str | os.PathLike | None = None, mode: str = "local", wildcards: bool = True,
+                 tables_dir: str | os.PathLike | None = None, *, db: Any = None, project: str | None = None,
+                 label: str | None = None, silent: bool = False, **kwargs: Any):
+        remote = sorted(set(kwargs) & set(REMOTE_ARGUMENTS))
+        if remote or mode == "remote":
+            raise NotImplementedError(f"{'mode=remote' if mode == 'remote' else remote[0]}: oneprov's ONE works in "
+                                      "local mode only for now; use mode='local'")
         if kwargs:
-            raise TypeError(f"unexpected argument {sorted(kwargs)[0]!r}")
-        cache_dir = cache_dir or settings.cache_dir()
+            raise TypeError(f"ONE() got an unexpected keyword argument {sorted(kwargs)[0]!r}")
+        if mode != "local":
+            raise ValueError(f'Mode "{mode}" not recognized')
         if not cache_dir:
-            raise BadInputError(f"ONE needs a cache_dir (the folder of the ALF tree), or set {settings.CACHE_DIR_ENV}")
+            from one.params import get_cache_dir   # one-api's saved parameters (or its default folder)
+            cache_dir = settings.cache_dir() or get_cache_dir()
         self.cache_dir = Path(cache_dir).expanduser().absolute()
         if not self.cache_dir.is_dir():
             raise BadInputError(f"cache_dir {str(self.cache_dir)!r} does not exist")
         self.mode = mode
         self.wildcards = wildcards
+        self.silent = silent
         self.record_loaded = False
         self._tables_dir = Path(tables_dir).expanduser().absolute() if tables_dir else self.cache_dir
         self.store: Store = open_store(db or settings.database() or self.cache_dir / "provenance.sqlite")
@@ -78,14 +138,37 @@ class ONE:
         self._recorder = Recorder(self.store, project, label, cache_dir=self.cache_dir)
         self._catalog = Catalog(self.store, None)
         self._folders: dict[str, Path] = {}   # eid -> session folder, for the current catalog
+        self._edits: Any = None                # one-api's tables, once ``_cache`` was asked for
+        self._saved_query: int | None = None   # the query whose tables are as loaded or last saved
         self.load_cache(self._tables_dir)
 
     def __repr__(self) -> str:
-        return f"ONE(cache_dir={str(self.cache_dir)!r}, mode='local', db={self.store!r})"
+        return f"One (offline, {self.cache_dir})"
 
     @property
     def offline(self) -> bool:
+        """True: this client works on local files only (one-api's ``offline`` in local mode)."""
         return True
+
+    @staticmethod
+    def setup(cache_dir: str | os.PathLike | None = None, silent: bool = False, **kwargs: Any) -> "ONE":
+        """Build ONE cache tables from the ALF tree in ``cache_dir`` (asking, unless ``silent``, as
+        one-api does) and return a client on it. ``kwargs`` go to ``one.alf.cache.make_parquet_db``."""
+        from one.alf.cache import make_parquet_db
+
+        if not cache_dir:
+            if not silent:
+                cache_dir = input(f"Select a directory from which to build cache ({Path.cwd()})")
+            cache_dir = cache_dir or Path.cwd()
+        cache_dir = Path(cache_dir)
+        if not cache_dir.exists():
+            raise BadInputError(f"{cache_dir} does not exist")
+        if next(cache_dir.glob("sessions.pqt"), False):
+            overwrite = not silent and input(f"Cache tables exist for {cache_dir}, overwrite? [y/N]") == "y"
+            if not overwrite:
+                return ONE(cache_dir, mode="local")
+        make_parquet_db(cache_dir, **kwargs)
+        return ONE(cache_dir, mode="local")
 
     # -- the run and its records ------------------------------------------------------------
 
@@ -127,97 +210,184 @@ class ONE:
 
     # -- cache tables -----------------------------------------------------------------------
 
-    def load_cache(self, tables_dir: str | os.PathLike | None = None) -> None:
-        """Import the cache tables of ``tables_dir`` (default: this client's) and answer from them.
+    def load_cache(self, tables_dir: str | os.PathLike | None = None, clobber: bool = True, **kwargs: Any) -> Any:
+        """Import the cache tables of ``tables_dir`` (default: this client's) and answer from them;
+        return when they were loaded (one-api's ``loaded_time``).
 
-        Unlike ONE, the loaded-ids list and every record survive (they are in the database).
+        Unlike one-api, the loaded-ids list and every record survive (they are in the database).
+        ``clobber=False`` is refused, as in one-api.
         """
+        if not clobber:
+            raise NotImplementedError("clobber=False not implemented yet")
         folder = Path(tables_dir).expanduser().absolute() if tables_dir else self._tables_dir
-        if not (folder / "sessions.pqt").exists() and not (folder / "datasets.pqt").exists():
-            warnings.warn(f"no cache tables in {folder}; the client sees no sessions", ALFWarning, stacklevel=2)
-            self._catalog = Catalog(self.store, None)
-            return
-        result = self.store.import_cache(folder)
-        self._tables_dir = folder
-        self._catalog = Catalog(self.store, result.query_id)
+        self._edits = None
         self._folders = {}
+        self._tables_dir = folder
+        if not (folder / "datasets.pqt").exists():
+            _warn(f"No cache tables found in {folder}", UserWarning)
+            self._catalog = Catalog(self.store, None)
+            return None
+        self._catalog = Catalog(self.store, self.store.import_cache(folder).query_id)
+        self._saved_query = self._catalog.query_id
+        return dt.datetime.now()
 
     def reset_cache(self) -> None:
         """Forget the loaded tables (the client then sees nothing); records and the list remain."""
         self._catalog = Catalog(self.store, None)
         self._folders = {}
+        self._edits = None
 
+    @_with_tables
     def save_cache(self, save_dir: str | os.PathLike | None = None, clobber: bool = False) -> dict[str, Path]:
-        """Write the client's tables as ONE-format ``sessions.pqt``/``datasets.pqt``.
+        """Write the client's tables as ONE-format ``sessions.pqt``/``datasets.pqt``; return their paths.
 
-        Merged with tables already in ``save_dir`` (default ``cache_dir``) unless ``clobber``;
-        ``default_revision`` is always kept. Unlike ONE, it always writes.
+        As one-api: nothing is written (``{}``) unless the tables changed since they were loaded or
+        last saved (an edit of ``_cache``), or ``clobber``; merged with tables already in ``save_dir``
+        (default ``cache_dir``) unless ``clobber``. ``default_revision`` is always kept, and the
+        tables' own ``origin`` and ``date_created``, with a new ``date_modified``.
         """
-        return export.export_cache(self.store, Path(save_dir or self.cache_dir), query=self._catalog.query_id,
-                                   clobber=clobber, origin=str(self.cache_dir))
+        query = self._catalog.query_id
+        if query is None or (query == self._saved_query and not clobber):
+            return {}
+        written = export.export_cache(self.store, Path(save_dir or self.cache_dir), query=query,
+                                      clobber=clobber, origin=None)
+        self._saved_query = query
+        return written
 
+    @_with_tables
     def save_loaded_ids(self, sessions_only: bool = False, clear_list: bool = True,
-                        path: str | os.PathLike | None = None) -> tuple[list[str], Path | None]:
-        """Write the current list of loaded dataset (or session) UUIDs in ONE's CSV format.
+                        path: str | os.PathLike | None = None) -> tuple[Any, Path | None]:
+        """Write the current list of loaded dataset (or session) UUIDs in ONE's CSV format; return the
+        ids (UUIDs, sorted) and the file.
 
         The list holds the datasets loaded by this run with ``record_loaded`` on since the last
         clear. The file goes to ``path`` if given, else ONE's time-stamped name in ``tables_dir``.
         ``clear_list`` starts a new list; the history stays in the database.
         """
+        empty = "No datasets loaded; check that the `record_loaded` attribute is True"
         if self.run_id is None:
-            warnings.warn("No datasets loaded; check that the `record_loaded` attribute is True", stacklevel=2)
+            _warn(empty, UserWarning)
             return [], None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             ids, written = export.export_loaded_ids(
                 self.store, self._tables_dir, path=path, run=self.run_id, sessions_only=sessions_only,
                 since_clear=True, listed_only=True)
-        if written is None:
-            warnings.warn("No datasets loaded; check that the `record_loaded` attribute is True", stacklevel=2)
         for w in caught:
             if "No datasets loaded" not in str(w.message):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        if clear_list and written is not None:
+        if written is None:
+            _warn(empty, UserWarning)
+            return [], None
+        if clear_list:
             self._recorder.mark("clear_list")
-        return ids, written
+        return np.array([uuid.UUID(i) for i in ids], dtype=object), written
+
+    # -- one-api's in-memory tables ---------------------------------------------------------
+
+    @property
+    def _cache(self) -> Bunch:
+        """one-api's in-memory tables (``sessions``, ``datasets``, ``_meta``), made when first asked for.
+
+        Analysis code reads them, and some edits them (e.g. sets ``default_revision`` of a file
+        type). An edit takes effect for the calls that follow, and is itself recorded: the edited
+        tables are ingested as a query whose source is "in-memory edit", so the provenance shows
+        that the data choice was altered by hand.
+        """
+        if self._edits is None:
+            self._edits = _Edits(self._cache_tables())
+        return self._edits.tables
+
+    def _cache_tables(self) -> Bunch:
+        """The catalog's tables as one-api loads them: read from the tables folder when it still holds
+        what was imported, else written from the store into a temporary folder first."""
+        import tempfile
+
+        from one.alf.cache import load_tables
+
+        query = self._catalog.query_id
+        if query is None:
+            from one.alf.cache import default_cache
+            return default_cache()
+        if self.store.import_cache(self._tables_dir).query_id == query:   # (the same tables: no write)
+            return load_tables(self._tables_dir)
+        with tempfile.TemporaryDirectory(prefix="oneprov-cache-") as folder:
+            export.export_cache(self.store, folder, query=query, clobber=True, record=False)
+            return load_tables(folder)
+
+    def _take_edits(self) -> None:
+        """If ``_cache`` changed since it was made (or last taken), ingest it and answer from it."""
+        if not self._edits.changed():
+            return
+        from ..tables import Frames
+
+        tables = self._edits.tables
+        rows = Frames(tables["sessions"], tables["datasets"], "one._cache", tables.get("_meta", {}).get("raw") or {})
+        query = self.store.ingest(rows, method="edit_cache", location=f"in-memory edit of query {self._catalog.query_id}",
+                                  run_id=self._recorder.run())
+        self._catalog = Catalog(self.store, query.query_id)
+        self._folders = {}
+        self._edits.taken()
 
     # -- ids and paths ----------------------------------------------------------------------
 
-    def to_eid(self, id: Any) -> str | None:
-        """An eid from a UUID, a UUID string, or a session path / ``subject/date/number`` string."""
-        if id is None:
-            return None
-        if isinstance(id, uuid.UUID):
-            return str(id)
-        text = str(id)
-        if alf.UUID_RE.match(text.strip().lower()):
-            return text.strip().lower()
-        if isinstance(id, (str, os.PathLike)):
-            return self.path2eid(id)
-        return None
-
     def _eid(self, id: Any) -> str:
+        """The eid (lowercase text) of any session identifier, as one-api's ``parse_id`` resolves it."""
         eid = self.to_eid(id)
         if eid is None:
-            raise ValueError(f"cannot parse session ID {id!r}: give an eid (UUID) or a 'subject/date/number' path")
-        return eid
+            raise ValueError(f'Cannot parse session ID "{id}" (session may not exist)')
+        return str(eid)
 
-    def path2eid(self, path_obj: str | os.PathLike) -> str | None:
-        """The eid of the session whose folder ``path_obj`` is (or is inside)."""
-        m = alf.SESSION_PATH_RE.search(Path(path_obj).as_posix())
-        if m is None:
-            return None
-        found = self._catalog.find_session(m["subject"], m["date"], int(m["number"]), m["lab"])
-        return found[0] if len(found) == 1 else None
+    @_parses_id
+    @_with_tables
+    def eid2path(self, eid: Any, query_type: str | None = None) -> ALFPath | list | None:
+        """The local session folder of a session (a list for a list), as an ``ALFPath``; None if unknown.
 
-    def eid2path(self, eid: Any) -> Path | list[Path] | None:
-        """The local session folder of an eid (a list for a list of eids)."""
+        ``eid`` is any session identifier (UUID, ref, path, URL); ``query_type`` is one-api's and only
+        'local' exists here.
+        """
         if isinstance(eid, (list, tuple)):
             return [self.eid2path(e) for e in eid]
-        rows = self._catalog.sessions(ids=[self._eid(eid)])  # ValueError for a bad id, as in ONE
-        if rows.empty:
+        if not alf.UUID_RE.match(str(eid).lower()):
+            raise ValueError(f"{eid} is not a valid eID/UUID string")
+        session = self._catalog.session(str(eid).lower())
+        return None if session is None else ALFPath(self._source.session_folder(session))
+
+    @_with_tables
+    def path2eid(self, path_obj: Any) -> uuid.UUID | list | None:
+        """The eid of the session whose folder ``path_obj`` is (or is inside)."""
+        if isinstance(path_obj, (list, tuple)):
+            return [self.path2eid(p) for p in path_obj]
+        session_path = get_session_path(path_obj)
+        if session_path is None:
             return None
-        return self._source.session_folder(rows.iloc[0])
+        subject, date, number = session_path.parts[-3:]
+        found = self._catalog.find_session(subject, date, int(number))
+        return uuid.UUID(found[0]) if len(found) == 1 else None
+
+    @_with_tables
+    def path2record(self, path: Any) -> pd.Series | None:
+        """The cache record of a session folder or a dataset file (a Series), or None.
+
+        A file name carrying a dataset UUID (as Alyx's file URLs do) is looked up by that UUID.
+        """
+        path = ALFPath(path)
+        if path.is_session_path():
+            lab = path.session_parts[0]
+            eid = self.path2eid(path)
+            record = None if eid is None else self.get_details(eid)
+            return record if record is not None and (not lab or record.get("lab") == lab) else None
+        stem_end = path.stem.split(".")[-1]
+        if alf.UUID_RE.match(stem_end.lower()):
+            rows = self._catalog.dataset(stem_end.lower())
+            return None if rows.empty else dataset_frame(rows, keep_eid=True).squeeze()
+        eid = self.path2eid(path)
+        if eid is None:
+            return None
+        rel_path = path.relative_to_session().as_posix()
+        table = self.list_datasets(eid, details=True, keep_eid_index=True)   # (record2path needs (eid, id))
+        match = table[table["rel_path"] == rel_path]
+        return None if match.empty else match.squeeze()
 
     def _folder(self, eid: str) -> Path:
         """The session folder of an eid of the catalog (looked up once per catalog)."""
@@ -227,13 +397,19 @@ class ONE:
             self._folders[eid] = folder
         return folder
 
+    def _session_record(self, eid: str | None) -> list[int]:
+        """The record of a session of the catalog, as a list (empty without an eid or such a session)."""
+        session = self._catalog.session(eid) if eid else None
+        return [] if session is None else [session.record_id]
+
     # -- searching and listing --------------------------------------------------------------
 
     def search_terms(self, query_type: str | None = None) -> tuple[str, ...]:
-        return SEARCH_TERMS
+        return self._search_terms
 
+    @_with_tables
     def search(self, details: bool = False, query_type: str | None = None, **kwargs: Any):
-        """Sessions matching every term, newest first: a list of eids (UUID), and details if asked.
+        """Sessions matching every term, newest first: a list of eids (UUID), and their records if asked.
 
         Terms: subject, lab, projects, task_protocol (partial matches, regexes), date_range, number,
         datasets (names all present), dataset_qc_lte. Unique prefixes of term names are accepted.
@@ -247,14 +423,16 @@ class ONE:
                 date_range=terms.get("date_range"), number=terms.get("number"), datasets=terms.get("datasets"),
                 dataset_qc_lte=alf.qc_name(terms["dataset_qc_lte"]) if terms.get("dataset_qc_lte") is not None else None,
                 ids_only=not details)
-            ids = found["id"].tolist() if details else found
-            self._record_query("search", {**terms, "details": details}, started, session_ids=ids)
-            eids = [uuid.UUID(e) for e in ids]
+            self._record_query("search", {**terms, "details": details}, started, sessions=found.records)
+            eids = [uuid.UUID(e) for e in found.ids]
         if not details:
             return eids
-        records = [Bunch(r) for r in session_frame(found).reset_index(drop=True).to_dict("records")]
+        if not eids:
+            return [], None
+        records = session_frame(found.rows).reset_index(drop=True).to_dict("records", into=Bunch)
         return eids, records
 
+    @_with_tables
     def list_subjects(self) -> list[str]:
         """The subjects of the client's sessions, sorted."""
         return sorted(self._catalog.sessions()["subject"].dropna().unique().tolist())
@@ -262,18 +440,31 @@ class ONE:
     def _list(self, eid: Any, filename=None, collection=None, revision=None, qc="FAIL", ignore_qc_not_set=False,
               default_revisions_only=False, *, table: bool = False) -> tuple[str | None, list, pd.DataFrame | None]:
         """``(eid, rows, frame)``: the dataset rows of a session (or all) passing the filters, ordered by
-        rel_path; with ``table`` also as a DataFrame (else None)."""
-        eid = self._eid(eid) if eid is not None and eid != "" else None
-        rows = self._catalog.dataset_rows(eid, qc=qc, ignore_qc_not_set=ignore_qc_not_set)
+        rel_path; with ``table`` also as a DataFrame (else None). An eid that names no session of the
+        catalog gives no rows."""
+        if default_revisions_only and not self._catalog.knows_default_revisions():
+            raise ALFError("No default revisions specified")
+        eid = (self._eid_or_none(eid) or "") if eid is not None and eid != "" else None
+        rows = [] if eid == "" else self._catalog.dataset_rows(eid, qc=qc, ignore_qc_not_set=ignore_qc_not_set)
         pattern = alf.rel_path_regex(filename, collection, revision, wildcards=self.wildcards, match_revision=True)
         keep = [(bool(r.default_revision) or not default_revisions_only) and pattern.match(r.rel_path) is not None
                 for r in rows]
         kept = [r for r, k in zip(rows, keep) if k]
         if not table:
-            return eid, kept, None
-        frame = pd.DataFrame([tuple(r) for r in rows], columns=DATASET_COLUMNS)
-        return eid, kept, frame[keep] if len(frame) else frame
+            return eid or None, kept, None
+        frame = pd.DataFrame([tuple(r) for r in kept], columns=DATASET_COLUMNS)
+        return eid or None, kept, frame
 
+    def _eid_or_none(self, id: Any) -> str | None:
+        """The eid of an identifier, or None when it names no session of the catalog (one-api's lists
+        return nothing then)."""
+        try:
+            eid = self.to_eid(id)
+        except ValueError:
+            return None
+        return None if eid is None else str(eid)
+
+    @_with_tables
     def list_datasets(self, eid: Any = None, filename=None, collection=None, revision=None, qc="FAIL",
                       ignore_qc_not_set: bool = False, details: bool = False, query_type: str | None = None,
                       default_revisions_only: bool = False, keep_eid_index: bool = False):
@@ -284,17 +475,19 @@ class ONE:
                                           default_revisions_only, table=details)
             self._record_query("list_datasets", {"eid": eid, "filename": filename, "collection": collection,
                                                  "revision": revision, "qc": qc, "details": details},
-                               started, session_ids=[eid] if eid else [], datasets=rows)
+                               started, sessions=self._session_record(eid), datasets=rows)
         if details:
             return dataset_frame(frame, keep_eid=keep_eid_index or eid is None)
         paths = [r.rel_path for r in rows]
         return sorted(paths) if eid else list(dict.fromkeys(paths))
 
+    @_with_tables
     def list_collections(self, eid: Any = None, filename=None, collection=None, revision=None,
                          details: bool = False, query_type: str | None = None):
         """The collections of a session's datasets (a dict of tables with ``details``)."""
         return self._list_by("collection", eid, filename, collection, revision, details)
 
+    @_with_tables
     def list_revisions(self, eid: Any = None, filename=None, collection=None, revision=None,
                        details: bool = False, query_type: str | None = None):
         """The revisions of a session's datasets ('' for unrevised; a dict of tables with ``details``)."""
@@ -307,13 +500,14 @@ class ONE:
             eid, rows, frame = self._list(eid, filename, collection, revision, table=details)
             self._record_query(f"list_{column}s", {"eid": eid, "filename": filename, "collection": collection,
                                                    "revision": revision}, started,
-                               session_ids=[eid] if eid else [], datasets=rows)
+                               sessions=self._session_record(eid), datasets=rows)
         if details:
-            return {value: dataset_frame(group, keep_eid=False) for value, group in frame.groupby(column)}
+            return {value: dataset_frame(group, keep_eid=eid is None) for value, group in frame.groupby(column)}
         return list(dict.fromkeys(getattr(r, column) for r in rows))
 
+    @_with_tables
     def get_details(self, eid: Any, full: bool = False):
-        """A session's record (a Series); with ``full``, its datasets joined with it."""
+        """A session's record (a Series named with its eid); with ``full``, its datasets joined with it."""
         eid = self._eid(eid)
         rows = self._catalog.sessions(ids=[eid])
         if rows.empty:
@@ -342,13 +536,13 @@ class ONE:
         def one_collection(rows: list) -> None:
             collections = {r.collection for r in rows}
             if unique and len(collections) > 1:
-                raise ALFMultipleCollectionsFound(", ".join(f'"{c}"' for c in sorted(collections)))
+                raise ALFMultipleCollectionsFound('"' + '", "'.join(sorted(collections)) + '"')
 
         return self._catalog.pick(eid, lambda r: pattern.match(r.rel_path) is not None, revision, strict=strict,
                                   check=one_collection)
 
     def _fetch(self, method: str, rows: list, *, check_hash: bool, download_only: bool,
-               requested_revision: str | None) -> list[Path | None]:
+               requested_revision: str | None) -> list[ALFPath | None]:
         """Ask the source for each chosen file, record one event per dataset (one transaction),
         return the paths (None for a file that cannot be loaded)."""
         fetched = self._source.fetch(rows, self._folder, check_hash=check_hash)
@@ -357,11 +551,10 @@ class ONE:
             outcome = ("download_only" if download_only else "loaded") if got.ok else got.status
             events.append(self._event(method, outcome, row, requested_revision=requested_revision, path=got.path))
             if got.status.endswith("mismatch"):
-                warnings.warn(f"{got.status.replace('_', ' ')} on dataset {row.rel_path} ({got.path}): not loaded",
-                              ALFWarning, stacklevel=3)
+                _warn(f"{got.status.replace('_', ' ')} on dataset {row.rel_path} ({got.path}): not loaded")
         if events:
             self._recorder.record_events(events)
-        return [got.path if got.ok else None for got in fetched]
+        return [ALFPath(got.path) if got.ok else None for got in fetched]
 
     def _refuse(self, method: str, outcome: str, eid: str | None, request: str, revision: str | None,
                 error: ALFError) -> None:
@@ -370,43 +563,47 @@ class ONE:
                                                   requested_revision=revision, detail=str(error))])
         raise error
 
-    def load_dataset(self, eid: Any, dataset: str, collection: str | None = None, revision: str | None = None,
+    @_with_tables
+    def load_dataset(self, eid: Any, dataset: Any, collection: str | None = None, revision: str | None = None,
                      query_type: str | None = None, download_only: bool = False, check_hash: bool = True) -> Any:
         """Load one dataset of a session: its content, or its path with ``download_only``."""
         eid = self._eid(eid)
         name = dataset
         if self.wildcards and isinstance(name, str) and len(name.split(".")) == 2:
             name += ".*"
-        unique = "/" not in name
+        unique = ("/" if isinstance(name, str) else "collection") not in name
+        if not unique and isinstance(name, str) and "*" in name:
+            _warn("Wildcards should not be used with relative path as input.", UserWarning)
         if not unique and (collection is not None or revision is not None):
             raise ValueError("collection and revision kwargs must be None when dataset is a relative path")
         revision = self._requested_revision(revision) if unique else None  # a rel_path names one file
         try:
             rows = self._select(eid, name, collection, revision, unique=unique)
         except ALFError as err:
-            self._refuse("load_dataset", "ambiguous", eid, dataset, revision, err)
+            self._refuse("load_dataset", "ambiguous", eid, str(dataset), revision, err)
         if len(rows) == 0:
-            self._refuse("load_dataset", "not_found", eid, dataset, revision,
+            self._refuse("load_dataset", "not_found", eid, str(dataset), revision,
                          ALFObjectNotFound(f'Dataset "{dataset}" not found'))
         if len(rows) > 1:
-            self._refuse("load_dataset", "ambiguous", eid, dataset, revision,
-                         ALFMultipleObjectsFound(", ".join(f'"{r.rel_path}"' for r in rows)))
+            self._refuse("load_dataset", "ambiguous", eid, str(dataset), revision,
+                         ALFMultipleObjectsFound('"' + '", "'.join(r.rel_path for r in rows) + '"'))
         (path,) = self._fetch("load_dataset", rows, check_hash=check_hash, download_only=download_only,
                               requested_revision=revision)
         if path is None:
-            raise ALFObjectNotFound(f"Dataset not found: {rows[0].rel_path} is missing or altered on disk")
-        return path if download_only else files.read_file(path)
+            raise ALFObjectNotFound("Dataset not found")
+        return path if download_only else read_file(path)
 
+    @_with_tables
     def load_object(self, eid: Any, obj: str, collection: str | None = None, revision: str | None = None,
                     query_type: str | None = None, download_only: bool = False, check_hash: bool = True,
                     **kwargs: Any):
-        """Load every attribute of an ALF object: a Bunch, or the list of paths with ``download_only``."""
+        """Load every attribute of an ALF object: an ``AlfBunch``, or the list of paths with ``download_only``."""
         eid = self._eid(eid)
         revision = self._requested_revision(revision)
         rows = self._select(eid, {"object": obj, **kwargs}, collection, revision, unique=False, strict=False)
         if len(rows) == 0:
             self._refuse("load_object", "not_found", eid, obj, revision, ALFObjectNotFound(obj))
-        objects = {alf.name_parts(r.name)["object"] or "" for r in rows}
+        objects = {_object_of(r.rel_path) for r in rows}
         if len(objects) > 1:
             self._refuse("load_object", "ambiguous", eid, obj, revision, ALFMultipleObjectsFound(*sorted(objects)))
         collections = {r.collection for r in rows}
@@ -417,117 +614,172 @@ class ONE:
         present = [p for p in paths if p is not None]
         if not present:
             raise ALFObjectNotFound(f'ALF object "{obj}" not found on disk')
-        return present if download_only else load_object(present)
+        return present if download_only else load_object(present, wildcards=self.wildcards, **kwargs)
 
-    def load_datasets(self, eid: Any, datasets: list, collections: Any = None, revisions: Any = None,
+    @_with_tables
+    def load_datasets(self, eid: Any, datasets: Any, collections: Any = None, revisions: Any = None,
                       query_type: str | None = None, assert_present: bool = True, download_only: bool = False,
-                      check_hash: bool = True) -> tuple[list | None, list | None]:
+                      check_hash: bool = True) -> tuple[list | None, Any]:
         """Load several datasets of a session: ``(contents or paths, records)``, None for the absent ones."""
         if isinstance(datasets, str):
             raise TypeError("`datasets` must be a non-string iterable")
         eid = self._eid(eid)
-        if isinstance(datasets, pd.DataFrame):
-            datasets = datasets["rel_path"].tolist()
-        datasets = list(datasets)
+        is_frame = isinstance(datasets, pd.DataFrame)
+        datasets = datasets["rel_path"].tolist() if is_frame else list(datasets)
+        rel_paths = is_frame or any(isinstance(d, str) and "/" in d for d in datasets)
+        if rel_paths:
+            if (collections, revisions) != (None, None) or settings.revision_cutoff():
+                raise ValueError("collection and revision kwargs must be None when dataset is a relative path "
+                                 "(ONE_REVISION_LAST_BEFORE env var must also be unset)")
+            parts = [rel_path_parts(d, as_dict=True) for d in datasets]
+            collections = [p.pop("collection") or "" for p in parts]
+            revisions = [p.pop("revision") or "" for p in parts]
+            datasets = parts
+        if not self._catalog.dataset_rows(eid):
+            message = f"No datasets found for session {eid}"
+            if assert_present:
+                raise ALFObjectNotFound(message)
+            _log.warning(message)
+            return None, dataset_frame(pd.DataFrame(columns=DATASET_COLUMNS), keep_eid=True)
         if not datasets:
-            return None, []
-        rel_paths = any("/" in str(d) for d in datasets if isinstance(d, str))
-        if rel_paths and (collections is not None or revisions is not None):
-            raise ValueError("collection and revision kwargs must be None when dataset is a relative path")
+            return None, dataset_frame(pd.DataFrame(columns=DATASET_COLUMNS), keep_eid=True)
+        kinds = [(isinstance(d, str), isinstance(d, dict)) for d in datasets]
+        if not all(map(any, kinds)) or not any(map(all, zip(*kinds))):
+            raise ValueError("`datasets` must be iterable of only str or only dicts")
+        if self.wildcards and kinds[0][0]:
+            datasets = [d + (".*" if len(d.split(".")) == 2 else "") for d in datasets]
         n = len(datasets)
-        collections = collections if isinstance(collections, (list, tuple)) else [collections] * n
-        revisions = revisions if isinstance(revisions, (list, tuple)) else [revisions] * n
-        if len(collections) != n or len(revisions) != n:
-            raise ValueError("Collection and revision specifiers must match number of datasets")
+        collections, revisions = (_specifiers(spec, n) for spec in (collections, revisions))
         chosen, missing = [], []
         for spec, coll, rev in zip(datasets, collections, revisions):
-            name = spec
-            if self.wildcards and isinstance(name, str) and len(name.split(".")) == 2:
-                name += ".*"
             rev = rev if rel_paths else self._requested_revision(rev)
-            rows = self._select(eid, name, coll, rev, unique=True)
+            rows = self._select_exact(eid, spec, coll, rev) if rel_paths else self._select(eid, spec, coll, rev, unique=True)
             if len(rows) > 1:
-                raise ALFMultipleObjectsFound(", ".join(f'"{r.rel_path}"' for r in rows))
+                raise ALFMultipleObjectsFound('"' + '", "'.join(r.rel_path for r in rows) + '"')
             chosen.append(rows)
             if len(rows) == 0:
-                missing.append(self._event("load_datasets", "not_found", session_id=eid, rel_path=str(spec),
-                                           requested_revision=rev))
+                missing.append(self._event("load_datasets", "not_found", session_id=eid,
+                                           rel_path=_request_name(spec, coll, rev), requested_revision=rev))
         if missing:
             self._recorder.record_events(missing)
             message = "The following datasets are not in the cache: " + ", ".join(e["rel_path"] for e in missing)
             if assert_present:
                 raise ALFObjectNotFound(message)
-            warnings.warn(message, ALFWarning, stacklevel=2)
+            _log.warning(message)
         found = [row for rows in chosen for row in rows]
         paths = iter(self._fetch("load_datasets", found, check_hash=check_hash, download_only=download_only,
                                  requested_revision=None))
-        frame = pd.DataFrame([tuple(r) for r in found], columns=list(found[0]._fields)) if found else None
+        frame = pd.DataFrame([tuple(r) for r in found], columns=DATASET_COLUMNS)
         records = iter(dataset_frame(frame, keep_eid=True).reset_index()
                        .assign(revision=frame["revision"].to_numpy())  # ONE's records carry the revision
-                       .to_dict("records", into=Bunch) if found else [])
+                       .to_dict("records", into=Bunch))
         out_paths, out_records = [], []
         for rows in chosen:
-            if len(rows):
-                out_paths.append(next(paths))
-                out_records.append(next(records))
-            else:
-                out_paths.append(None)
-                out_records.append(None)
+            out_paths.append(next(paths) if rows else None)
+            out_records.append(next(records) if rows else None)
         absent = [r["rel_path"] for p, r in zip(out_paths, out_records) if r is not None and p is None]
         if absent:
             message = "The following datasets were not downloaded: " + ", ".join(absent)
             if assert_present:
                 raise ALFObjectNotFound(message)
-            warnings.warn(message, ALFWarning, stacklevel=2)
+            _log.warning(message)
         if download_only:
             return out_paths, out_records
-        return [files.read_file(p) if p is not None else None for p in out_paths], out_records
+        return [read_file(p) if p is not None else None for p in out_paths], out_records
 
+    def _select_exact(self, eid: str, spec: dict, collection: str, revision: str) -> list:
+        """The rows of a relative path (exact collection and revision), as one-api selects them."""
+        pattern = alf.rel_path_regex(spec, collection, revision, wildcards=self.wildcards, match_revision=True)
+        rows = [r for r in self._catalog.dataset_rows(eid) if pattern.match(r.rel_path)]
+        if len({r.collection for r in rows}) > 1:
+            raise ALFMultipleCollectionsFound('"' + '", "'.join(sorted({r.collection for r in rows})) + '"')
+        return rows
+
+    @_with_tables
     def load_collection(self, eid: Any, collection: str, object: str | None = None, revision: str | None = None,
                         query_type: str | None = None, download_only: bool = False, check_hash: bool = True,
                         **kwargs: Any):
-        """Load every object of a collection: a Bunch of object Bunches, or paths with ``download_only``.
+        """Load every object of a collection: a Bunch of ``AlfBunch``es, or the paths with ``download_only``.
 
         Unlike one-api 3.6.1, ``revision`` selects a revision (ONE passes it as the collection filter).
         """
         eid = self._eid(eid)
         revision = self._requested_revision(revision)
+        if not self._list(eid, collection=collection)[1]:
+            self._refuse("load_collection", "not_found", eid, f"{collection}/{object or '*'}", revision,
+                         ALFError(f"{collection} not found for session {eid}"))
         rows = self._select(eid, {"object": object, **kwargs}, collection, revision, unique=False, strict=False)
         if len(rows) == 0:
-            known = len(self._list(eid, collection=collection)[1]) > 0  # ONE: ALFError for an absent collection
             self._refuse("load_collection", "not_found", eid, f"{collection}/{object or '*'}", revision,
-                         ALFObjectNotFound(object or collection) if known
-                         else ALFError(f"{collection} not found for session {eid}"))
+                         ALFObjectNotFound(object or ""))
         paths = self._fetch("load_collection", rows, check_hash=check_hash, download_only=download_only,
                             requested_revision=revision)
-        present = [(p, r.name) for p, r in zip(paths, rows) if p is not None]
+        present = [(p, _object_of(r.rel_path)) for p, r in zip(paths, rows) if p is not None]
         if not present:
             raise ALFObjectNotFound(f'ALF collection "{collection}" not found on disk')
         if download_only:
-            return [p for p, _ in present]
+            return tuple(p for p, _ in present)
         by_object: dict[str, list[Path]] = {}
-        for path, name in present:
-            by_object.setdefault(alf.name_parts(name)["object"] or "", []).append(path)
-        return Bunch({obj: load_object(ps) for obj, ps in by_object.items()})
+        for path, obj in present:
+            by_object.setdefault(obj, []).append(path)
+        return Bunch({obj: load_object(ps, wildcards=self.wildcards, **kwargs) for obj, ps in by_object.items()})
 
+    @_with_tables
     def load_dataset_from_id(self, dset_id: Any, download_only: bool = False, details: bool = False,
                              check_hash: bool = True) -> Any:
         """Load a dataset by its UUID (any QC); with ``details`` also return its record."""
-        did = alf.check_uuid(dset_id, "dataset id")
+        did = _dataset_uuid(dset_id)
         rows = self._catalog.dataset(did)
+        if len(rows) > 1:
+            self._refuse("load_dataset_from_id", "ambiguous", None, did, None,
+                         ALFMultipleObjectsFound("Duplicate dataset IDs"))
         if len(rows) == 0:
             self._refuse("load_dataset_from_id", "not_found", None, did, None, ALFObjectNotFound("Dataset not found"))
-        (path,) = self._fetch("load_dataset_from_id", list(rows.itertuples(index=False)), check_hash=check_hash, download_only=download_only,
-                              requested_revision=None)
+        (path,) = self._fetch("load_dataset_from_id", list(rows.itertuples(index=False)), check_hash=check_hash,
+                              download_only=download_only, requested_revision=None)
         if path is None:
             raise ALFObjectNotFound("Dataset not found")
-        output = path if download_only else files.read_file(path)
+        output = path if download_only else read_file(path)
         if details:
             return output, dataset_frame(rows, keep_eid=True).iloc[0]
         return output
 
 
 One = ONE
+
+
+def _object_of(rel_path: str) -> str:
+    """The ALF object of a dataset's path ('' when it has none)."""
+    return rel_path_parts(rel_path, assert_valid=False)[3] or ""
+
+
+def _specifiers(spec: Any, n: int) -> list:
+    """Collections or revisions of ``load_datasets``: one value for every dataset, or one each."""
+    if not spec or isinstance(spec, str):
+        return [spec] * n
+    if len(spec) != n:
+        raise ValueError("Collection and revision specifiers must match number of datasets")
+    return list(spec)
+
+
+def _request_name(spec: Any, collection: str | None, revision: str | None) -> str:
+    """How a dataset asked for by ``load_datasets`` is named in messages and events."""
+    from one.alf.spec import to_alf
+
+    name = spec if isinstance(spec, str) else to_alf(**spec)
+    return "/".join(filter(None, [collection, f"#{revision}#" if revision else None, name]))
+
+
+def _dataset_uuid(value: Any) -> str:
+    """A dataset id as lowercase text: a UUID, its text, or the int64 pair of legacy tables (``np2uuid``)."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, str):
+        return alf.check_uuid(value, "dataset id")
+    from iblutil.io.parquet import np2uuid
+
+    (converted,) = np2uuid(np.asarray(value))
+    return str(converted)
 
 
 @contextlib.contextmanager
@@ -544,3 +796,28 @@ def _gc_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+class _Edits:
+    """one-api's tables handed out as ``ONE._cache``, and whether the user changed them since."""
+
+    def __init__(self, tables: Bunch):
+        self.tables = tables
+        self.taken()
+
+    def _fingerprint(self) -> tuple:
+        out = []
+        for name in ("sessions", "datasets"):
+            frame = self.tables.get(name)
+            if frame is None:
+                out.append(None)
+                continue
+            out.append((id(frame), tuple(frame.columns), tuple(map(str, frame.dtypes)), len(frame),
+                        int(pd.util.hash_pandas_object(frame, index=True).sum()) if len(frame) else 0))
+        return tuple(out)
+
+    def taken(self) -> None:
+        self._seen = self._fingerprint()
+
+    def changed(self) -> bool:
+        return self._fingerprint() != self._seen

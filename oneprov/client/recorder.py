@@ -73,7 +73,8 @@ class Recorder:
               rel_path: str | None = None, path: Path | None = None, detail: str | None = None,
               session_id: str | None = None) -> dict[str, Any]:
         """A load attempt as :meth:`record_events` takes it: of a dataset ``row`` (with ``id``,
-        ``session_id``, ``rel_path``) or of a request that matched none (``rel_path``, ``session_id``).
+        ``session_id``, ``rel_path`` and the ``record_id`` it was read from) or of a request that
+        matched none (``rel_path``, ``session_id``).
 
         ``listed``: the load counts in the run's loaded-ids list (ONE's ``record_loaded``). A
         successful load records the file's size.
@@ -82,6 +83,7 @@ class Recorder:
         return {
             "method": method, "outcome": outcome,
             "dataset_id": getattr(row, "id", None) if row is not None else None,
+            "record_id": getattr(row, "record_id", None) if row is not None else None,
             "session_id": getattr(row, "session_id", None) if row is not None else session_id,
             "rel_path": getattr(row, "rel_path", None) if row is not None else rel_path,
             "requested_revision": requested_revision, "revision_cutoff": settings.revision_cutoff(),
@@ -94,14 +96,14 @@ class Recorder:
         return self.store.record_access(self.run(), events)
 
     def record_query(self, method: str, params: dict[str, Any], started: float, *, mode: str,
-                     session_ids: Sequence[str] = (), datasets: Sequence = ()) -> int:
-        """Record a search or list with the rows it returned, as read from the database (ids canonical
-        and distinct; each dataset row linked with the ``state_id`` it was read with). ``started``
-        is the call's ``time.perf_counter()`` at its start."""
-        return self.store.record_query(self.run(), method, params, session_ids=session_ids,
-                                       dataset_ids=[r.id for r in datasets], state_ids=[r.state_id for r in datasets],
-                                       read_here=True, mode=mode, revision_cutoff=settings.revision_cutoff(),
-                                       scope=self.scope_name, duration_s=time.perf_counter() - started)
+                     sessions: Sequence[int] = (), datasets: Sequence = ()) -> int:
+        """Record a search or list with what it returned: the session records (ids) and the dataset
+        rows (each with the ``record_id`` it was read from). ``started`` is the call's
+        ``time.perf_counter()`` at its start."""
+        return self.store.record_query(self.run(), method, params, session_records=sessions,
+                                       dataset_records=[r.record_id for r in datasets], mode=mode,
+                                       revision_cutoff=settings.revision_cutoff(), scope=self.scope_name,
+                                       duration_s=time.perf_counter() - started)
 
     def mark(self, kind: str) -> None:
         """Add a mark to the run (e.g. 'clear_list'), under the current scope."""

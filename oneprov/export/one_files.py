@@ -16,6 +16,7 @@ True
 """
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from contextlib import closing, contextmanager
@@ -34,7 +35,8 @@ from ..files import write_atomically
 from ..store import ExportedFile, Store
 from ..store.dialects import Dialect
 from ..store.engine import result_frame
-from ..store.schema import access_events, dataset_history, datasets, queries, query_datasets, query_sessions, sessions
+from ..store.records import ROW_KEY, current, held_by, holds_everything, latest_import
+from ..store.schema import access_events, dataset_records, queries, query_datasets, query_sessions, session_records
 from ..tables import SESSIONS_COLUMNS
 
 #: Rows per batch of a streamed export: ~100 MB of Python objects at most.
@@ -103,9 +105,10 @@ def export_loaded_ids(
 def cache_frames(store: Store, run: str | None = None, query: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The sessions and datasets to export, in the normalised layout of :mod:`oneprov.tables`.
 
-    Without ``run``: every session and dataset in the store (or only those ``query`` returned, e.g.
-    one import of cache tables), in its current state. With ``run``: exactly the sessions and
-    datasets that run queried or loaded, each dataset in the latest state the run saw it in.
+    Without ``run``: every session and dataset in the store in its current state, or only those
+    ``query`` returned (e.g. one import of cache tables: a client's tables), in the state it gave
+    them. With ``run``: exactly the sessions and datasets that run queried or loaded, each in the
+    latest state the run saw it in.
     """
     with _snapshot(store) as conn:
         ss, ds = _cache_selects(conn, run, query)
@@ -125,48 +128,44 @@ def _snapshot(store: Store) -> Iterator[Connection]:
 
 def _cache_selects(conn: Connection, run: str | None, query: int | None) -> tuple[sa.Select, sa.Select]:
     """The SELECTs of :func:`cache_frames`: sessions sorted by id, datasets by (eid, id)."""
-    d = datasets.c
-    if run is None:
-        ds = sa.select(d.session_id.label("eid"), d.id, d.rel_path, d.file_size, d.hash, d.exists, d.qc,
-                       d.default_revision)
-        ss = sa.select(*(sessions.c[c] for c in SESSIONS_COLUMNS))
-        if query is not None:
-            qs, qd = query_sessions.c, query_datasets.c
-            ss = ss.join(query_sessions, sa.and_(qs.session_id == sessions.c.id, qs.query_id == query))
-            # Datasets are never deleted and a query only lists existing ones, so a query holding as
-            # many datasets as the store holds them all: skip the join, whose plans cost 2-3 times
-            # the plain scan in (session_id, ...) index order (a lookup per row, or a sort).
-            n_query = conn.execute(sa.select(sa.func.count()).where(qd.query_id == query)).scalar_one()
-            if n_query != conn.execute(sa.select(sa.func.count()).select_from(datasets)).scalar_one():
-                ds = ds.join(query_datasets, sa.and_(qd.dataset_id == d.id, qd.query_id == query))
-    else:
+    d, s = dataset_records, session_records
+    ds = sa.select(d.c.session_uuid.label("eid"), d.c.uuid.label("id"), d.c.rel_path, d.c.file_size, d.c.hash,
+                   d.c.exists, d.c.qc, d.c.default_revision)
+    ss = sa.select(s.c.uuid.label("id"), *(s.c[c] for c in SESSIONS_COLUMNS[1:]))
+    if run is not None:
+        # Each row in the latest state the run saw: the records its queries returned and its loads used.
         seen = sa.union_all(
-            sa.select(query_datasets.c.dataset_id, query_datasets.c.state_id)
-            .join(queries, queries.c.id == query_datasets.c.query_id).where(queries.c.run_id == run),
-            sa.select(access_events.c.dataset_id, access_events.c.state_id)
-            .where(access_events.c.run_id == run, access_events.c.dataset_id.is_not(None)),
-        ).subquery("seen")
-        latest = (sa.select(seen.c.dataset_id, sa.func.max(seen.c.state_id).label("state_id"))
-                  .group_by(seen.c.dataset_id).subquery("latest"))
-        state = dataset_history.alias("state")
-        s = state.c
-        ds = (sa.select(d.session_id.label("eid"), d.id, d.rel_path,
-                        sa.case((s.id.is_(None), d.file_size), else_=s.file_size).label("file_size"),
-                        sa.case((s.id.is_(None), d.hash), else_=s.hash).label("hash"),
-                        sa.func.coalesce(s.exists, d.exists).label("exists"),
-                        sa.func.coalesce(s.qc, d.qc).label("qc"),
-                        sa.case((s.id.is_(None), d.default_revision), else_=s.default_revision).label("default_revision"))
-              .select_from(latest.join(datasets, d.id == latest.c.dataset_id)
-                           .join(state, s.id == latest.c.state_id, isouter=True)))
-        queried = (sa.select(query_sessions.c.session_id).join(queries, queries.c.id == query_sessions.c.query_id)
-                   .where(queries.c.run_id == run))
-        session_ids = sa.union(queried, sa.select(d.session_id).join(latest, latest.c.dataset_id == d.id))
-        ss = sa.select(*(sessions.c[c] for c in SESSIONS_COLUMNS)).where(sessions.c.id.in_(session_ids))
+            sa.select(query_datasets.c.record_id.label("id")).join(queries, queries.c.id == query_datasets.c.query_id)
+            .where(queries.c.run_id == run),
+            sa.select(access_events.c.record_id).where(access_events.c.run_id == run,
+                                                       access_events.c.record_id.is_not(None))).subquery("seen")
+        latest = (sa.select(sa.func.max(d.c.id)).where(d.c.id.in_(sa.select(seen.c.id)))
+                  .group_by(*(d.c[c] for c in ROW_KEY["dataset_records"])))
+        ds = ds.where(d.c.id.in_(latest))
+        queried = (sa.select(sa.func.max(s.c.id)).join(query_sessions, query_sessions.c.record_id == s.c.id)
+                   .join(queries, queries.c.id == query_sessions.c.query_id).where(queries.c.run_id == run)
+                   .group_by(s.c.uuid))
+        loaded = sa.select(d.c.session_uuid).where(d.c.id.in_(latest))
+        # a session whose datasets the run loaded without a query returning it: as it is now
+        ss = ss.where(sa.or_(s.c.id.in_(queried), sa.and_(current(s), s.c.uuid.in_(loaded),
+                                                          s.c.uuid.not_in(sa.select(s.c.uuid).where(s.c.id.in_(queried))))))
+    elif query is not None:
+        # A query holding every record holds them all: skip the membership test, whose plans cost
+        # 2-3 times the plain scan (a lookup per row, or a sort).
+        if not holds_everything(conn, query, s):
+            ss = ss.where(held_by(s, query))
+        if not holds_everything(conn, query, d):
+            ds = ds.where(held_by(d, query))
+    else:
+        latest = latest_import(conn)
+        if not holds_everything(conn, latest, s):
+            ss = ss.where(current(s))
+        if not holds_everything(conn, latest, d):
+            ds = ds.where(current(d))
     # UUIDs are fixed-format lowercase hex: every collation orders them as bytes, as ONE sorts them.
-    # The datasets are sorted, rather than read along the index by session (ix_datasets_revision_choice): that
-    # walk reads the table in session order, a random read per row unless the import inserted in
-    # that order (1.5x the time of a scan and a sort).
-    return ss.order_by(sessions.c.id), ds.order_by(d.session_id + sa.literal_column("''"), d.id)
+    # The datasets are sorted, rather than read along an index by session: that walk reads the
+    # table in session order, a random read per row unless the import inserted in that order.
+    return ss.order_by(s.c.uuid), ds.order_by(d.c.session_uuid + sa.literal_column("''"), d.c.uuid)
 
 
 def _fetch(conn: Connection, dialect: Dialect, stmt: sa.Select, size: int) -> Iterator[list[tuple]]:
@@ -233,7 +232,8 @@ def export_cache(
     run: str | None = None,
     query: int | None = None,
     clobber: bool = False,
-    origin: str = "oneprov",
+    origin: str | None = "oneprov",
+    record: bool = True,
 ) -> dict[str, Path]:
     """Write ONE-format ``sessions.pqt`` and ``datasets.pqt`` into ``out_dir``; return their paths.
 
@@ -241,17 +241,22 @@ def export_cache(
     already in the folder, as ONE's ``save_cache`` does (rows updated by id, new rows appended,
     the earliest ``date_created`` kept, ``date_modified`` set); ``default_revision`` is always kept.
     Otherwise the rows stream from the database to the file in batches, in bounded memory.
+    With ``origin=None`` the tables keep the metadata of the tables ``query`` imported (their
+    ``origin`` and ``date_created``), as one-api's ``save_cache`` keeps its tables' own. Each file
+    is recorded in ``exports`` (unless not ``record``).
     """
     folder = Path(out_dir).expanduser().absolute()
     if not folder.is_dir():
         raise BadInputError(f"export folder {str(folder)!r} does not exist")
     written: dict[str, tables.WrittenTable] = {}
+    now = datetime.now().strftime(tables.DATE_FORMAT)
     try:
         with _snapshot(store) as conn:
             selects = dict(zip(("sessions", "datasets"), _cache_selects(conn, run, query)))
+            imported = _imported_metadata(conn, query) if origin is None else {}
             for name, stmt in selects.items():
                 target = folder / f"{name}.pqt"
-                meta = {"origin": origin}
+                meta = {**imported.get(name, {}), "date_modified": now} if origin is None else {"origin": origin}
                 if clobber or not target.exists():
                     # (closed here: its cursor, before the rollback)
                     with closing(_store_batches(conn, store.dialect, stmt, name, target)) as batches:
@@ -266,6 +271,16 @@ def export_cache(
                 written[name] = write(frame, target, meta)
     finally:
         # Recorded once the read transaction is over: an in-memory store has a single connection.
-        store.record_exports([ExportedFile(f"{result.path.stem}_table", result.path, result.rows, run,
-                                           {"clobber": clobber}) for result in written.values()])
+        if record:
+            store.record_exports([ExportedFile(f"{result.path.stem}_table", result.path, result.rows, run,
+                                               {"clobber": clobber}) for result in written.values()])
     return {name: result.path for name, result in written.items()}
+
+
+def _imported_metadata(conn: Connection, query: int | None) -> dict[str, dict]:
+    """The ``one_metadata`` of each table that ``query`` (an import) read, as it recorded them."""
+    if query is None:
+        return {}
+    params = conn.execute(sa.select(queries.c.params).where(queries.c.id == query)).scalar()
+    metadata = json.loads(params or "{}").get("metadata") or {}
+    return {name: meta for name, meta in metadata.items() if isinstance(meta, dict)}

@@ -79,7 +79,7 @@ class Store(Database):
     # The functions that take a store first, as its methods:
     from .runs import finish_run, mark, resolve_run, retire_run, start_run, list_runs as runs
     from .recording import record_access, record_exports, record_query
-    from .ingest import import_cache
+    from .ingest import import_cache, ingest_rows as ingest
     from .revisions import datasets_last_before
     from .loaded import loaded_ids
 

@@ -1,8 +1,9 @@
-"""What one client sees: the sessions and datasets of the cache tables it loaded.
+"""What one client sees: the session and dataset records of the cache tables it loaded.
 
-A database may hold the tables of many caches and projects. A catalog is the set of rows returned
-by one import of cache tables (a recorded query), so a client answers only from the tables it
-loaded. Reads are SQL; only ONE's regex/glob name filters run in pandas, on one session's rows.
+A database may hold the tables of many caches and projects, and several states of one row. A
+catalog is the set of records returned by one import of cache tables (a recorded query), so a
+client answers only from its own tables, in the states they gave, whatever else the database
+holds. Reads are SQL; only ONE's regex/glob name filters run in pandas, on one session's rows.
 
 >>> from oneprov import open_store
 >>> Catalog(open_store(":memory:"), None).sessions().empty
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from functools import lru_cache
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import pandas as pd
 import sqlalchemy as sa
@@ -22,10 +23,21 @@ from ..tables import DATASETS_COLUMNS, SESSIONS_COLUMNS
 from .dialects import Dialect
 from .engine import Database, result_frame
 from .revisions import chosen_ids, qc_names_up_to
-from .schema import datasets, query_datasets, query_sessions, sessions
+from .schema import dataset_records, query_datasets, query_sessions, session_records
 
-#: The columns of a catalog's dataset rows: a stored dataset row and the state it was read in.
-DATASET_COLUMNS = ["session_id" if c == "eid" else c for c in DATASETS_COLUMNS] + ["state_id"]
+#: The columns of a catalog's session rows: ONE's, and the record they were read from.
+SESSION_COLUMNS = [*SESSIONS_COLUMNS, "record_id"]
+#: The columns of a catalog's dataset rows: ONE's (``eid`` named ``session_id``), and the record.
+DATASET_COLUMNS = ["session_id" if c == "eid" else c for c in DATASETS_COLUMNS] + ["record_id"]
+_AS_STORED = {"id": "uuid", "session_id": "session_uuid", "record_id": "id"}
+
+
+def _session_columns(table: sa.FromClause = session_records) -> list[sa.ColumnElement]:
+    return [table.c[_AS_STORED.get(c, c)].label(c) for c in SESSION_COLUMNS]
+
+
+def _dataset_columns(table: sa.FromClause = dataset_records) -> list[sa.ColumnElement]:
+    return [table.c[_AS_STORED.get(c, c)].label(c) for c in DATASET_COLUMNS]
 
 
 class Catalog:
@@ -34,46 +46,67 @@ class Catalog:
     def __init__(self, db: Database, query_id: int | None):
         self.db = db
         self.query_id = query_id
+        self._sessions: dict[str, Any] = {}   # eid -> row: a complete query's records never change
+        self._defaults: bool | None = None
 
     def _session_rows(self) -> sa.Select:
         # EXISTS rather than a join: SQLite then filters the sessions first (e.g. by subject) and
         # checks membership by primary key, instead of looking up every member session (4x faster).
         q = query_sessions.c
-        member = sa.exists().where(q.query_id == self._query_param(), q.session_id == sessions.c.id)
-        return sa.select(*(sessions.c[c] for c in SESSIONS_COLUMNS)).where(member)
+        member = sa.exists().where(q.query_id == self._query_param(), q.record_id == session_records.c.id)
+        return sa.select(*_session_columns()).where(member)
 
     def _dataset_rows(self) -> sa.Select:
         q = query_datasets.c
-        return (sa.select(*(datasets.c[c] for c in DATASET_COLUMNS))
-                .join(query_datasets, q.dataset_id == datasets.c.id)
-                .where(q.query_id == (self.query_id if self.query_id is not None else -1)))
+        member = sa.exists().where(q.query_id == self._query_param(), q.record_id == dataset_records.c.id)
+        return sa.select(*_dataset_columns()).where(member)
 
     # -- sessions ---------------------------------------------------------------------------
 
     def sessions(self, *, ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """The catalog's session rows (columns :data:`SESSION_COLUMNS`), of these eids if given."""
         stmt = self._session_rows()
         if ids is not None:
-            stmt = stmt.where(sessions.c.id.in_(list(ids)))
+            stmt = stmt.where(session_records.c.uuid.in_(list(ids)))
         return self.db.frame(stmt)
+
+    def knows_default_revisions(self) -> bool:
+        """Whether the catalog's tables said which revisions are the default ones (a
+        ``default_revision`` column: one-api's ``default_revisions_only`` needs it)."""
+        if self._defaults is None:
+            q, d = query_datasets.c, dataset_records.c
+            with self.db.reading() as conn:
+                self._defaults = conn.execute(
+                    sa.select(d.id).join(query_datasets, q.record_id == d.id)
+                    .where(q.query_id == self._query_param(), d.default_revision.is_not(None)).limit(1)).first() is not None
+        return self._defaults
+
+    def session(self, eid: str) -> Any:
+        """The catalog's row of one session (attribute access, :data:`SESSION_COLUMNS`), or None."""
+        if eid not in self._sessions:
+            with self.db.reading() as conn:
+                self._sessions[eid] = conn.execute(self._session_rows().where(session_records.c.uuid == eid)).first()
+        return self._sessions[eid]
 
     def find_session(self, subject: str, date: str, number: int, lab: str | None = None) -> list[str]:
         """The eids of the sessions at ``[lab/Subjects/]subject/date/number``."""
-        stmt = self._session_rows().where(sessions.c.subject == subject,
-                                          sessions.c.date == dt.date.fromisoformat(str(date)[:10]),
-                                          sessions.c.number == int(number))
+        s = session_records.c
+        stmt = self._session_rows().where(s.subject == subject, s.date == dt.date.fromisoformat(str(date)[:10]),
+                                          s.number == int(number))
         if lab:
-            stmt = stmt.where(sessions.c.lab == lab)
+            stmt = stmt.where(s.lab == lab)
         return self.db.frame(stmt)["id"].tolist()
 
     def search(self, *, wildcards: bool = True, subject=None, lab=None, projects=None, task_protocol=None,
                date_range=None, number=None, datasets: Any = None, dataset_qc_lte=None,
-               ids_only: bool = False) -> pd.DataFrame | list[str]:
+               ids_only: bool = False) -> "Found":
         """Sessions matching every given term, newest first (ONE's local search rules).
 
         Text terms are partial matches (regular expressions when ``wildcards``), any of a list;
         ``datasets`` lists exact names (regexes) a session must all have, present on disk and with
         QC at or below ``dataset_qc_lte`` (FAIL by default). ``dataset_qc_lte`` alone keeps the
-        sessions with any such dataset. With ``ids_only``, the list of eids instead of the rows.
+        sessions with any such dataset. The rows (:data:`SESSION_COLUMNS`) are left out with
+        ``ids_only``: a search of ids makes no DataFrame.
         """
         params: dict[str, Any] = {"query_id": self._query_param()}
         text, regex_terms = [], []
@@ -101,20 +134,20 @@ class Catalog:
             for i, pattern in enumerate(patterns):
                 if pattern:
                     params[f"names_{i}"] = self._dataset_names(pattern)
-        columns = ("id",) if ids_only and not regex_terms else tuple(SESSIONS_COLUMNS)
+        columns = ("id", "record_id") if ids_only and not regex_terms else tuple(SESSION_COLUMNS)
         stmt = _search_statement(self.db.dialect, columns, tuple(text), start is not None, end is not None,
                                  number is not None, names)
         with self.db.reading() as conn:   # one snapshot for both statements
             params.update(self.db.dialect.coverage(conn, self.query_id))
             rows = conn.execute(stmt, params).fetchall()
-        if columns == ("id",):
-            return [row[0] for row in rows]
+        if columns == ("id", "record_id"):
+            return Found([r[0] for r in rows], [r[1] for r in rows], None)
         frame = pd.DataFrame([tuple(row) for row in rows], columns=list(columns))
         for column, query in regex_terms:
             text_values = frame[column].astype("string").fillna("")
             frame = frame[text_values.str.contains(query, regex=True).fillna(False).astype(bool)]
         frame = frame.reset_index(drop=True)
-        return frame["id"].tolist() if ids_only else frame
+        return Found(frame["id"].tolist(), frame["record_id"].tolist(), None if ids_only else frame)
 
     def _dataset_names(self, pattern: str) -> list[str]:
         """The dataset names a ``datasets`` search term stands for: itself, or those its regex matches whole."""
@@ -151,7 +184,7 @@ class Catalog:
 
     def dataset(self, dataset_id: str) -> pd.DataFrame:
         """The row(s) of one dataset id, whatever its QC."""
-        return self.db.frame(self._dataset_rows().where(datasets.c.id == dataset_id))
+        return self.db.frame(self._dataset_rows().where(dataset_records.c.uuid == dataset_id))
 
     def pick(self, eid: str, keep: Callable[[Any], bool], revision: str | None, *, strict: bool = True,
              check: Callable[[list], None] | None = None) -> list:
@@ -165,8 +198,17 @@ class Catalog:
             rows = [r for r in conn.execute(_datasets_statement(True, False), params).fetchall() if keep(r)]
             if check is not None:
                 check(rows)
-            chosen = set(chosen_ids(conn, [r.id for r in rows], revision, strict=strict))
-        return [r for r in rows if r.id in chosen]
+            chosen = set(chosen_ids(conn, [r.record_id for r in rows], revision, strict=strict))
+        return [r for r in rows if r.record_id in chosen]
+
+
+class Found(NamedTuple):
+    """What a search found: the eids, the session records they were read from, and (unless only ids
+    were asked for) the rows."""
+
+    ids: list[str]
+    records: list[int]
+    rows: pd.DataFrame | None
 
 
 _REGEX_CHARS = set("^$*+?()[]{}|\\.")
@@ -183,32 +225,32 @@ def _search_statement(dialect: Dialect, columns: tuple[str, ...], text: tuple[tu
     (:meth:`~oneprov.store.dialects.Dialect.coverage`), with which SQLite skips membership lookups
     when the catalog is known to hold every row of a table.
     """
-    s = sessions.c
+    s = session_records.c
     q = query_sessions.c
-    member = dialect.unless_whole("all_sessions", _exists(q.query_id == sa.bindparam("query_id"), q.session_id == s.id))
-    stmt = sa.select(*(s[c] for c in columns)).where(member)
+    member = dialect.unless_whole("all_sessions", _exists(q.query_id == sa.bindparam("query_id"), q.record_id == s.id))
+    stmt = sa.select(*(c for c in _session_columns() if c.key in columns)).where(member)
     for column, n in text:
-        stmt = dialect.substring_filter(stmt, sessions, column, n)
+        stmt = dialect.substring_filter(stmt, session_records, column, n)
     if date_start:
         stmt = stmt.where(s.date >= sa.bindparam("date_start"))
     if date_end:
         stmt = stmt.where(s.date <= sa.bindparam("date_end"))
     if numbers:
         stmt = stmt.where(s.number.in_(sa.bindparam("numbers", expanding=True)))
-    d = datasets.c
+    d = dataset_records.c
     in_catalog = dialect.unless_whole("all_datasets", _exists(query_datasets.c.query_id == sa.bindparam("query_id"),
-                                                              query_datasets.c.dataset_id == d.id))
+                                                              query_datasets.c.record_id == d.id))
     for i, named in enumerate(names):
-        # Per session: one seek in the (name, session_id, id, exists, qc) index, and the catalog
+        # Per session: one seek in the (name, session_uuid, exists, qc) index, and the catalog
         # membership of its first passing dataset (not of every dataset with that name).
-        has = [d.session_id == s.id, d.exists == sa.true(), d.qc.in_(sa.bindparam("qc", expanding=True)), in_catalog]
+        has = [d.session_uuid == s.uuid, d.exists == sa.true(), d.qc.in_(sa.bindparam("qc", expanding=True)), in_catalog]
         if named:
             has.insert(0, d.name.in_(sa.bindparam(f"names_{i}", expanding=True)))
         stmt = stmt.where(_exists(*has))
     # ONE sorts its table (ordered by id) by date, subject and number, descending, NULLs last: ties
     # stay in id order. Text compares byte-wise, as in pandas.
     keys = [dialect.descending(s.date), dialect.descending(dialect.byte_order(s.subject)), dialect.descending(s.number)]
-    return stmt.order_by(*keys, dialect.byte_order(s.id))
+    return stmt.order_by(*keys, dialect.byte_order(s.uuid))
 
 
 def _exists(*where: sa.ColumnElement[bool]) -> sa.Exists:
@@ -217,25 +259,31 @@ def _exists(*where: sa.ColumnElement[bool]) -> sa.Exists:
 
 
 #: Every dataset name in the database, one index seek per name (a skip scan).
-_names = sa.select(sa.func.min(datasets.c.name).label("name")).cte("names", recursive=True)
+_names = sa.select(sa.func.min(dataset_records.c.name).label("name")).cte("names", recursive=True)
 _names = _names.union_all(
-    sa.select(sa.select(sa.func.min(datasets.c.name)).where(datasets.c.name > _names.c.name).scalar_subquery())
+    sa.select(sa.select(sa.func.min(dataset_records.c.name)).where(dataset_records.c.name > _names.c.name)
+              .scalar_subquery())
     .where(_names.c.name.is_not(None)))
 _DISTINCT_NAMES = sa.select(_names.c.name).where(_names.c.name.is_not(None))
 
 
 @lru_cache(maxsize=8)
 def _datasets_statement(one_session: bool, some_ids: bool) -> sa.Select:
-    """The catalog's dataset rows passing QC (bound: query_id, qc, eid, ids), built once."""
-    q = query_datasets.c
-    stmt = (sa.select(*(datasets.c[c] for c in DATASET_COLUMNS))
-            .join(query_datasets, q.dataset_id == datasets.c.id)
-            .where(q.query_id == sa.bindparam("query_id"), datasets.c.qc.in_(sa.bindparam("qc", expanding=True))))
+    """The catalog's dataset rows passing QC (bound: query_id, qc, eid, ids), built once.
+
+    One session's rows are found by session, then checked for membership (an EXISTS); all the
+    catalog's rows are read from its links.
+    """
+    d, q = dataset_records.c, query_datasets.c
+    stmt = sa.select(*_dataset_columns()).where(d.qc.in_(sa.bindparam("qc", expanding=True)))
     if one_session:
-        stmt = stmt.where(datasets.c.session_id == sa.bindparam("eid"))
+        stmt = stmt.where(d.session_uuid == sa.bindparam("eid"),
+                          _exists(q.query_id == sa.bindparam("query_id"), q.record_id == d.id))
+    else:
+        stmt = stmt.join(query_datasets, q.record_id == d.id).where(q.query_id == sa.bindparam("query_id"))
     if some_ids:
-        stmt = stmt.where(datasets.c.id.in_(sa.bindparam("ids", expanding=True)))
-    return stmt.order_by(datasets.c.session_id, datasets.c.rel_path)
+        stmt = stmt.where(d.uuid.in_(sa.bindparam("ids", expanding=True)))
+    return stmt.order_by(d.session_uuid, d.rel_path)
 
 
 def date_bounds(date_range: Any) -> tuple[dt.date | None, dt.date | None]:

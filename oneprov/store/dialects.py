@@ -16,7 +16,7 @@ import json
 import sqlite3
 from contextlib import contextmanager
 from functools import cache, lru_cache
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import pyarrow as pa
 import sqlalchemy as sa
@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.url import URL
 
 from ..errors import DatabaseError
-from .schema import access_events, datasets, query_datasets, query_sessions
+from .schema import access_events, dataset_records, query_datasets, query_sessions
 
 #: Seconds a SQLite writer waits for another process's write transaction before giving up.
 BUSY_TIMEOUT_S = 60
@@ -37,30 +37,16 @@ IMPORT_CACHE_MIB = 256
 
 #: An access event's fields, in the order of the rows :meth:`Dialect.insert_events` takes.
 EVENT_COLUMNS = ("event_time", "method", "outcome", "dataset_id", "session_id", "rel_path", "requested_revision",
-                 "revision_cutoff", "scope", "path", "bytes", "detail", "listed")
+                 "revision_cutoff", "scope", "record_id", "path", "bytes", "detail", "listed")
 
-#: A query's result rows, linked in one statement: a JSON array (SQLite) or arrays (PostgreSQL)
-#: unpacked in SQL, instead of one INSERT (and one state lookup) per row. Kinds: ``sessions``
-#: (bound ``qid``, ``ids``), ``datasets`` (``qid``, ``ids`` and their ``states``) and
-#: ``datasets_current`` (``qid``, ``ids``, each linked with its dataset's current state).
+#: A query's result records, linked in one statement (bound ``qid`` and the record ``ids``): a
+#: JSON array (SQLite) or an array (PostgreSQL) unpacked in SQL, instead of one INSERT per row.
 _LINKS = {
-    "sqlite": {
-        "sessions": "INSERT INTO query_sessions (query_id, session_id) SELECT :qid, value FROM json_each(:ids)",
-        "datasets": "INSERT INTO query_datasets (query_id, dataset_id, state_id) "
-                    "SELECT :qid, json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:pairs)",
-        "datasets_current": "INSERT INTO query_datasets (query_id, dataset_id, state_id) "
-                            "SELECT :qid, j.value, d.state_id FROM json_each(:ids) AS j LEFT JOIN datasets AS d ON d.id = j.value",
-    },
-    "postgresql": {
-        "sessions": "INSERT INTO query_sessions (query_id, session_id) SELECT :qid, unnest(CAST(:ids AS TEXT[]))",
-        "datasets": "INSERT INTO query_datasets (query_id, dataset_id, state_id) "
-                    "SELECT :qid, t.id, t.state FROM unnest(CAST(:ids AS TEXT[]), CAST(:states AS INTEGER[])) AS t(id, state)",
-        "datasets_current": "INSERT INTO query_datasets (query_id, dataset_id, state_id) "
-                            "SELECT :qid, t.id, d.state_id FROM unnest(CAST(:ids AS TEXT[])) AS t(id) "
-                            "LEFT JOIN datasets AS d ON d.id = t.id",
-    },
+    "sqlite": "INSERT INTO {table} (query_id, record_id) SELECT :qid, value FROM json_each(:ids)",
+    "postgresql": "INSERT INTO {table} (query_id, record_id) SELECT :qid, unnest(CAST(:ids AS INTEGER[]))",
 }
-_LINK_STATEMENTS = {name: {kind: sa.text(sql) for kind, sql in kinds.items()} for name, kinds in _LINKS.items()}
+_LINK_STATEMENTS = {name: {table.name: sa.text(sql.format(table=table.name)) for table in (query_sessions, query_datasets)}
+                    for name, sql in _LINKS.items()}
 
 
 class Dialect:
@@ -158,17 +144,28 @@ class Dialect:
 
     # -- writing in bulk --------------------------------------------------------------------
 
-    def link(self, conn: Connection, kind: str, params: dict[str, Any]) -> None:
-        """Insert a query's links of one ``kind`` (see :data:`_LINKS`) in one statement."""
-        conn.execute(_LINK_STATEMENTS[self.name][kind], params)
+    def link(self, conn: Connection, table: sa.Table, query_id: int, record_ids: list[int]) -> None:
+        """Link a query to the records it returned (``table`` is ``query_sessions`` or ``query_datasets``),
+        in one statement; ``record_ids`` distinct, ideally sorted."""
+        conn.execute(_LINK_STATEMENTS[self.name][table.name], {"qid": query_id, "ids": record_ids})
 
-    def fill(self, conn: Connection, table: sa.Table, columns: list[str], rows: list[tuple]) -> None:
-        """Insert ``rows`` (tuples in ``columns`` order) into ``table`` in bulk, through the driver."""
+    def current_role(self, conn: Connection) -> str | None:
+        """The database role of this connection (None where the back end has no roles)."""
+        return None
+
+    def may_alter(self, conn: Connection, table: sa.Table) -> bool:
+        """Whether this connection may drop and create ``table``'s indexes."""
+        return True
+
+    def fill(self, conn: Connection, table: sa.Table, columns: list[str], rows: list[tuple],
+             constants: dict[str, Any] | None = None) -> None:
+        """Insert ``rows`` (tuples in ``columns`` order) into ``table`` in bulk, through the driver;
+        ``constants`` give the same value to other columns of every row."""
         raise NotImplementedError
 
     def insert_events(self, db: Any, run_id: str, rows: list[tuple]) -> list[int]:
-        """Insert access events (tuples in :data:`EVENT_COLUMNS` order) in one transaction of ``db``,
-        each linked with its dataset's current state; return their ids, in order."""
+        """Insert access events (tuples in :data:`EVENT_COLUMNS` order) in one transaction of ``db``;
+        return their ids, in order."""
         raise NotImplementedError
 
     @contextmanager
@@ -176,18 +173,12 @@ class Dialect:
         """Connection settings for the length of a large import."""
         yield
 
-    @contextmanager
-    def bulk_load(self, conn: Connection) -> Iterator[None]:
-        """The datasets' indexes built after the rows, when an import fills empty tables."""
-        yield
+    def number_new_records(self, conn: Connection, stage: sa.Table, records: sa.Table) -> None:
+        """Set ``record_id`` of the stage's changed rows to the ids their new ``records`` rows will get."""
+        raise NotImplementedError
 
-    def reserve_state_ids(self, conn: Connection, n: int) -> range | None:
-        """History ids for ``n`` rows taken up front (the write lock is held), or None when they are
-        drawn later by :meth:`number_history_rows`."""
-        return None
-
-    def number_history_rows(self, conn: Connection, stage: sa.Table) -> None:
-        """Set ``state_id`` of the stage's changed rows to the ids their history rows will get."""
+    def reserve_ids(self, conn: Connection, table: sa.Table, n: int) -> Sequence[int]:
+        """``n`` new ids of ``table`` (an integer primary key ``id``), ascending, no other writer's."""
         raise NotImplementedError
 
 
@@ -291,8 +282,8 @@ class SQLite(Dialect):
         sum of the flagged rows' rowids when exactly one is flagged. The chosen rowids are sorted, so
         that the table is then read in its own order rather than at random.
         """
-        d = datasets.c
-        rowid = sa.literal_column(f"{datasets.name}.rowid")
+        d = dataset_records.c
+        rowid = sa.literal_column(f"{dataset_records.name}.rowid")
         if revision is not None:
             conditions = [*conditions, d.revision <= revision]
             chosen, n_default = rowid, sa.literal_column("0")
@@ -302,50 +293,43 @@ class SQLite(Dialect):
             chosen = sa.case((n_default == 1, sa.func.sum(sa.case((flagged, rowid)))), else_=rowid)
         choice = (sa.select(chosen.label("chosen"), n_default.label("n_default"), sa.func.max(d.revision).label("top"))
                   .where(*conditions)
-                  .group_by(d.session_id, d.collection, d.name)
+                  .group_by(d.session_uuid, d.collection, d.name)
                   .order_by(sa.literal_column("chosen"))
                   .subquery("choice"))
-        row = datasets.alias("chosen_row")
+        row = dataset_records.alias("chosen_row")
         return (sa.select(*output(row), choice.c.n_default)
                 .select_from(choice.join(row, sa.literal_column("chosen_row.rowid") == choice.c.chosen)))
 
-    def link(self, conn: Connection, kind: str, params: dict[str, Any]) -> None:
+    def link(self, conn: Connection, table: sa.Table, query_id: int, record_ids: list[int]) -> None:
         if not _sqlite_json():  # an SQLite built without JSON1 (before 3.38 it was optional): row by row
-            _link_row_by_row(conn, kind, params)
+            conn.execute(table.insert(), [{"query_id": query_id, "record_id": r} for r in record_ids])
             return
-        if kind == "datasets":
-            params = {"qid": params["qid"], "pairs": json.dumps(list(zip(params["ids"], params["states"])))}
-        else:
-            params = {"qid": params["qid"], "ids": json.dumps(params["ids"])}
-        super().link(conn, kind, params)
+        conn.execute(_LINK_STATEMENTS[self.name][table.name], {"qid": query_id, "ids": json.dumps(record_ids)})
 
-    def fill(self, conn: Connection, table: sa.Table, columns: list[str], rows: list[tuple]) -> None:
-        # SQLAlchemy's own executemany spends more time per row than SQLite needs to store it.
+    def fill(self, conn: Connection, table: sa.Table, columns: list[str], rows: list[tuple],
+             constants: dict[str, Any] | None = None) -> None:
+        # SQLAlchemy's own executemany spends more time per row than SQLite needs to store it; the
+        # constants are SQL literals, bound once (a datetime parameter costs a conversion per row).
         if rows:
             quote = conn.dialect.identifier_preparer.quote
-            conn.exec_driver_sql(f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
-                                 f"VALUES ({', '.join('?' * len(columns))})", rows)
+            literals = [str(sa.literal(v, table.c[c].type).compile(dialect=conn.dialect,
+                                                                  compile_kwargs={"literal_binds": True}))
+                        for c, v in (constants or {}).items()]
+            names = ", ".join(quote(c) for c in [*columns, *(constants or {})])
+            conn.exec_driver_sql(f"INSERT INTO {quote(table.name)} ({names}) "
+                                 f"VALUES ({', '.join(['?'] * len(columns) + literals)})", rows)
 
     def insert_events(self, db: Any, run_id: str, rows: list[tuple]) -> list[int]:
         # Through the driver: SQLAlchemy's execution costs several times SQLite's commit.
         to_text = _sqlite_time(db.engine.dialect)
         with db.driver_writing() as cursor:
             if len(rows) == 1:  # the common case, the client's: one load, one transaction
-                row = rows[0]
-                cursor.execute(_SQLITE_INSERT_EVENT, (run_id, to_text(row[0]), *row[1:], row[3]))
+                cursor.execute(_SQLITE_INSERT_EVENT, (run_id, to_text(rows[0][0]), *rows[0][1:]))
                 return [cursor.lastrowid]
-            # The datasets' states first, each looked up once, in id order (somewhat fewer page reads
-            # than a lookup per event; most of a large batch's time goes to inserting its random
-            # dataset ids into ix_access_events_dataset_id).
-            wanted = sorted({row[3] for row in rows if row[3] is not None})
-            state: dict[str, int | None] = {}
-            for i in range(0, len(wanted), _SQLITE_MAX_PARAMS):
-                chunk = wanted[i:i + _SQLITE_MAX_PARAMS]
-                state.update(cursor.execute(f"SELECT id, state_id FROM datasets WHERE id IN "
-                                            f"({', '.join('?' * len(chunk))})", chunk).fetchall())
-            # BEGIN IMMEDIATE holds the write lock: the ids after the largest one are ours.
+            # BEGIN IMMEDIATE holds the write lock: the ids after the largest one are ours. (Most of
+            # a large batch's time goes to inserting its random dataset ids into their index.)
             base = cursor.execute("SELECT coalesce(max(id), 0) FROM access_events").fetchone()[0]
-            cursor.executemany(_SQLITE_INSERT_EVENT_ID, [(base + k, run_id, to_text(row[0]), *row[1:], state.get(row[3]))
+            cursor.executemany(_SQLITE_INSERT_EVENT_ID, [(base + k, run_id, to_text(row[0]), *row[1:])
                                                         for k, row in enumerate(rows, 1)])
             return list(range(base + 1, base + len(rows) + 1))
 
@@ -355,56 +339,30 @@ class SQLite(Dialect):
 
         SQLite's default cache (2 MiB) holds a small part of the indexes an import writes to, so a
         large import rereads and rewrites index pages over and over. Other connections keep theirs;
-        this one gets its old size back at the end (before the commit, which writes the pages out).
+        this one gets its old size back at the end.
         """
-        before = {schema: conn.exec_driver_sql(f"PRAGMA {schema}.cache_size").scalar_one() for schema in ("main", "temp")}
-        conn.exec_driver_sql(f"PRAGMA main.cache_size = -{IMPORT_CACHE_MIB * 1024}")
+        # (through the driver: a PRAGMA would otherwise begin a transaction)
+        driver = conn.connection.dbapi_connection
+        before = {schema: driver.execute(f"PRAGMA {schema}.cache_size").fetchone()[0] for schema in ("main", "temp")}
+        driver.execute(f"PRAGMA main.cache_size = -{IMPORT_CACHE_MIB * 1024}")
         # the stage tables (temp) hold one batch: in a cache that size they are not written to a file
-        conn.exec_driver_sql(f"PRAGMA temp.cache_size = -{IMPORT_CACHE_MIB * 1024 // 4}")
+        driver.execute(f"PRAGMA temp.cache_size = -{IMPORT_CACHE_MIB * 1024 // 4}")
         try:
             yield
         finally:
             for schema, size in before.items():
-                conn.exec_driver_sql(f"PRAGMA {schema}.cache_size = {int(size)}")
+                driver.execute(f"PRAGMA {schema}.cache_size = {int(size)}")
 
-    @contextmanager
-    def bulk_load(self, conn: Connection) -> Iterator[None]:
-        """With no datasets stored yet, build the datasets' indexes after the rows are in.
-
-        A first import writes a million rows into tables whose indexes are keyed by random UUIDs;
-        inserting into an index row by row costs several times more than building it once from the
-        sorted rows. So the secondary indexes of ``datasets`` and ``dataset_history`` and the
-        append-only insert checks of the tables an import fills (which look up each new row) are
-        dropped here and created again from their own stored SQL before the transaction commits:
-        other connections never see the schema without them, and a failed import rolls the drop back.
-        An empty table has nothing for the append-only checks to protect, and primary keys stay.
-        """
-        if conn.execute(sa.select(datasets.c.id).limit(1)).first() is not None:
-            yield
-            return
-        saved = conn.exec_driver_sql(
-            "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL AND ("
-            "(type = 'index' AND tbl_name IN ('datasets', 'dataset_history')) OR "
-            "(type = 'trigger' AND tbl_name IN ('dataset_history', 'query_datasets') AND name LIKE '%no_replace'))"
-        ).fetchall()
-        quote = conn.dialect.identifier_preparer.quote
-        for kind, name, _ in saved:
-            conn.exec_driver_sql(f"DROP {kind.upper()} {quote(name)}")
-        yield
-        for _, _, sql in saved:
-            conn.exec_driver_sql(sql)
-
-    def reserve_state_ids(self, conn: Connection, n: int) -> range | None:
-        # This transaction holds SQLite's write lock (BEGIN IMMEDIATE): the ids after the largest are ours.
-        base = _max_history_id(conn)
+    def reserve_ids(self, conn: Connection, table: sa.Table, n: int) -> Sequence[int]:
+        # BEGIN IMMEDIATE holds the write lock: the ids after the largest are free.
+        base = conn.execute(sa.select(sa.func.coalesce(sa.func.max(table.c.id), 0))).scalar_one()
         return range(base + 1, base + n + 1)
 
-    def number_history_rows(self, conn: Connection, stage: sa.Table) -> None:
-        # The write lock is held: the ids after the largest are free. Numbering only the changed
-        # rows, in id order, leaves no gaps in the history ids.
-        conn.execute(sa.text(
-            f"UPDATE {stage.name} SET state_id = :base + n.k FROM (SELECT rowid AS r, row_number() OVER (ORDER BY id) AS k "
-            f"FROM {stage.name} WHERE changed) AS n WHERE {stage.name}.rowid = n.r"), {"base": _max_history_id(conn)})
+    def number_new_records(self, conn: Connection, stage: sa.Table, records: sa.Table) -> None:
+        # BEGIN IMMEDIATE holds the write lock: the ids after the largest are free (in the stage's
+        # order; an unchanged row leaves a gap).
+        base = conn.execute(sa.select(sa.func.coalesce(sa.func.max(records.c.id), 0))).scalar_one()
+        conn.execute(stage.update().where(stage.c.changed == sa.true()).values(record_id=base + stage.c.seq))
 
 
 class PostgreSQL(Dialect):
@@ -469,14 +427,17 @@ class PostgreSQL(Dialect):
     def join_lines(self, column: sa.ColumnElement) -> sa.ColumnElement:
         return sa.func.string_agg(column, pg_dialect.aggregate_order_by(sa.literal("\n"), column))
 
-    def fill(self, conn: Connection, table: sa.Table, columns: list[str], rows: list[tuple]) -> None:
+    def fill(self, conn: Connection, table: sa.Table, columns: list[str], rows: list[tuple],
+             constants: dict[str, Any] | None = None) -> None:
         # COPY is several times faster than any INSERT.
         if rows:
             quote = conn.dialect.identifier_preparer.quote
+            names = ", ".join(quote(c) for c in [*columns, *(constants or {})])
+            extra = tuple((constants or {}).values())
             with conn.connection.driver_connection.cursor() as cursor:
-                with cursor.copy(f"COPY {quote(table.name)} ({', '.join(quote(c) for c in columns)}) FROM STDIN") as copy:
+                with cursor.copy(f"COPY {quote(table.name)} ({names}) FROM STDIN") as copy:
                     for row in rows:
-                        copy.write_row(row)
+                        copy.write_row(row + extra if extra else row)
 
     def insert_events(self, db: Any, run_id: str, rows: list[tuple]) -> list[int]:
         names = ", ".join(EVENT_COLUMNS)
@@ -484,9 +445,8 @@ class PostgreSQL(Dialect):
             if len(rows) == 1:
                 marks = ", ".join(f"%({c})s" for c in EVENT_COLUMNS)
                 return [conn.exec_driver_sql(
-                    f"INSERT INTO access_events (run_id, {names}, state_id) VALUES (%(run_id)s, {marks}, "
-                    "(SELECT state_id FROM datasets WHERE id = %(state_of)s)) RETURNING id",
-                    {"run_id": run_id, **dict(zip(EVENT_COLUMNS, rows[0])), "state_of": rows[0][3]}).scalar_one()]
+                    f"INSERT INTO access_events (run_id, {names}) VALUES (%(run_id)s, {marks}) RETURNING id",
+                    {"run_id": run_id, **dict(zip(EVENT_COLUMNS, rows[0]))}).scalar_one()]
             # Ids drawn from the sequence first (concurrent writers never get the same one), so
             # that they follow the events' order; then every row in one statement, from arrays.
             ids = sorted(conn.exec_driver_sql(
@@ -495,17 +455,31 @@ class PostgreSQL(Dialect):
             arrays = ", ".join(f"%({c})s::{t}[]" for c, t in zip(["id", *EVENT_COLUMNS], _PG_ARRAY_TYPES))
             values = ", ".join(f"v.{c}" for c in EVENT_COLUMNS)
             conn.exec_driver_sql(
-                f"INSERT INTO access_events (id, run_id, {names}, state_id) "
-                f"SELECT v.id, %(run_id)s, {values}, d.state_id "
-                f"FROM unnest({arrays}) AS v (id, {names}) LEFT JOIN datasets d ON d.id = v.dataset_id",
+                f"INSERT INTO access_events (id, run_id, {names}) "
+                f"SELECT v.id, %(run_id)s, {values} FROM unnest({arrays}) AS v (id, {names})",
                 {"run_id": run_id, "id": ids, **dict(zip(EVENT_COLUMNS, map(list, zip(*rows))))})
             return ids
 
-    def number_history_rows(self, conn: Connection, stage: sa.Table) -> None:
+    def current_role(self, conn: Connection) -> str | None:
+        return conn.exec_driver_sql("SELECT current_user").scalar_one()
+
+    def may_alter(self, conn: Connection, table: sa.Table) -> bool:
+        # only the tables' owner (see roles.py): a client imports with the indexes in place
+        return bool(conn.execute(sa.text(
+            "SELECT pg_has_role(current_user, tableowner, 'USAGE') FROM pg_tables "
+            "WHERE schemaname = current_schema() AND tablename = :t"), {"t": table.name}).scalar())
+
+    def reserve_ids(self, conn: Connection, table: sa.Table, n: int) -> Sequence[int]:
+        # Drawn from the sequence: concurrent writers never get the same id.
+        return sorted(conn.exec_driver_sql(
+            f"SELECT nextval(pg_get_serial_sequence('{table.name}', 'id')) FROM generate_series(1, %(n)s)",
+            {"n": n}).scalars().all())
+
+    def number_new_records(self, conn: Connection, stage: sa.Table, records: sa.Table) -> None:
         # Concurrent imports draw from the same sequence: nextval never hands out an id twice.
-        seq = conn.execute(sa.text("SELECT pg_get_serial_sequence('dataset_history', 'id')")).scalar_one()
+        seq = conn.execute(sa.text(f"SELECT pg_get_serial_sequence('{records.name}', 'id')")).scalar_one()
         seq = sa.literal_column("'{}'::regclass".format(seq.replace("'", "''")))
-        conn.execute(stage.update().where(stage.c.changed == sa.true()).values(state_id=sa.func.nextval(seq)))
+        conn.execute(stage.update().where(stage.c.changed == sa.true()).values(record_id=sa.func.nextval(seq)))
 
 
 _DIALECTS: dict[str, Dialect] = {d.name: d for d in (SQLite(), PostgreSQL())}
@@ -524,9 +498,9 @@ def of(engine_or_name: Engine | Connection | str) -> Dialect:
 def _window_choice(dialect: Dialect, revision: Any, conditions: list, strict: bool,
                    output: Callable[[sa.FromClause], list[sa.ColumnElement]]) -> sa.Select:
     """Window functions over each dataset's rows (PostgreSQL; any back end with window functions)."""
-    d = datasets
+    d = dataset_records
     rev = dialect.byte_order(d.c.revision)
-    group = (d.c.session_id, d.c.collection, d.c.name)
+    group = (d.c.session_uuid, d.c.collection, d.c.name)
     if revision is not None:
         conditions = [*conditions, rev <= revision]
         n_default = sa.literal_column("0")
@@ -551,26 +525,23 @@ def _window_choice(dialect: Dialect, revision: Any, conditions: list, strict: bo
     return sa.select(*(r[c] for c in names), r.n_default).where(chosen)
 
 
-#: SQLite: whether the catalog (an import) holds every session, and every dataset, of the database,
-#: as when one cache has its own database: then a search needs no membership lookup per row (the
-#: lookups of 50,000 sessions and their datasets are most of a search's time). Rows of these tables
-#: are never deleted and have distinct positive rowids, so a table has at most max(rowid) rows; an
-#: import links n_sessions (n_datasets) distinct rows of it: if that is max(rowid), it links them all.
+#: SQLite: whether the catalog (an import) holds every session record, and every dataset record, of
+#: the database, as when one cache has its own database: then a search needs no membership lookup per
+#: row (the lookups of 50,000 sessions and their datasets are most of a search's time). Records are
+#: never deleted and have distinct positive rowids, so a table has at most max(rowid) rows; a complete
+#: import links n_sessions (n_datasets) distinct records: if that is max(rowid), it links them all.
 _COVERAGE = sa.text(
-    "SELECT q.n_sessions = (SELECT max(rowid) FROM sessions) AND (SELECT min(rowid) FROM sessions) >= 1, "
-    "q.n_datasets = (SELECT max(rowid) FROM datasets) AND (SELECT min(rowid) FROM datasets) >= 1 "
-    "FROM queries AS q WHERE q.id = :query_id AND q.method = 'import_cache'")
+    "SELECT q.n_sessions = (SELECT max(rowid) FROM session_records) AND (SELECT min(rowid) FROM session_records) >= 1, "
+    "q.n_datasets = (SELECT max(rowid) FROM dataset_records) AND (SELECT min(rowid) FROM dataset_records) >= 1 "
+    "FROM queries AS q WHERE q.id = :query_id AND q.completed_at IS NOT NULL AND q.method = 'import_cache'")
 
-# The event's state: its dataset's current history row, looked up in the same statement.
-_SQLITE_INSERT_EVENT = (f"INSERT INTO access_events (run_id, {', '.join(EVENT_COLUMNS)}, state_id) "
-                        f"VALUES (?, {', '.join('?' * len(EVENT_COLUMNS))}, "
-                        "(SELECT state_id FROM datasets WHERE id = ?))")
-_SQLITE_INSERT_EVENT_ID = (f"INSERT INTO access_events (id, run_id, {', '.join(EVENT_COLUMNS)}, state_id) "
-                           f"VALUES ({', '.join('?' * (len(EVENT_COLUMNS) + 3))})")
-#: Bound parameters per statement: SQLite before 3.32 allows 999.
-_SQLITE_MAX_PARAMS = 999
-_PG_ARRAY_TYPES = ("bigint", "timestamp", "text", "text", "text", "text", "text", "text", "text", "text", "text",
-                   "bigint", "text", "boolean")
+_SQLITE_INSERT_EVENT = (f"INSERT INTO access_events (run_id, {', '.join(EVENT_COLUMNS)}) "
+                        f"VALUES (?, {', '.join('?' * len(EVENT_COLUMNS))})")
+_SQLITE_INSERT_EVENT_ID = (f"INSERT INTO access_events (id, run_id, {', '.join(EVENT_COLUMNS)}) "
+                           f"VALUES ({', '.join('?' * (len(EVENT_COLUMNS) + 2))})")
+#: The PostgreSQL array type of the id and each of :data:`EVENT_COLUMNS`.
+_PG_ARRAY_TYPES = ("bigint", "timestamp", "text", "text", "text", "text", "text", "text", "text", "text", "bigint",
+                   "text", "bigint", "text", "boolean")
 
 
 @lru_cache(maxsize=1)
@@ -583,25 +554,7 @@ def _sqlite_json() -> bool:
     return True
 
 
-def _link_row_by_row(conn: Connection, kind: str, params: dict[str, Any]) -> None:
-    """:meth:`Dialect.link` without SQL functions that unpack a list: one row per INSERT row."""
-    qid, ids = params["qid"], params["ids"]
-    if kind == "sessions":
-        conn.execute(query_sessions.insert(), [{"query_id": qid, "session_id": s} for s in ids])
-    elif kind == "datasets_current":
-        current = sa.select(datasets.c.state_id).where(datasets.c.id == sa.bindparam("b_id")).scalar_subquery()
-        conn.execute(query_datasets.insert().values(query_id=qid, dataset_id=sa.bindparam("b_id"), state_id=current),
-                     [{"b_id": d} for d in ids])
-    else:
-        conn.execute(query_datasets.insert(), [{"query_id": qid, "dataset_id": d, "state_id": s}
-                                               for d, s in zip(ids, params["states"])])
-
-
 @cache
 def _sqlite_time(dialect: sa.Dialect) -> Callable[[Any], Any]:
     """How SQLAlchemy stores a DateTime in SQLite (text), for values bound through the driver."""
     return access_events.c.event_time.type.dialect_impl(dialect).bind_processor(dialect)
-
-
-def _max_history_id(conn: Connection) -> int:
-    return conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM dataset_history").scalar_one()

@@ -213,6 +213,12 @@ class Database:
             conn.rollback()
 
     @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """One connection for a series of write transactions, each ``with conn.begin():``."""
+        with mapped_errors(self.where), self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
     def driver_writing(self) -> Iterator[Any]:
         """A write transaction on a bare driver cursor: committed on success, else rolled back.
 

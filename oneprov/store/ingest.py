@@ -1,19 +1,30 @@
 """Rows in, from any source, through one door: sessions and dataset rows recorded as one query.
 
 Whatever the rows' origin (a folder of ONE cache tables today; an Alyx REST answer or a one-api
-instance's in-memory tables next), :func:`ingest` writes them in one transaction: the current state
-of each session and dataset, one history row per dataset that is new or changed, and the query
-that returned them with a link to every row in the state it was in. A bad row anywhere leaves the
-database as it was.
+instance's in-memory tables next), :func:`ingest` records them as one query: a row whose values
+equal its current record is linked to that record; any other row becomes a new record. Records are
+never changed, so a client whose tables say something else than another cache's keeps its answers.
+
+How an import runs:
+
+1. Every row is read and checked before anything is written: bad input changes nothing.
+2. One process at a time imports given rows: another that starts the same import waits for it and
+   then uses it.
+3. The rows are read again and recorded in many short transactions (each well under a second), so
+   that other processes keep recording loads while a large import runs. The query is *complete*
+   only when its last row is in, and nothing answers from an incomplete query: an import that
+   fails or is killed half-way changes no answer.
+4. Into a database without dataset records, the dataset records' secondary indexes are built once,
+   after the rows are in, in the transaction that completes the import (a million random inserts
+   into an index cost several times one sort).
 
 The rows come as a :class:`Rows` object: the sessions as one normalised frame, the datasets as
-normalised frames in batches (the layouts of :mod:`oneprov.tables`); :class:`RowSource` says where
-they came from, and is what the query records.
+normalised frames in batches (the layouts of :mod:`oneprov.tables`), which it can read twice;
+:class:`RowSource` says where they came from, and is what the query records.
 
 >>> import tempfile
 >>> from oneprov import open_store
 >>> from oneprov.synthetic import make_repository
->>> from oneprov.tables import Folder
 >>> repo = make_repository(tempfile.mkdtemp(), write_files=False)
 >>> result = import_cache(open_store(":memory:"), repo.root)
 >>> (result.sessions, result.datasets) == (len(repo.sessions), len(repo.datasets))
@@ -21,8 +32,10 @@ True
 """
 from __future__ import annotations
 
+import json
 import os
 import queue
+import socket
 import sys
 import threading
 import time
@@ -30,19 +43,28 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from tqdm.auto import tqdm
 
-from ..errors import BadInputError
+from ..errors import BadInputError, DuplicateIdError
 from ..tables import DATASETS_COLUMNS, SESSIONS_COLUMNS, STATE_COLUMNS, Folder
+from . import dialects
 from .engine import Database
+from .migrate import BULK_INDEXES, missing_indexes
+from .records import ROW_KEY
 from .recording import new_query
-from .schema import dataset_history, datasets, queries, query_datasets, query_sessions, revisions, sessions, utcnow
+from .runs import process_alive
+from .schema import dataset_records, queries, query_datasets, query_sessions, revisions, session_records, utcnow
 
-#: Rows read from a datasets table and written per statement batch during an import.
+#: Rows read from a datasets table and prepared at a time.
 IMPORT_BATCH = 100_000
+#: How long one write transaction of an import may hold the write lock, in seconds: others wait that long.
+WRITE_SECONDS = 0.3
+#: An import of the same tables by a process on another host counts as alive while it wrote a row this recently.
+STALE_IMPORT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -65,7 +87,7 @@ class Rows(Protocol):
     """Sessions and dataset rows to ingest, normalised as :mod:`oneprov.tables` reads them."""
 
     def sessions(self) -> pd.DataFrame: ...
-    def datasets(self, batch_size: int) -> Iterator[pd.DataFrame]: ...
+    def datasets(self, batch_size: int) -> Iterator[pd.DataFrame]: ...   # called twice: check, then write
     def count_datasets(self) -> int | None: ...
     def metadata(self) -> dict[str, Any]: ...   # recorded as the query's params["metadata"]
 
@@ -75,9 +97,9 @@ class ImportResult:
     """What an ingest did."""
 
     query_id: int
-    sessions: int          # rows in the sessions table
-    datasets: int          # rows in the datasets table
-    changed: int           # datasets new or changed (each added one history row)
+    sessions: int          # rows of sessions
+    datasets: int          # rows of datasets
+    changed: int           # dataset rows new or changed (each a new record)
     unchanged_tables: bool  # the same rows were ingested before from the same source: nothing was written
 
 
@@ -86,9 +108,9 @@ def import_cache(db: Database, tables_dir: str | os.PathLike, *, run_id: str | N
     """Ingest ONE cache tables (``sessions.pqt``, ``datasets.pqt``) as one recorded query.
 
     Importing tables identical to an earlier import into this database writes nothing and
-    returns that import (unless ``force``). A row repeating the id of an earlier row (seen in real
-    Alyx exports) is left out with a warning. The datasets table streams in batches, with a
-    progress bar on a terminal (``progress``).
+    returns that import (unless ``force``). A row repeating an earlier row (the same dataset id in
+    the same session at the same path) is left out with a warning. The datasets table streams in
+    batches, with progress bars on a terminal (``progress``).
     """
     folder = Folder.open(tables_dir)
     source = RowSource("import_cache", str(folder.path), folder.checksum(), {"tables_dir": str(folder.path)}, "local")
@@ -96,151 +118,312 @@ def import_cache(db: Database, tables_dir: str | os.PathLike, *, run_id: str | N
                   name=str(folder.files["datasets"]))
 
 
+def ingest_rows(db: Database, rows: Rows, *, method: str, location: str, run_id: str | None = None,
+                params: dict[str, Any] | None = None, mode: str = "local", progress: bool | None = None) -> ImportResult:
+    """Record rows that no file holds (tables in memory, a REST answer) as one query of ``method``
+    from ``location`` (a description: an Alyx URL, "in-memory edit of query 3" ...)."""
+    return ingest(db, RowSource(method, location, None, params or {}, mode), rows, run_id=run_id, progress=progress,
+                  reuse=False)
+
+
 def ingest(db: Database, source: RowSource, rows: Rows, *, run_id: str | None = None, progress: bool | None = None,
            batch_size: int = IMPORT_BATCH, reuse: bool = True, name: str | None = None) -> ImportResult:
-    """Record ``rows`` from ``source`` as one query, in one transaction; return what it did.
+    """Record ``rows`` from ``source`` as one query; return what it did (see the module's text).
 
     With ``reuse``, rows whose ``source`` (location and checksum) was ingested before are not
-    written again: that earlier query is returned. Changed rows update the current state and
-    append to the dataset history. ``name`` names the rows in messages (default: the location).
+    written again: that earlier query is returned (and while another process is ingesting them,
+    this one waits for it). ``name`` names the rows in messages (default: the location).
     """
     name = name or source.location
-    with db.writing() as conn, db.dialect.import_session(conn), db.dialect.bulk_load(conn):
-        if reuse and source.checksum is not None:
-            previous = conn.execute(
-                sa.select(queries.c.id, queries.c.n_sessions, queries.c.n_datasets)
-                .where(queries.c.source == source.location, queries.c.checksum == source.checksum,
-                       queries.c.method == source.method, queries.c.error.is_(None))
-                .order_by(queries.c.id.desc()).limit(1)).first()
-            if previous is not None:
-                return ImportResult(previous.id, previous.n_sessions, previous.n_datasets, 0, True)
+    if reuse and source.checksum is not None:
+        with db.reading() as conn:   # (no write lock for tables seen before: the common case)
+            done = _earlier(conn, source)
+        if done is not None and done.completed_at is not None:
+            return ImportResult(done.id, done.n_sessions, done.n_datasets, 0, True)
+    show = progress if progress is not None else sys.stderr.isatty()
+    sessions = rows.sessions()
+    if sessions["id"].duplicated().any():
+        raise DuplicateIdError(f"{name}: duplicate session id "
+                               f"{sessions['id'][sessions['id'].duplicated()].iloc[0]!r} in the sessions table")
+    n_rows, repeats = _check(rows, batch_size, show)
+    # One connection for the whole import: its page cache stays warm. One transaction per step.
+    with db.connection() as conn, db.dialect.import_session(conn):
+        claim = _claim(conn, source, rows, run_id, reuse)
+        if isinstance(claim, ImportResult):
+            return claim
+        (qid, bulk), started = claim, time.perf_counter()
+        try:
+            with conn.begin():
+                _ingest_sessions(db, conn, qid, sessions)
+            changed, repeated = _ingest_all_datasets(db, conn, qid, rows, batch_size, repeats, n_rows, name, show)
+            n_datasets = n_rows - len(repeated)
+            if repeated:
+                # One-api keeps such rows twice; here a row (id, session, path) is one record.
+                warnings.warn(f"{name}: {len(repeated)} row(s) repeat the dataset id, session and path of an "
+                              f"earlier row (first: {repeated[0]}); the first of each was imported", UserWarning,
+                              stacklevel=3)
+            with conn.begin():
+                if bulk:
+                    _build_indexes(conn)
+                conn.execute(queries.update().where(queries.c.id == qid).values(
+                    n_sessions=len(sessions), n_datasets=n_datasets, duration_s=time.perf_counter() - started,
+                    completed_at=utcnow()))
+        except BaseException as exc:
+            _abandon(db, qid, exc)
+            raise
+    return ImportResult(qid, len(sessions), n_datasets, changed, False)
+
+
+# -- reading twice --------------------------------------------------------------------------
+
+def _check(rows: Rows, batch_size: int, show: bool) -> tuple[int, set[int]]:
+    """Read and check every dataset row (the reader raises on a bad one); return how many rows there
+    are and the identity hashes seen more than once (candidates for repeated rows, usually none)."""
+    hashes, n = [], 0
+    with tqdm(total=rows.count_datasets(), unit="rows", desc="check datasets", disable=not show) as bar:
+        for frame in in_background(rows.datasets(batch_size)):
+            hashes.append(_identity_hashes(frame))
+            n += len(frame)
+            bar.update(len(frame))
+    every = np.concatenate(hashes) if hashes else np.empty(0, dtype=np.uint64)
+    every.sort()
+    return n, set(every[1:][every[1:] == every[:-1]].tolist())
+
+
+def _identity_hashes(frame: pd.DataFrame) -> np.ndarray:
+    """A 64-bit hash of each row's identity (dataset id, session, rel_path) of a normalised frame."""
+    return pd.util.hash_pandas_object(frame[["id", "eid", "rel_path"]], index=False).to_numpy()
+
+
+def _prepared(frames: Iterator[pd.DataFrame], repeats: set[int], repeated: list[str]) -> Iterator[list[list]]:
+    """Each normalised datasets frame as column values (:data:`_DATASET_COLUMNS`), in session and path
+    order, without rows that repeat an earlier row (their ids are added to ``repeated``)."""
+    seen: set[tuple] = set()
+    for frame in frames:
+        if repeats:
+            candidates = np.isin(_identity_hashes(frame), list(repeats))
+            keep = np.ones(len(frame), dtype=bool)
+            for k in np.flatnonzero(candidates):
+                identity = (frame["id"].iat[k], frame["eid"].iat[k], frame["rel_path"].iat[k])
+                keep[k] = identity not in seen
+                seen.add(identity)
+            repeated.extend(frame["id"][~keep].tolist())
+            frame = frame[keep]
+        frame = frame.rename(columns={"id": "uuid", "eid": "session_uuid"})
+        # In session order, the inserts walk the indexes by session in order instead of jumping
+        # around them at random (fewer pages written, and each once).
+        yield _column_values(frame.sort_values(["session_uuid", "rel_path", "uuid"]), _DATASET_COLUMNS)
+
+
+def _ingest_all_datasets(db: Database, conn: Connection, qid: int, rows: Rows, batch_size: int, repeats: set[int],
+                         n_rows: int, name: str, show: bool) -> tuple[int, list[str]]:
+    """Record every dataset row, one short write transaction per part; return how many rows became
+    new records, and the ids of the rows left out as repeats."""
+    writer, changed, repeated = _Writer(), 0, []
+    with tqdm(total=n_rows, unit="rows", desc="import datasets", disable=not show) as bar:
+        # Batch k+1 is read and prepared in a thread while batch k is written: SQLite works without
+        # holding the GIL, so the two overlap on two cores.
+        for values in in_background(_prepared(rows.datasets(batch_size), repeats, repeated)):
+            start = 0
+            while start < len(values[0]):
+                part = [column[start:start + writer.rows] for column in values]
+                changed += writer.write(conn, lambda: _ingest_datasets(db, conn, qid, part, name), len(part[0]))
+                start += len(part[0])
+                bar.update(len(part[0]))
+    return changed, repeated
+
+
+# -- one import at a time -------------------------------------------------------------------
+
+def _earlier(conn: Connection, source: RowSource) -> Any:
+    """The latest ingest of the same rows from the same source that did not fail (None if none)."""
+    q = queries.c
+    return conn.execute(
+        sa.select(q.id, q.n_sessions, q.n_datasets, q.completed_at, q.params, q.started_at)
+        .where(q.source == source.location, q.checksum == source.checksum, q.method == source.method, q.error.is_(None))
+        .order_by(q.id.desc()).limit(1)).first()
+
+
+def _claim(conn: Connection, source: RowSource, rows: Rows, run_id: str | None,
+           reuse: bool) -> tuple[int, bool] | ImportResult:
+    """Start the import's query: return its id, and whether it builds the indexes after the rows (see
+    :func:`_start_bulk`). Or return the import of the same rows that another process finished
+    meanwhile. While another live process imports the same rows, wait for it."""
+    params = {**source.params, "metadata": rows.metadata(), "importer": {"host": socket.gethostname(), "pid": os.getpid()}}
+    while True:
+        with conn.begin():
+            other = _earlier(conn, source) if reuse and source.checksum is not None else None
+            if other is not None and other.completed_at is not None:
+                return ImportResult(other.id, other.n_sessions, other.n_datasets, 0, True)
+            if other is None or not _importing(conn, other):
+                qid = new_query(conn, run_id, source.method, params, source=source.location,
+                                checksum=source.checksum, mode=source.mode)
+                return qid, _start_bulk(conn)
+        time.sleep(0.2)
+
+
+def _importing(conn: Connection, query: Any) -> bool:
+    """Whether the incomplete ``query`` is still being written by a live process."""
+    importer = json.loads(query.params or "{}").get("importer") or {}
+    if importer.get("host") == socket.gethostname():
+        return importer.get("pid") != os.getpid() and process_alive(importer.get("pid"))
+    last = conn.execute(sa.select(sa.func.max(dataset_records.c.first_seen_at))
+                        .where(dataset_records.c.query_id == query.id)).scalar() or query.started_at
+    return (utcnow() - last).total_seconds() < STALE_IMPORT_S
+
+
+def _abandon(db: Database, qid: int, exc: BaseException) -> None:
+    """Mark an import that will not complete (it stays invisible; others need not wait for it)."""
+    reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"[:2000]
+    try:
+        with db.writing() as conn:
+            if conn.execute(sa.select(dataset_records.c.id).limit(1)).first() is not None:
+                _build_indexes(conn)   # (a bulk import that failed must not leave them missing)
+            conn.execute(queries.update().where(queries.c.id == qid, queries.c.error.is_(None)).values(error=reason))
+    except Exception:  # the database may be what failed; the import stays incomplete either way
+        pass
+
+
+def _start_bulk(conn: Connection) -> bool:
+    """In an import's first transaction: with no dataset record at all in the database, drop the
+    secondary indexes of ``dataset_records`` (built again by :func:`_build_indexes`). Only plans that
+    read ``dataset_records`` are slower meanwhile, and there is nothing in it to read."""
+    if conn.execute(sa.select(dataset_records.c.id).limit(1)).first() is not None \
+            or not dialects.of(conn).may_alter(conn, dataset_records):
+        return False
+    missing = missing_indexes(conn)
+    for index in BULK_INDEXES:
+        if index.name not in missing:
+            index.drop(conn)
+    return True
+
+
+def _build_indexes(conn: Connection) -> None:
+    """Create the dataset records' secondary indexes that are missing (after a bulk import, or one
+    that failed), when this connection may."""
+    missing = missing_indexes(conn)
+    if missing and not dialects.of(conn).may_alter(conn, dataset_records):
+        return
+    for index in BULK_INDEXES:
+        if index.name in missing:
+            index.create(conn)
+
+
+class _Writer:
+    """Sizes write transactions to about :data:`WRITE_SECONDS` each, from the time the last one took."""
+
+    def __init__(self) -> None:
+        self.rows = 5_000
+
+    def write(self, conn: Connection, step: Any, n: int) -> int:
+        """Run ``step()`` (writing ``n`` rows) in a transaction of ``conn``; size the next part from its time."""
         started = time.perf_counter()
-        qid = new_query(conn, run_id, source.method, {**source.params, "metadata": rows.metadata()},
-                        source=source.location, checksum=source.checksum, mode=source.mode)
-        n_sessions = _ingest_sessions(db, conn, qid, rows.sessions())
-        n_datasets = changed = 0
-        repeated: list[str] = []
-        show = progress if progress is not None else sys.stderr.isatty()
-        with tqdm(total=rows.count_datasets(), unit="rows", desc="import datasets", disable=not show) as bar:
-            # Batch k+1 is read and checked in a thread while batch k is written: SQLite works
-            # without holding the GIL, so the two overlap on two cores.
-            for batch in in_background(_prepared(rows.datasets(batch_size))):
-                changed += _ingest_datasets(db, conn, qid, batch, name)
-                repeated.extend(batch.repeated)
-                n_datasets += batch.rows
-                bar.update(batch.rows)
-        n_datasets -= len(repeated)
-        if repeated:
-            # Real Alyx exports repeat ids (one-api keeps both rows); a dataset id names one record here.
-            warnings.warn(f"{name}: {len(repeated)} row(s) repeat a dataset id of an earlier row "
-                          f"(first: {repeated[0]}); the first row of each id was imported", UserWarning, stacklevel=3)
-        conn.execute(queries.update().where(queries.c.id == qid).values(
-            n_sessions=n_sessions, n_datasets=n_datasets, duration_s=time.perf_counter() - started))
-    return ImportResult(qid, n_sessions, n_datasets, changed, False)
+        with conn.begin():
+            result = step()
+        seconds = max(time.perf_counter() - started, 1e-3)
+        self.rows = int(min(max(n * WRITE_SECONDS / seconds, 1_000), IMPORT_BATCH))
+        return result
 
 
+# -- writing records ------------------------------------------------------------------------
+
+#: A session row's values besides its id.
 _SESSION_FIELDS = SESSIONS_COLUMNS[1:]
-#: A dataset row as staged and stored: the normalised columns, ``eid`` named ``session_id``.
-_DATASET_COLUMNS = ["session_id" if c == "eid" else c for c in DATASETS_COLUMNS]
-#: Everything but the id may change between imports.
-_DATASET_MUTABLE = _DATASET_COLUMNS[1:]
+#: A dataset row as staged and recorded: the normalised columns, ``id`` as ``uuid``, ``eid`` as ``session_uuid``.
+_DATASET_COLUMNS = [{"id": "uuid", "eid": "session_uuid"}.get(c, c) for c in DATASETS_COLUMNS]
 
 
-def _ingest_sessions(db: Database, conn: Connection, qid: int, frame: pd.DataFrame) -> int:
-    if frame["id"].duplicated().any():
-        raise BadInputError(f"duplicate session id {frame['id'][frame['id'].duplicated()].iloc[0]!r} in sessions table")
-    now = utcnow()
-    rows = _records(frame)
-    stage = _stage_table("_incoming_sessions", sessions, SESSIONS_COLUMNS)
+def _ingest_sessions(db: Database, conn: Connection, qid: int, frame: pd.DataFrame) -> None:
+    """Record the sessions (checked, distinct ids) inside ``conn``'s transaction."""
+    values = frame.rename(columns={"id": "uuid"})
+    stage = _stage_table("_incoming_sessions", session_records, ["uuid", *_SESSION_FIELDS])
     stage.create(conn)
-    try:
-        if rows:
-            conn.execute(stage.insert(), rows)
-        i, s = stage.c, sessions.c
-        same = sa.and_(*(s[f].is_not_distinct_from(i[f]) for f in _SESSION_FIELDS))
-        new_or_changed = sa.select(*(i[c] for c in SESSIONS_COLUMNS),
-                                   sa.literal(now).label("first_seen_at"), sa.literal(now).label("updated_at")) \
-            .where(~sa.exists().where(s.id == i.id, same))
-        ins = db.dialect.insert(sessions).from_select([*SESSIONS_COLUMNS, "first_seen_at", "updated_at"], new_or_changed)
-        conn.execute(ins.on_conflict_do_update(
-            index_elements=["id"], set_={f: ins.excluded[f] for f in [*_SESSION_FIELDS, "updated_at"]}))
-        conn.execute(query_sessions.insert().from_select(["query_id", "session_id"], sa.select(sa.literal(qid), i.id)))
-    finally:
-        stage.drop(conn)
-    return len(rows)
+    if len(values):
+        conn.execute(stage.insert(), [{"seq": k, **row} for k, row in enumerate(_records(values), 1)])
+    _record(db, conn, stage, session_records, ["uuid", *_SESSION_FIELDS], _SESSION_FIELDS, qid)
+    conn.execute(query_sessions.insert().from_select(
+        ["query_id", "record_id"], sa.select(sa.literal(qid), stage.c.record_id).order_by(stage.c.record_id)))
+    stage.drop(conn)
 
 
-def _ingest_datasets(db: Database, conn: Connection, qid: int, batch: "_Batch", name: str) -> int:
-    """Upsert one batch; ids seen before in this ingest are left out and added to ``batch.repeated``.
+def _ingest_datasets(db: Database, conn: Connection, qid: int, values: list[list], name: str) -> int:
+    """Record one part of the dataset rows (inside ``conn``'s transaction); return how many became new records."""
+    if not _anything_recorded(conn, dataset_records):
+        return _ingest_new_datasets(db, conn, qid, values, name)
+    return _ingest_known_datasets(db, conn, qid, values, name)
 
-    The batch goes into a temporary stage table, each row with the id of the history row it
-    will get (``state_id``); set-based statements then write the current state (``datasets``),
-    one history row per new or changed dataset, and a ``query_datasets`` link for every row.
-    """
-    n = len(batch.values[0])
-    # Numbered as if every row were new (renumbered below if not), when the dialect can do it up front.
-    reserved = db.dialect.reserve_state_ids(conn, n)
+
+def _ingest_new_datasets(db: Database, conn: Connection, qid: int, values: list[list], name: str) -> int:
+    """:func:`_ingest_datasets` when no complete query recorded any dataset (a first import): every
+    row is a new record, written straight into ``dataset_records``, without a stage."""
     now = utcnow()
-    stage = _stage_table("_incoming_datasets", datasets, [*_DATASET_COLUMNS, "state_id"], extra=[
-        sa.Column("changed", sa.Boolean, nullable=False, server_default=sa.true())])  # new or changed
-    stage.create(conn)
+    ids = db.dialect.reserve_ids(conn, dataset_records, len(values[0]))
     try:
-        db.dialect.fill(conn, stage, [*_DATASET_COLUMNS, "state_id"],
-                        list(zip(*batch.values, reserved if reserved is not None else [None] * n)))
-        i, d = stage.c, datasets.c
-        known = conn.execute(sa.select(sa.func.count()).select_from(stage.join(datasets, d.id == i.id))).scalar_one()
-        if known:  # (never in a first import: then every row is new and there is nothing to compare)
-            earlier = query_datasets.c
-            again = conn.execute(sa.select(i.id).join(
-                query_datasets, sa.and_(earlier.query_id == qid, earlier.dataset_id == i.id))).scalars().all()
-            if again:
-                batch.repeated.extend(again)
-                conn.execute(stage.delete().where(i.id.in_(again)))
-            # A row equal to its dataset's current state is unchanged and keeps its history row.
-            same = sa.and_(*(d[f].is_not_distinct_from(i[f]) for f in _DATASET_MUTABLE))
-            conn.execute(stage.update().where(d.id == i.id).values(changed=~same, state_id=sa.case((same, d.state_id))))
-        if known or reserved is None:
-            db.dialect.number_history_rows(conn, stage)
-        changed_rows = sa.select(*(i[c] for c in _DATASET_COLUMNS), i.state_id, sa.literal(now), sa.literal(now)) \
-            .where(i.changed == sa.true())
-        ins = db.dialect.insert(datasets).from_select([*_DATASET_COLUMNS, "state_id", "first_seen_at", "updated_at"],
-                                                      changed_rows)
-        conn.execute(ins.on_conflict_do_update(
-            index_elements=["id"], set_={f: ins.excluded[f] for f in [*_DATASET_MUTABLE, "state_id", "updated_at"]}))
-        conn.execute(dataset_history.insert().from_select(
-            ["id", "dataset_id", "query_id", "observed_at", *STATE_COLUMNS],
-            sa.select(i.state_id, i.id, sa.literal(qid), sa.literal(now), *(i[c] for c in STATE_COLUMNS))
-            .where(i.changed == sa.true())))
-        n_changed = conn.execute(sa.select(sa.func.count()).where(i.changed == sa.true())).scalar_one()
-        r = revisions.c
-        conn.execute(revisions.insert().from_select(
-            ["name", "first_seen_at"],
-            sa.select(i.revision, sa.literal(now)).distinct().where(i.revision != "", i.revision.not_in(sa.select(r.name)))))
-        conn.execute(query_datasets.insert().from_select(
-            ["query_id", "dataset_id", "state_id"], sa.select(sa.literal(qid), i.id, i.state_id)))
+        db.dialect.fill(conn, dataset_records, ["id", *_DATASET_COLUMNS], list(zip(ids, *values)),
+                        {"query_id": qid, "first_seen_at": now})
     except sa.exc.IntegrityError as exc:
         raise BadInputError(f"cannot import {name!r}: {exc.orig}") from None
-    finally:
-        stage.drop(conn)
+    seen = {rev for rev in values[_DATASET_COLUMNS.index("revision")] if rev}
+    if seen:
+        known = set(conn.execute(sa.select(revisions.c.name).where(revisions.c.name.in_(sorted(seen)))).scalars())
+        if seen - known:
+            conn.execute(revisions.insert(), [{"name": rev, "first_seen_at": now} for rev in sorted(seen - known)])
+    db.dialect.link(conn, query_datasets, qid, list(ids))
+    return len(ids)
+
+
+def _ingest_known_datasets(db: Database, conn: Connection, qid: int, values: list[list], name: str) -> int:
+    """:func:`_ingest_datasets` when the database holds dataset records already.
+
+    The rows go into a temporary stage, created and dropped in this transaction (a failure rolls
+    both back, and no cleanup can hide the error); set-based statements then find each row's current
+    record, insert a record for every row that has none or differs from it, add the revisions seen,
+    and link the query to every row's record.
+    """
+    now = utcnow()
+    stage = _stage_table("_incoming_datasets", dataset_records, _DATASET_COLUMNS)
+    stage.create(conn)
+    i = stage.c
+    try:
+        db.dialect.fill(conn, stage, ["seq", *_DATASET_COLUMNS], list(zip(range(1, len(values[0]) + 1), *values)))
+        _record(db, conn, stage, dataset_records, _DATASET_COLUMNS, STATE_COLUMNS, qid, now)
+        n_changed = conn.execute(sa.select(sa.func.count()).where(i.changed == sa.true())).scalar_one()
+        conn.execute(revisions.insert().from_select(
+            ["name", "first_seen_at"],
+            sa.select(i.revision, sa.literal(now)).distinct()
+            .where(i.revision != "", i.revision.not_in(sa.select(revisions.c.name)))))
+        conn.execute(query_datasets.insert().from_select(
+            ["query_id", "record_id"], sa.select(sa.literal(qid), i.record_id).order_by(i.record_id)))
+    except sa.exc.IntegrityError as exc:
+        raise BadInputError(f"cannot import {name!r}: {exc.orig}") from None
+    stage.drop(conn)
     return n_changed
 
 
-@dataclass
-class _Batch:
-    """Rows of a datasets table ready to stage: column values in id order, without repeated ids."""
-    rows: int                # rows read, repeated ones included
-    values: list[list]       # per column of _DATASET_COLUMNS
-    repeated: list[str]      # ids that repeat an earlier row of the batch (more are found in the database)
+def _record(db: Database, conn: Connection, stage: sa.Table, records: sa.Table, columns: list[str],
+            fields: list[str], qid: int, now: Any = None) -> None:
+    """Give every staged row its record: its current record when it has one with the same ``fields``
+    (the latest of a complete query), else a new record of this query. Sets ``record_id``."""
+    i, r, q = stage.c, records.c, queries.c
+    if _anything_recorded(conn, records):   # (else every row is new: a first import)
+        same_row = [r[c] == i[c] for c in ROW_KEY[records.name]]
+        latest = (sa.select(sa.func.max(r.id)).join(queries, q.id == r.query_id)
+                  .where(*same_row, q.completed_at.is_not(None)).scalar_subquery())
+        conn.execute(stage.update().values(match_id=latest))
+        equal = sa.exists().where(r.id == i.match_id, sa.and_(*(r[f].is_not_distinct_from(i[f]) for f in fields)))
+        conn.execute(stage.update().values(changed=~equal, record_id=sa.case((equal, i.match_id))))
+    db.dialect.number_new_records(conn, stage, records)
+    conn.execute(records.insert().from_select(
+        ["id", *columns, "query_id", "first_seen_at"],
+        sa.select(i.record_id, *(i[c] for c in columns), sa.literal(qid), sa.literal(now or utcnow()))
+        .where(i.changed == sa.true()).order_by(i.record_id)))
 
 
-def _prepared(frames: Iterator[pd.DataFrame]) -> Iterator[_Batch]:
-    """Each normalised datasets frame as a :class:`_Batch`."""
-    for frame in frames:
-        dup = frame["id"].duplicated()
-        # In id order, the inserts of _ingest_datasets walk each index on the dataset id in order
-        # instead of jumping around it at random (fewer pages written, and each once).
-        kept = frame[~dup].rename(columns={"eid": "session_id"}).sort_values("id")
-        yield _Batch(len(frame), _column_values(kept, _DATASET_COLUMNS), frame["id"][dup].tolist())
+def _anything_recorded(conn: Connection, records: sa.Table) -> bool:
+    """Whether a complete query has recorded any row of ``records``."""
+    q = queries.c
+    counted = q.n_datasets if records is dataset_records else q.n_sessions
+    return conn.execute(sa.select(q.id).where(q.completed_at.is_not(None), counted > 0).limit(1)).first() is not None
 
 
 def in_background(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:
@@ -298,9 +481,14 @@ def _column_values(frame: pd.DataFrame, columns: list[str]) -> list[list]:
     return [frame[c].astype(object).where(frame[c].notna(), None).tolist() for c in columns]
 
 
-def _stage_table(name: str, like: sa.Table, columns: list[str], extra: list[sa.Column] = ()) -> sa.Table:
-    """A temporary table with some of ``like``'s columns, for set-based upserts."""
-    return sa.Table(name, sa.MetaData(), *(sa.Column(c, like.c[c].type) for c in columns), *extra,
+def _stage_table(name: str, like: sa.Table, columns: list[str]) -> sa.Table:
+    """A temporary table with some of ``like``'s columns, for set-based matching and inserts, and:
+    ``seq`` (the row's place), ``match_id`` (the row's current record), ``record_id`` (its record in
+    this query) and ``changed`` (it needs a new record)."""
+    return sa.Table(name, sa.MetaData(), sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+                    *(sa.Column(c, like.c[c].type) for c in columns),
+                    sa.Column("match_id", sa.Integer), sa.Column("record_id", sa.Integer),
+                    sa.Column("changed", sa.Boolean, nullable=False, server_default=sa.true()),
                     prefixes=["TEMPORARY"])
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from .engine import Database
-from .schema import SUCCESS_OUTCOMES, access_events, datasets, projects, run_marks, runs
+from .schema import SUCCESS_OUTCOMES, access_events, projects, run_marks, runs
 
 #: Ids joined into one text per query by :func:`loaded_ids` (~37 bytes each).
 LOADED_IDS_CHUNK = 2_000_000
@@ -45,9 +45,10 @@ def loaded_ids(
     order, duplicates skipped as they come.
     """
     e = access_events.c
-    column = datasets.c.session_id if sessions_only else e.dataset_id
-    source = access_events.join(datasets, datasets.c.id == e.dataset_id) if sessions_only else access_events
+    column = e.session_id if sessions_only else e.dataset_id   # (a load event names its dataset's session)
     where = [e.outcome.in_(SUCCESS_OUTCOMES), e.dataset_id.is_not(None)]
+    if sessions_only:
+        where.append(e.session_id.is_not(None))
     if run is not None:
         where.append(e.run_id == run)
     if project is not None or label is not None:
@@ -77,7 +78,7 @@ def loaded_ids(
                 where.append(sa.or_(last_clear.is_(None), e.event_time > last_clear))
         after = None
         while True:
-            chunk = (sa.select(column.label("id")).select_from(source).where(*where)
+            chunk = (sa.select(column.label("id")).where(*where)
                      .distinct().order_by(column).limit(LOADED_IDS_CHUNK))
             if after is not None:
                 chunk = chunk.where(column > after)

@@ -29,6 +29,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 from ..errors import DatabaseError, SchemaVersionError
 from . import dialects
 from .engine import Database, create_engine, database_url, redact, sqlite_path
+from .schema import dataset_records
 
 
 def migrations_dir() -> Path:
@@ -165,9 +166,23 @@ def check(db: str | os.PathLike | URL | None) -> list[str]:
             problems.append(f"schema {status.current or 'empty'} is behind {status.head}: run `oneprov db upgrade`")
         with database.reading() as conn:
             problems.extend(database.dialect.integrity_problems(conn))
+            if status.up_to_date:
+                problems.extend(f"index {name} is missing: a first import is running, or was stopped (the next "
+                                "import builds it)" for name in missing_indexes(conn))
     finally:
         database.close()
     return problems
+
+
+#: The dataset records' secondary indexes, which a first import builds after the rows (see ``ingest.py``).
+BULK_INDEXES = sorted(dataset_records.indexes, key=lambda index: index.name)
+
+
+def missing_indexes(conn: Connection) -> list[str]:
+    """The dataset records' secondary indexes that are missing: while a first import runs, or after
+    one was killed (the next import builds them)."""
+    present = {i["name"] for i in sa.inspect(conn).get_indexes(dataset_records.name)}
+    return [index.name for index in BULK_INDEXES if index.name not in present]
 
 
 def lock_for_setup(conn: Connection) -> None:

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..alf import check_uuid
@@ -23,7 +24,10 @@ from ..errors import BadInputError
 from ..files import file_sha256
 from .dialects import EVENT_COLUMNS
 from .engine import Database
-from .schema import exports, queries, utcnow
+from .schema import dataset_records as dataset_records_table
+from .records import current
+from .schema import exports, queries, query_datasets, query_sessions, utcnow
+from .schema import session_records as session_records_table
 
 _EVENT_FIELDS = frozenset(EVENT_COLUMNS)
 _INSERT_QUERY = queries.insert().returning(queries.c.id)
@@ -32,7 +36,8 @@ _INSERT_QUERY = queries.insert().returning(queries.c.id)
 def new_query(conn: Connection, run_id: str | None, method: str, params: dict | None = None, **values: Any) -> int:
     """Insert a ``queries`` row inside ``conn``'s transaction; return its id.
 
-    ``values`` are the other columns (``source``, ``checksum``, ``mode``, ``scope``, counts ...).
+    ``values`` are the other columns (``source``, ``checksum``, ``mode``, ``scope``, counts,
+    ``completed_at`` ...); ``started_at`` defaults to now.
     """
     return conn.execute(_INSERT_QUERY, {
         "run_id": run_id, "method": method, "params": json.dumps(params or {}, default=str, sort_keys=True),
@@ -45,10 +50,10 @@ def record_query(
     method: str,
     params: dict[str, Any] | None = None,
     *,
+    session_records: Iterable[int] = (),
+    dataset_records: Iterable[int] = (),
     session_ids: Iterable[str] = (),
     dataset_ids: Iterable[str] = (),
-    state_ids: Sequence[int | None] | None = None,
-    read_here: bool = False,
     mode: str | None = None,
     revision_cutoff: str | None = None,
     scope: str | None = None,
@@ -57,33 +62,32 @@ def record_query(
 ) -> int:
     """Record a search or list and the sessions and datasets it returned; return the query id.
 
-    Each dataset is linked with the state it was in: ``state_ids[i]`` for ``dataset_ids[i]``
-    when given (the ``state_id`` of the row the caller returned), else its current
-    ``dataset_history`` row. With ``read_here`` the ids were read from this database (canonical
-    and distinct) and are not checked again: the client's hot path. The links are written in
-    bulk, a few statements whatever their number.
+    The rows are given as the records they were read from (``session_records``, ``dataset_records``:
+    record ids, as a catalog returns them: the client's hot path), or by UUID (``session_ids``,
+    ``dataset_ids``: each then linked with its current record). The links are written in bulk, a
+    few statements whatever their number.
     """
-    if read_here:
-        sids, dids = list(session_ids), list(dataset_ids)
-    else:
-        sids = sorted({check_uuid(s, "session id") for s in session_ids})
-        dids = sorted({check_uuid(d, "dataset id") for d in dataset_ids})
-    if state_ids is not None and (len(state_ids) != len(dids) or not read_here):
-        raise BadInputError("state_ids go with read_here=True and one state per dataset id "
-                            f"({len(dids)} dataset ids, {len(state_ids)} state ids)")
+    sids = sorted({check_uuid(s, "session id") for s in session_ids})
+    dids = sorted({check_uuid(d, "dataset id") for d in dataset_ids})
     with db.writing() as conn:
+        srecs = sorted({*session_records, *_current_records(conn, session_records_table, sids)})
+        drecs = sorted({*dataset_records, *_current_records(conn, dataset_records_table, dids)})
+        now = utcnow()
         qid = new_query(conn, run_id, method, params, mode=mode, revision_cutoff=revision_cutoff, scope=scope,
-                        duration_s=duration_s, error=error, n_sessions=len(sids), n_datasets=len(dids))
-        if sids:   # (in key order: the index is then appended to, not written all over)
-            db.dialect.link(conn, "sessions", {"qid": qid, "ids": sorted(sids)})
-        if dids:
-            if state_ids is None:
-                db.dialect.link(conn, "datasets_current", {"qid": qid, "ids": sorted(dids)})
-            else:
-                pairs = sorted(zip(dids, state_ids))
-                db.dialect.link(conn, "datasets", {"qid": qid, "ids": [d for d, _ in pairs],
-                                                   "states": [s for _, s in pairs]})
+                        duration_s=duration_s, error=error, n_sessions=len(srecs), n_datasets=len(drecs),
+                        started_at=now, completed_at=now)
+        if srecs:   # (in key order: the index is then appended to, not written all over)
+            db.dialect.link(conn, query_sessions, qid, srecs)
+        if drecs:
+            db.dialect.link(conn, query_datasets, qid, drecs)
     return qid
+
+
+def _current_records(conn: Connection, records: sa.Table, uuids: list[str]) -> list[int]:
+    """The current record (the latest of a complete query) of each row of these UUIDs."""
+    if not uuids:
+        return []
+    return conn.execute(sa.select(records.c.id).where(records.c.uuid.in_(uuids), current(records))).scalars().all()
 
 
 def record_access(db: Database, run_id: str, events: Sequence[dict[str, Any]]) -> list[int]:
@@ -91,12 +95,32 @@ def record_access(db: Database, run_id: str, events: Sequence[dict[str, Any]]) -
 
     Each event is a dict with ``method`` and ``outcome`` and optionally ``dataset_id``,
     ``session_id``, ``rel_path``, ``requested_revision``, ``revision_cutoff``, ``scope``,
-    ``path``, ``bytes``, ``detail``, ``event_time`` (default: now) and ``listed`` (default True:
-    the load counts in the run's loaded-ids list). Each event is linked with the current
-    state (``dataset_history`` row) of its dataset.
+    ``record_id`` (the dataset record the load was answered from; default: the dataset's current
+    record), ``path``, ``bytes``, ``detail``, ``event_time`` (default: now) and ``listed``
+    (default True: the load counts in the run's loaded-ids list).
     """
     rows = _event_rows(events, utcnow())
+    if any(row[3] is not None and (row[9] is None or row[4] is None) for row in rows):
+        rows = _with_records(db, rows)
     return db.dialect.insert_events(db, run_id, rows) if rows else []
+
+
+def _with_records(db: Database, rows: list[tuple]) -> list[tuple]:
+    """Events of a dataset without its record (or session): its current record, and that record's session."""
+    d = dataset_records_table.c
+    wanted = sorted({row[3] for row in rows if row[3] is not None and row[9] is None})
+    given = sorted({row[9] for row in rows if row[9] is not None and row[4] is None})
+    with db.reading() as conn:
+        latest = dict(conn.execute(sa.select(d.uuid, sa.func.max(d.id)).where(d.uuid.in_(wanted),
+                                   current(dataset_records_table)).group_by(d.uuid)).all()) if wanted else {}
+        ids = sorted({*latest.values(), *given})
+        session_of = dict(conn.execute(sa.select(d.id, d.session_uuid).where(d.id.in_(ids))).all()) if ids else {}
+    out = []
+    for row in rows:
+        record = row[9] if row[9] is not None or row[3] is None else latest.get(row[3])
+        session = row[4] if row[4] is not None else session_of.get(record)
+        out.append((*row[:4], session, *row[5:9], record, *row[10:]))
+    return out
 
 
 def _event_rows(events: Sequence[dict[str, Any]], now: datetime) -> list[tuple]:
@@ -114,8 +138,8 @@ def _event_rows(events: Sequence[dict[str, Any]], now: datetime) -> list[tuple]:
         if session_id is not None:
             session_id = check_uuid(session_id, "session id")
         rows.append((get("event_time") or now, event["method"], event["outcome"], dataset_id, session_id,
-                     get("rel_path"), get("requested_revision"), get("revision_cutoff"), get("scope"), get("path"),
-                     get("bytes"), get("detail"), True if listed is None else bool(listed)))
+                     get("rel_path"), get("requested_revision"), get("revision_cutoff"), get("scope"), get("record_id"),
+                     get("path"), get("bytes"), get("detail"), True if listed is None else bool(listed)))
     return rows
 
 

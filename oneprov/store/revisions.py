@@ -39,14 +39,15 @@ from ..alf import QC_LEVELS, check_uuid, qc_name
 from ..errors import ALFMultipleRevisionsFound
 from . import dialects
 from .engine import Database
-from .schema import datasets, query_datasets
+from .records import current, held_by, holds_everything, latest_import
+from .schema import dataset_records
 
 __all__ = ["ALFMultipleRevisionsFound", "COLUMNS", "chosen_ids", "datasets_last_before", "last_before",
            "last_before_select", "qc_names_up_to"]
 
 #: The columns every revision choice returns, in this order.
 COLUMNS = ["dataset_uuid", "session_uuid", "rel_path", "collection", "revision", "name", "qc",
-           "default_revision", "file_size", "hash", "exists", "state_id"]
+           "default_revision", "file_size", "hash", "exists", "record_id"]
 
 
 def qc_names_up_to(qc: str | int, ignore_qc_not_set: bool = False) -> list[str]:
@@ -76,14 +77,14 @@ def last_before_select(
 
 
 def _conditions(qc: str | int, ignore_qc_not_set: bool, where: Iterable[sa.ColumnElement[bool]]) -> list:
-    return [datasets.c.qc.in_(qc_names_up_to(qc, ignore_qc_not_set)), *where]
+    return [dataset_records.c.qc.in_(qc_names_up_to(qc, ignore_qc_not_set)), *where]
 
 
 def _output(row: sa.FromClause) -> list[sa.ColumnElement]:
-    """The result columns (:data:`COLUMNS`) of a dataset row."""
+    """The result columns (:data:`COLUMNS`) of a dataset record."""
     c = row.c
-    return [c.id.label("dataset_uuid"), c.session_id.label("session_uuid"), c.rel_path, c.collection, c.revision,
-            c.name, c.qc, c.default_revision, c.file_size, c.hash, c.exists, c.state_id]
+    return [c.uuid.label("dataset_uuid"), c.session_uuid, c.rel_path, c.collection, c.revision, c.name, c.qc,
+            c.default_revision, c.file_size, c.hash, c.exists, c.id.label("record_id")]
 
 
 def last_before(
@@ -95,37 +96,66 @@ def last_before(
     where: Iterable[sa.ColumnElement[bool]] = (),
     strict: bool = True,
     session: str | None = None,
+    records: str = "all",
+    query: int | None = None,
 ) -> pd.DataFrame:
     """Run :func:`last_before_select` and return one row per chosen dataset (see :data:`COLUMNS`).
 
-    ``session`` restricts the choice to one session (a canonical UUID) by a bound parameter: with no
-    other ``where``, the statement is compiled once per back end and options (the fast path).
-    Raises :class:`ALFMultipleRevisionsFound` when no revision is asked and a dataset has several
-    default revisions, as ONE does (unless not ``strict``).
+    ``records`` says which dataset records take part: ``'all'``, ``'current'`` (each row's latest
+    record of a complete query) or ``'query'`` (those ``query`` returned). ``session`` restricts
+    the choice to one session (a canonical UUID) by a bound parameter: with no other ``where``, the
+    statement is compiled once per back end and options (the fast path). Raises
+    :class:`ALFMultipleRevisionsFound` when no revision is asked and a dataset has several default
+    revisions, as ONE does (unless not ``strict``).
     """
+    if session is None:   # (one session's few rows are cheaper to test than the test is to skip)
+        records = _simplest(conn, records, query)
     where = list(where)
     params: dict[str, Any] = {}
     if where:
         if session is not None:
-            where.append(datasets.c.session_id == session)
+            where.append(dataset_records.c.session_uuid == session)
+        where.extend(_membership(records, query))
         compiled = _compile(last_before_select(conn.dialect.name, revision, qc=qc, ignore_qc_not_set=ignore_qc_not_set,
                                                where=where, strict=strict), conn.dialect)
     else:
         compiled = _statement(conn.dialect, revision is not None, strict, qc_name(qc), ignore_qc_not_set,
-                              session is not None)
+                              session is not None, records)
         if revision is not None:
             params["revision"] = revision
         if session is not None:
             params["session"] = session
+        if records == "query":
+            params["query"] = query
     rows = _fetch(conn, compiled, params)
     if revision is None and strict and len(rows):
         n_default = rows.field("n_default")
         if pc.max(n_default).as_py() > 1:
             bad = rows.filter(pc.greater(n_default, 1))
-            if not where and session is not None:
-                where = [datasets.c.session_id == session]
-            _refuse_several_defaults(conn, bad.to_pylist(), _conditions(qc, ignore_qc_not_set, where), {})
+            if session is not None:
+                where = [*where, dataset_records.c.session_uuid == session]
+            _refuse_several_defaults(conn, bad.to_pylist(),
+                                     _conditions(qc, ignore_qc_not_set, [*where, *_membership(records, query)]), {})
     return _frame(rows)
+
+
+def _membership(records: str, query: int | sa.BindParameter | None) -> list[sa.ColumnElement[bool]]:
+    """The condition that keeps the records that take part (see :func:`last_before`)."""
+    if records == "all":
+        return []
+    if records == "current":
+        return [current(dataset_records)]
+    if records == "query":
+        return [held_by(dataset_records, query)]
+    raise ValueError(f"records={records!r}: expected 'all', 'current' or 'query'")
+
+
+def _simplest(conn: Connection, records: str, query: int | None) -> str:
+    """'all' when the records asked for are all there are: one complete import holds every record
+    (as when a cache has a database of its own), which then needs no membership test per row."""
+    if records != "all" and holds_everything(conn, latest_import(conn) if records == "current" else query):
+        return "all"
+    return records
 
 
 class _Compiled(NamedTuple):
@@ -149,10 +179,11 @@ def _compile(stmt: sa.Select, dialect: Dialect) -> _Compiled:
 
 @lru_cache(maxsize=64)
 def _statement(dialect: Dialect, with_revision: bool, strict: bool, qc: str, ignore_qc_not_set: bool,
-               one_session: bool) -> _Compiled:
-    """The choice for all sessions or one (bound ``session``), ``revision`` bound, compiled once."""
+               one_session: bool, records: str) -> _Compiled:
+    """The choice for all sessions or one (bound ``session``), ``revision`` and ``query`` bound, compiled once."""
     # (bound with a placeholder value: the QC names are rendered at compile time, which needs them all)
-    where = [datasets.c.session_id == sa.bindparam("session", None)] if one_session else []
+    where = [dataset_records.c.session_uuid == sa.bindparam("session", None)] if one_session else []
+    where.extend(_membership(records, sa.bindparam("query", None)))
     stmt = last_before_select(dialect.name, sa.bindparam("revision", None) if with_revision else None, qc=qc,
                               ignore_qc_not_set=ignore_qc_not_set, where=where, strict=strict)
     return _compile(stmt, dialect)
@@ -189,7 +220,7 @@ def _fetch(conn: Connection, compiled: _Compiled, params: dict[str, Any]) -> pa.
 def _row_type(dialect: str) -> pa.StructType:
     """The driver's rows as arrow types (booleans are 0/1 integers on SQLite)."""
     flag = dialects.of(dialect).flag_type
-    kinds = {"default_revision": flag, "exists": flag, "file_size": pa.int64(), "state_id": pa.int64()}
+    kinds = {"default_revision": flag, "exists": flag, "file_size": pa.int64(), "record_id": pa.int64()}
     return pa.struct([(c, kinds.get(c, pa.large_string())) for c in COLUMNS] + [("n_default", pa.int64())])
 
 
@@ -202,7 +233,7 @@ def _frame(rows: pa.StructArray) -> pd.DataFrame:
     """The result frame, column by column from arrow (pandas' row-wise inference costs far more).
 
     Dtypes: text columns as pandas infers text; ``default_revision`` and ``exists`` bool, or the
-    nullable ``boolean`` when a value is unknown; ``file_size`` ``Int64``; ``state_id`` int64
+    nullable ``boolean`` when a value is unknown; ``file_size`` ``Int64``; ``record_id`` int64
     (float64 when a value is unknown, as pandas infers it).
     """
     columns: dict[str, Any] = {}
@@ -218,7 +249,7 @@ def _frame(rows: pa.StructArray) -> pd.DataFrame:
             mask = values.is_null().to_numpy(zero_copy_only=False)
             values = values.fill_null(0) if values.null_count else values
             columns[name] = pd.arrays.IntegerArray(values.to_numpy(zero_copy_only=False, writable=True), mask)
-        elif name == "state_id":
+        elif name == "record_id":
             columns[name] = values.to_numpy(zero_copy_only=False, writable=True)
         elif _TEXT_IS_ARROW:
             columns[name] = pd.arrays.ArrowStringArray(values, dtype=_TEXT)
@@ -233,8 +264,8 @@ def _refuse_several_defaults(conn: Connection, bad: list[dict], conditions: list
     """Raise ALFMultipleRevisionsFound for the first dataset (in session, collection, name order)
     among ``bad`` chosen rows, naming its default revisions, as ONE does."""
     first = min(bad, key=lambda r: (r["session_uuid"], r["collection"], r["name"]))
-    d = datasets.c
-    stmt = sa.select(d.revision).where(*conditions, d.session_id == first["session_uuid"],
+    d = dataset_records.c
+    stmt = sa.select(d.revision).where(*conditions, d.session_uuid == first["session_uuid"],
                                        d.collection == first["collection"], d.name == first["name"],
                                        d.default_revision == sa.true())
     revs = ", ".join(f'"{rev}"' for rev in sorted(conn.execute(stmt, params).scalars()))
@@ -246,11 +277,11 @@ def _refuse_several_defaults(conn: Connection, bad: list[dict], conditions: list
 def _choice_statement(dialect: str, with_revision: bool, strict: bool) -> sa.Select:
     """:func:`last_before_select` over bound dataset ids, built once (the client's hot path)."""
     return last_before_select(dialect, sa.bindparam("revision") if with_revision else None, qc="CRITICAL",
-                              where=[datasets.c.id.in_(sa.bindparam("ids", expanding=True))], strict=strict)
+                              where=[dataset_records.c.id.in_(sa.bindparam("ids", expanding=True))], strict=strict)
 
 
-def chosen_ids(conn: Connection, ids: list[str], revision: str | None = None, *, strict: bool = True) -> list[str]:
-    """The ids ONE would load among the given dataset rows (QC already applied by the caller)."""
+def chosen_ids(conn: Connection, ids: list[int], revision: str | None = None, *, strict: bool = True) -> list[int]:
+    """The record ids ONE would load among the given dataset records (QC already applied by the caller)."""
     if not ids:
         return []
     params: dict = {"ids": list(ids)}
@@ -260,9 +291,9 @@ def chosen_ids(conn: Connection, ids: list[str], revision: str | None = None, *,
     if revision is None and strict:
         bad = [r._asdict() for r in rows if r.n_default > 1]
         if bad:
-            where = [datasets.c.id.in_(sa.bindparam("ids", expanding=True))]
+            where = [dataset_records.c.id.in_(sa.bindparam("ids", expanding=True))]
             _refuse_several_defaults(conn, bad, _conditions("CRITICAL", False, where), {"ids": list(ids)})
-    return [r.dataset_uuid for r in rows]
+    return [r.record_id for r in rows]
 
 
 def datasets_last_before(
@@ -280,20 +311,19 @@ def datasets_last_before(
 
     ``revision=None`` picks each dataset's default revision; ``revision='2024-04-01'`` the last
     revision on or before that date (the unrevised file always a candidate). Datasets with QC
-    above ``qc`` are left out (CRITICAL by default). ``within_query`` restricts the choice to the
-    datasets an earlier query (e.g. an import) returned, ``ids`` to the given dataset rows.
-    One SQL statement; the rows come in no particular order.
+    above ``qc`` are left out (CRITICAL by default). The choice is among the current state of the
+    datasets (each row's latest record, as the ``datasets`` view shows it), or with
+    ``within_query`` among the records an earlier query (e.g. an import: a client's tables)
+    returned; ``ids`` restricts it to these dataset UUIDs. One SQL statement; the rows come in no
+    particular order.
     """
     where, session = [], None
     if isinstance(eid, str):
         session = check_uuid(eid, "session id")  # a bound parameter of a statement compiled once
     elif eid is not None:
-        where.append(datasets.c.session_id.in_([check_uuid(e, "session id") for e in eid]))
-    if within_query is not None:
-        where.append(datasets.c.id.in_(sa.select(query_datasets.c.dataset_id)
-                                       .where(query_datasets.c.query_id == within_query)))
+        where.append(dataset_records.c.session_uuid.in_([check_uuid(e, "session id") for e in eid]))
     if ids is not None:
-        where.append(datasets.c.id.in_(list(ids)))
+        where.append(dataset_records.c.uuid.in_([check_uuid(i, "dataset id") for i in ids]))
     with db.reading() as conn:
         return last_before(conn, revision, qc=qc, ignore_qc_not_set=ignore_qc_not_set, where=where, strict=strict,
-                           session=session)
+                           session=session, records="current" if within_query is None else "query", query=within_query)

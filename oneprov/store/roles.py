@@ -3,12 +3,12 @@
 - The **owner** owns the tables: it runs the migrations (``oneprov db upgrade``) and
   :func:`grant`. Nothing else needs its password.
 - A **client** (an analysis, ``oneprov.ONE``, ``oneprov import-cache``) reads everything, inserts
-  into every table, updates current state (``sessions``, ``datasets``; a run's ``status``,
-  ``finished_at`` and ``error``; the totals an import fills in on ``queries``) and creates
-  temporary tables (imports stage their rows in them). No DDL, no DELETE, no TRUNCATE, no UPDATE
-  of the history (``access_events``, ``dataset_history``, ``query_sessions``, ``query_datasets``,
-  ``run_marks``, ``exports``).
-- An **auditor** only reads: SELECT on the tables and the public views.
+  into every table, updates a run it started while it runs (``status``, ``finished_at``, ``error``)
+  and the totals an import fills in on ``queries``, and creates temporary tables (imports stage
+  their rows in them). No DDL, no DELETE, no TRUNCATE, no other UPDATE: session and dataset
+  records, query links, events, marks and exports are history. (The database's triggers add
+  that a finished run never changes and that only the role that started a run records into it.)
+- An **auditor** only reads: SELECT on the tables and the views.
 
 Both kinds read ``alembic_version`` (to check the schema version when they connect) and nothing
 lets them change it: a database at an older schema must be upgraded by the owner.
@@ -19,7 +19,7 @@ tables, so running it again (after an upgrade that added a table, or to change a
 safe. Every name is quoted as an identifier; nothing the user types is formatted into SQL.
 
 >>> sorted(CLIENT_UPDATE)
-['datasets', 'queries', 'runs', 'sessions']
+['queries', 'runs']
 """
 from __future__ import annotations
 
@@ -32,17 +32,15 @@ from sqlalchemy.engine import URL, Connection, Engine
 from ..errors import BadInputError, DatabaseError
 from .engine import create_engine, database_url, mapped_errors, redact
 from .migrate import schema_status
-from .schema import PUBLIC_VIEWS, metadata
+from .schema import CURRENT_VIEWS, PUBLIC_VIEWS, metadata
 
 KINDS = ("client", "auditor")
 
 #: Tables a client may UPDATE, and which columns (``None``: the whole row; current state).
 #: Every other table is append-only for clients: SELECT and INSERT.
 CLIENT_UPDATE: dict[str, list[str] | None] = {
-    "sessions": None,
-    "datasets": None,
-    "runs": ["status", "finished_at", "error"],                         # Store.finish_run
-    "queries": ["n_sessions", "n_datasets", "duration_s", "error"],     # Store.import_cache
+    "runs": ["status", "finished_at", "error"],                                        # Store.finish_run
+    "queries": ["n_sessions", "n_datasets", "duration_s", "error", "completed_at"],    # Store.import_cache
 }
 
 #: The error on SQLite (``{where}``: the file).
@@ -156,7 +154,8 @@ def _statements(conn: Connection, role: str, kind: str, schema: str, dbname: str
 
     r = Identifier(role)
     tables = [Identifier(schema, t) for t in sorted(metadata.tables)]
-    readable = [*tables, *(Identifier(schema, v) for v in PUBLIC_VIEWS), Identifier(schema, "alembic_version")]
+    readable = [*tables, *(Identifier(schema, v) for v in [*PUBLIC_VIEWS, *CURRENT_VIEWS]),
+                Identifier(schema, "alembic_version")]
     sequences = [Identifier(s, n) for s, n in _sequences(conn, schema)]
     statements = [SQL("REVOKE ALL ON TABLE {} FROM {}").format(names(readable), r)]
     if sequences:
@@ -213,7 +212,7 @@ def _effective(conn: Connection, role: str, kind: str, schema: str, dbname: str)
         "AND has_table_privilege(CAST(:role AS name), c.oid, p.privilege) "
         "ORDER BY 1, 2").bindparams(sa.bindparam("names", expanding=True)),
         {"role": role, "schema": schema, "privileges": ["INSERT", "UPDATE", *NEVER],
-         "names": [*metadata.tables, *PUBLIC_VIEWS, "alembic_version"]}).all()
+         "names": [*metadata.tables, *PUBLIC_VIEWS, *CURRENT_VIEWS, "alembic_version"]}).all()
     extra = [f"{privilege} on {name}" for name, privilege in held if privilege not in writable.get(name, ())]
     if extra:
         warnings.append(f"role {role!r} can also {', '.join(extra)} (granted to PUBLIC or to a role it belongs "

@@ -57,6 +57,7 @@ def start_run(
             command=scrub_credentials(" ".join(sys.argv))[:4000], versions=json.dumps(versions),
             cache_dir=str(cache_dir) if cache_dir is not None else None,
             base_url=scrub_credentials(base_url) if base_url else None, revision_cutoff=revision_cutoff,
+            db_role=db.dialect.current_role(conn),
         ))
     return run_id
 
@@ -121,7 +122,7 @@ def list_runs(db: Database, project: str | None = None) -> pd.DataFrame:
     frame = db.frame(stmt)
     # A killed process cannot close its run: show it as interrupted when its process is gone.
     host = socket.gethostname()
-    gone = [status == "running" and h == host and not _process_alive(pid)
+    gone = [status == "running" and h == host and not process_alive(pid)
             for status, h, pid in zip(frame["status"], frame["host"], frame["pid"])]
     frame.loc[gone, "status"] = "interrupted"
     return frame
@@ -159,7 +160,7 @@ def scrub_credentials(text: str) -> str:
     return _SECRET_OPTION.sub(lambda m: (m.group(1) or m.group(2)) + "***", text)
 
 
-def _process_alive(pid: Any) -> bool:
+def process_alive(pid: Any) -> bool:
     """Whether a process with this id exists on this host (an unknown pid counts as alive)."""
     if pid is None or pd.isna(pid):
         return True

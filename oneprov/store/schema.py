@@ -1,21 +1,26 @@
 """The provenance schema: every table in one place (SQLAlchemy Core).
 
 This module is the model the migrations must agree with (``tests/test_migrations.py`` checks it).
-The schema itself is only ever changed by a new file in ``migrations/versions``; the auditors' views
-(``access_log``, ``loaded_datasets``, ``loaded_sessions``) are created there too, and their columns
-are a public contract listed in :data:`PUBLIC_VIEWS`.
+The schema itself is only ever changed by a new file in ``migrations/versions``; the views are
+created there too, and their columns are a public contract listed in :data:`PUBLIC_VIEWS` and
+:data:`CURRENT_VIEWS`.
+
+The idea: a dataset or session *record* is one state in which some source (an import of cache
+tables, a query) showed a row; records are never changed, a changed row is a new record. A query
+links the records it returned, so a client answers from the records of its own tables, whatever
+else shares the database, and a load names the record it was answered from. "Current state" is
+a view: each row's latest record.
 
 Conventions:
 
 - UUIDs (runs, sessions, datasets) are stored as lowercase canonical text, so that a person can read
-  and join them; other ids are integers.
+  and join them; records and other rows have integer ids.
 - Times are UTC, without a time zone.
-- Current-state rows (``sessions``, ``datasets``, a run's status) are updated in place. History
-  (``dataset_history``, ``queries`` and their result rows, ``access_events``, ``run_marks``,
-  ``exports``) is only ever appended to.
+- Everything is appended to, never changed or deleted, except a run's status while it runs, and the
+  totals an import fills in once when it completes.
 
 >>> sorted(metadata.tables)[:3]
-['access_events', 'dataset_history', 'datasets']
+['access_events', 'dataset_records', 'exports']
 """
 from __future__ import annotations
 
@@ -50,7 +55,7 @@ projects = Table(
 )
 
 #: One analysis execution. ``status`` is running, finished or failed; a killed process leaves
-#: 'running' behind (see ``run_marks`` for later retirement).
+#: 'running' behind (see ``run_marks`` for later retirement). A finished or failed run never changes.
 runs = Table(
     "runs", metadata,
     Column("id", UUID, primary_key=True),
@@ -68,43 +73,63 @@ runs = Table(
     Column("base_url", Text),
     Column("revision_cutoff", String(64)),  # ONE_REVISION_LAST_BEFORE when the run started
     Column("error", Text),
+    # What the run was, beyond its command (migration 0008): the script and its git state, where it
+    # ran, its arguments and the ONE settings in force (JSON), and the database role that started it.
+    Column("script_path", Text),
+    Column("script_sha256", String(64)),
+    Column("git_commit", String(64)),
+    Column("git_dirty", Boolean),
+    Column("git_remote", Text),
+    Column("cwd", Text),
+    Column("argv", Text),
+    Column("settings", Text),
+    Column("db_role", String(200)),
 )
 
-sessions = Table(
-    "sessions", metadata,
-    Column("id", UUID, primary_key=True),
+#: Every state a session was seen in: one record per session UUID and distinct set of values.
+session_records = Table(
+    "session_records", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("uuid", UUID, nullable=False),
     Column("lab", String(200)),
-    Column("subject", String(200), index=True),
+    Column("subject", String(200)),
     Column("date", Date),
     Column("number", Integer),
     Column("task_protocol", Text),
     Column("projects", Text),          # comma-joined, as in ONE's cache tables
+    Column("query_id", Integer, ForeignKey("queries.id"), nullable=False),  # the query that first showed it
     Column("first_seen_at", DateTime, nullable=False),
-    Column("updated_at", DateTime, nullable=False),
+    Index("ix_session_records_uuid", "uuid"),
+    Index("ix_session_records_subject", "subject"),
 )
 
-#: Current state of each dataset record. ``collection``, ``revision`` ('' when unrevised) and
-#: ``name`` are parsed from ``rel_path``; ``state_id`` points at the latest ``dataset_history`` row.
-datasets = Table(
-    "datasets", metadata,
-    Column("id", UUID, primary_key=True),
-    Column("session_id", UUID, nullable=False),
+#: Every state a dataset row was seen in. A row is a dataset UUID in a session at a ``rel_path``
+#: (real tables repeat a UUID under two paths: two rows); ``collection``, ``revision`` ('' when
+#: unrevised) and ``name`` are parsed from ``rel_path``. NULL ``file_size``/``hash``: unknown;
+#: NULL ``default_revision``: the tables did not say.
+dataset_records = Table(
+    "dataset_records", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("uuid", UUID, nullable=False),
+    Column("session_uuid", UUID, nullable=False),
     Column("rel_path", Text, nullable=False),
     Column("collection", Text, nullable=False),
     Column("revision", String(200), nullable=False),
     Column("name", String(400), nullable=False),
-    Column("file_size", BigInteger),   # NULL: unknown
-    Column("hash", String(128)),       # NULL: unknown
+    Column("file_size", BigInteger),
+    Column("hash", String(128)),
     Column("exists", Boolean, nullable=False),
     Column("qc", String(8), nullable=False),
-    Column("default_revision", Boolean),  # NULL: the tables did not say
-    Column("state_id", Integer),
+    Column("default_revision", Boolean),
+    Column("query_id", Integer, ForeignKey("queries.id"), nullable=False),  # the query that first showed it
     Column("first_seen_at", DateTime, nullable=False),
-    Column("updated_at", DateTime, nullable=False),
-    # Everything the revision choice reads (oneprov.revisions), and the lookups by session (migration 0006).
-    Index("ix_datasets_revision_choice", "session_id", "collection", "name", "revision", "qc", "default_revision"),
-    # search(datasets=...): one seek per session, answered from the index alone (migration 0005)
-    Index("ix_datasets_name_session_id_id_exists_qc", "name", "session_id", "id", "exists", "qc"),
+    # a row's records, and a dataset by its UUID
+    Index("ix_dataset_records_uuid_session_uuid_rel_path", "uuid", "session_uuid", "rel_path"),
+    # everything the revision choice reads (store/revisions.py), and the rows of one session
+    Index("ix_dataset_records_revision_choice", "session_uuid", "collection", "name", "revision", "qc",
+          "default_revision"),
+    # search(datasets=...): one seek per session, answered from the index alone
+    Index("ix_dataset_records_name_session_uuid_exists_qc", "name", "session_uuid", "exists", "qc"),
 )
 
 revisions = Table(
@@ -113,22 +138,10 @@ revisions = Table(
     Column("first_seen_at", DateTime, nullable=False),
 )
 
-#: Every state a dataset was observed in (the first one and each change of a mutable field).
-dataset_history = Table(
-    "dataset_history", metadata,
-    Column("id", Integer, primary_key=True),
-    Column("dataset_id", UUID, ForeignKey("datasets.id"), nullable=False, index=True),
-    Column("query_id", Integer, ForeignKey("queries.id")),
-    Column("observed_at", DateTime, nullable=False),
-    Column("qc", String(8), nullable=False),
-    Column("default_revision", Boolean),
-    Column("exists", Boolean, nullable=False),
-    Column("hash", String(128)),
-    Column("file_size", BigInteger),
-)
-
 #: A search, a list or an import of cache tables. An import's ``source`` is its tables folder and
-#: ``checksum`` the digest of its files; its rows are linked like any query result.
+#: ``checksum`` the digest of its files; its rows are linked like any query result. A query is
+#: complete (``completed_at``) once all its rows are recorded: an import commits its rows in many
+#: short transactions, and only a complete query answers anything.
 queries = Table(
     "queries", metadata,
     Column("id", Integer, primary_key=True),
@@ -145,29 +158,31 @@ queries = Table(
     Column("n_sessions", Integer),
     Column("n_datasets", Integer),
     Column("error", Text),
+    Column("completed_at", DateTime),
     Index("ix_queries_source_checksum", "source", "checksum"),
 )
 
+#: The session records a query returned.
 query_sessions = Table(
     "query_sessions", metadata,
     Column("query_id", Integer, ForeignKey("queries.id"), nullable=False),
-    Column("session_id", UUID, nullable=False),
-    PrimaryKeyConstraint("query_id", "session_id"),
-    sqlite_with_rowid=False,  # stored by its key alone (migration 0004)
+    Column("record_id", Integer, ForeignKey("session_records.id"), nullable=False),
+    PrimaryKeyConstraint("query_id", "record_id"),
+    sqlite_with_rowid=False,  # stored by its key alone
 )
 
-#: The datasets a query returned, with the history row that was current when it ran.
+#: The dataset records a query returned.
 query_datasets = Table(
     "query_datasets", metadata,
     Column("query_id", Integer, ForeignKey("queries.id"), nullable=False),
-    Column("dataset_id", UUID, nullable=False),
-    Column("state_id", Integer),
-    PrimaryKeyConstraint("query_id", "dataset_id"),
+    Column("record_id", Integer, ForeignKey("dataset_records.id"), nullable=False),
+    PrimaryKeyConstraint("query_id", "record_id"),
     sqlite_with_rowid=False,
 )
 
 #: Every load attempt, successful or not. ``outcome`` is 'loaded' or 'download_only' for a success
-#: and names the failure otherwise (see :data:`SUCCESS_OUTCOMES`).
+#: and names the failure otherwise (see :data:`SUCCESS_OUTCOMES`); ``record_id`` is the dataset
+#: record the load was answered from (NULL when the request matched none).
 access_events = Table(
     "access_events", metadata,
     Column("id", Integer, primary_key=True),
@@ -181,7 +196,7 @@ access_events = Table(
     Column("requested_revision", String(200)),
     Column("revision_cutoff", String(64)),
     Column("scope", String(200)),
-    Column("state_id", Integer),
+    Column("record_id", Integer),
     Column("path", Text),
     Column("bytes", BigInteger),
     Column("detail", Text),
@@ -227,4 +242,14 @@ PUBLIC_VIEWS: dict[str, list[str]] = {
     "loaded_datasets": ["project", "run_id", "dataset_uuid", "session_uuid", "rel_path", "revision",
                         "first_loaded_at"],
     "loaded_sessions": ["project", "run_id", "session_uuid"],
+}
+
+#: The current state of each session and dataset row (its latest record of a complete query), as
+#: views with the columns the tables of schema 0007 had, for audit queries such as
+#: ``... JOIN datasets d ON d.id = l.dataset_uuid WHERE d.qc = 'CRITICAL'``.
+CURRENT_VIEWS: dict[str, list[str]] = {
+    "sessions": ["id", "lab", "subject", "date", "number", "task_protocol", "projects", "record_id",
+                 "first_seen_at"],
+    "datasets": ["id", "session_id", "rel_path", "collection", "revision", "name", "file_size", "hash", "exists",
+                 "qc", "default_revision", "record_id", "first_seen_at"],
 }
