@@ -135,6 +135,17 @@ def test_export_per_scope_and_label(tmp_path, repo):
     assert len(everything.read_text().splitlines()) == 3
 
 
+def test_retire_by_a_label_that_looks_like_an_id_prefix(db):
+    store = open_store(db)
+    fig2 = store.resolve_run("fig2")
+    labelled = store.start_run("paper", label=fig2[0])      # e.g. 'b': also the start of fig2's id
+    store.finish_run(labelled)
+    store.close()
+    assert oneprov("retire", fig2[0], "--reason", "wrong input", db=db).stdout.startswith(f"retired run {labelled}")
+    listed = {r["run_id"]: r["retired"] for r in json.loads(oneprov("runs", "--format", "json", db=db).stdout)}
+    assert listed[labelled] in (True, 1) and listed[fig2] in (False, 0)
+
+
 def test_retire(db):
     out = oneprov("retire", "fig2", "--reason", "figure redone", db=db).stdout
     assert out.startswith("retired run ")

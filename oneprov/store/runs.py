@@ -129,21 +129,35 @@ def list_runs(db: Database, project: str | None = None) -> pd.DataFrame:
 
 
 def resolve_run(db: Database, run: str, project: str | None = None) -> str:
-    """A run id from an id, a unique id prefix, a label (its latest run) or 'last'."""
-    stmt = sa.select(runs.c.id).join(projects, projects.c.id == runs.c.project_id)
+    """The run id that ``run`` names, by one rule, first match wins: 'last' (the newest run); an
+    exact run id; an exact label (the newest run with it); a unique prefix of a run id. Several
+    runs under one prefix, or none at all, is an error that names them.
+
+    A label is tried before a prefix, so that a label that looks like hex ('b', '2024', 'cafe')
+    names its own run, never another whose id happens to start with it.
+    """
+    stmt = sa.select(runs.c.id, runs.c.label).join(projects, projects.c.id == runs.c.project_id)
     if project is not None:
         stmt = stmt.where(projects.c.name == project)
     newest = stmt.order_by(runs.c.started_at.desc(), runs.c.id.desc()).limit(1)
+    text = run.strip()
     with db.reading() as conn:
-        if run == "last":
-            found = conn.execute(newest).scalars().all()
+        if text == "last":
+            found = conn.execute(newest).all()
         else:
-            found = conn.execute(stmt.where(runs.c.id.startswith(run.lower(), autoescape=True))).scalars().all()
-            if not found:
-                found = conn.execute(newest.where(runs.c.label == run)).scalars().all()
-    if len(found) != 1:
-        raise BadInputError(f"no run matches {run!r}" if not found else f"run {run!r} is ambiguous: {len(found)} runs match")
-    return found[0]
+            found = conn.execute(stmt.where(runs.c.id == text.lower())).all() \
+                or conn.execute(newest.where(runs.c.label == text)).all() \
+                or conn.execute(stmt.where(runs.c.id.startswith(text.lower(), autoescape=True))
+                                .order_by(runs.c.started_at)).all()
+    where = f" in project {project!r}" if project is not None else ""
+    if not found:
+        raise BadInputError(f"no run{where} has the id, label or id prefix {run!r}")
+    if len(found) > 1:
+        names = ", ".join(f"{r.id}" + (f" ({r.label})" if r.label else "") for r in found[:10])
+        more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+        raise BadInputError(f"{run!r} is ambiguous: the ids of {len(found)} runs{where} start with it: {names}{more}; "
+                            "give more characters of the id")
+    return found[0].id
 
 
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*):[^@\s]*@")
