@@ -611,8 +611,8 @@ def _bench_event(spec: dict, k: int) -> dict:
 
 
 _RAW_INSERT = ("INSERT INTO access_events (run_id, event_time, method, outcome, dataset_id, session_id, rel_path, "
-               "requested_revision, revision_cutoff, scope, path, bytes, detail, listed, state_id) "
-               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT state_id FROM datasets WHERE id = ?))")
+               "requested_revision, revision_cutoff, scope, path, bytes, detail, listed, record_id) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT max(id) FROM dataset_records WHERE uuid = ?))")
 
 
 def child_concurrency(kind: str, spec: dict) -> None:
