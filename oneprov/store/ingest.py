@@ -50,6 +50,7 @@ from sqlalchemy.engine import Connection
 from tqdm.auto import tqdm
 
 from ..errors import BadInputError, DuplicateIdError
+from ..secrets import scrub
 from ..tables import DATASETS_COLUMNS, SESSIONS_COLUMNS, STATE_COLUMNS, Folder
 from . import dialects
 from .engine import Database
@@ -279,7 +280,7 @@ def _abandon(db: Database, qid: int, exc: BaseException) -> None:
         with db.writing() as conn:
             if conn.execute(sa.select(dataset_records.c.id).limit(1)).first() is not None:
                 _build_indexes(conn)   # (a bulk import that failed must not leave them missing)
-            conn.execute(queries.update().where(queries.c.id == qid, queries.c.error.is_(None)).values(error=reason))
+            conn.execute(queries.update().where(queries.c.id == qid, queries.c.error.is_(None)).values(error=scrub(reason)))
     except Exception:  # the database may be what failed; the import stays incomplete either way
         pass
 
