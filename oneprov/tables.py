@@ -42,7 +42,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .alf import QC_DTYPE, QC_ORDER, check_uuid, check_uuids, qc_name, split_rel_path, split_rel_paths
+from .alf import (
+    NAME_MAX, QC_DTYPE, QC_ORDER, check_uuid, check_uuids, name_problem, qc_name, split_rel_path, split_rel_paths,
+)
 from .errors import BadInputError, DuplicateIdError, MissingColumnError
 from .files import file_sha256, write_atomically
 
@@ -381,15 +383,38 @@ def _sessions_frame(path: Path, batch: pa.RecordBatch, start: int, id_source: li
                                   dtype=object)
     else:
         project_values = optional_text(projects)
+    lab = optional_text("lab")
+    for column, values, folder in (("subject", subject, True), ("lab", lab, True),
+                                   ("task_protocol", optional_text("task_protocol"), False),
+                                   ("projects", project_values, False)):
+        _check_text(path, column, start, values, folder=folder)
     return pd.DataFrame({
         "id": _object(_uuids(path, batch, id_source, start, "session id")),
-        "lab": _object(optional_text("lab")),
+        "lab": _object(lab),
         "subject": _object(subject),
         "date": _object(_dates(path, batch.column("date"), start)),
         "number": _numbers(path, batch.column("number"), start),
         "task_protocol": _object(optional_text("task_protocol")),
         "projects": _object(project_values),
     })
+
+
+def _check_text(path: Path, column: str, start: int, values: np.ndarray, *, folder: bool) -> None:
+    """Refuse text with a NUL byte (PostgreSQL cannot store it) and, for a folder name (``folder``),
+    one longer than file systems take: a session with it could never be loaded."""
+    def check_one(value: Any) -> None:
+        if isinstance(value, str):
+            problem = name_problem(value) if folder else ("it contains a NUL byte" if "\x00" in value else None)
+            if problem:
+                raise BadInputError(f"{column} {value[:40]!r}: {problem}")
+
+    def check_all(series: pd.Series) -> None:
+        text = series.astype("string")
+        if text.str.contains("\x00", regex=False, na=False).any() or \
+                (folder and (text.str.encode("utf-8").str.len() > NAME_MAX).any()):
+            raise BadInputError(f"a {column} that cannot be stored or used as a folder name")
+
+    _located(path, column, start, values, check_all, check_one)
 
 
 def _dates(path: Path, column: pa.Array, start: int) -> list:
@@ -484,6 +509,7 @@ class Folder:
     """
 
     path: Path
+    _seen: dict = field(default_factory=dict, compare=False, repr=False)   # file -> its stat when hashed
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Folder":
@@ -502,12 +528,29 @@ class Folder:
         return {name: path for name, path in files.items() if name == "datasets" or path.is_file()}
 
     def checksum(self) -> str:
-        """A sha256 over the sha256 of each table file: the same tables, the same checksum."""
+        """A sha256 over the sha256 of each table file: the same tables, the same checksum.
+
+        Each file's identity (inode, size, modification time) is noted as it is hashed, for
+        :meth:`verify`.
+        """
         digest = hashlib.sha256()
         files = self.files
         for name in ("sessions", "datasets"):
-            digest.update(file_sha256(files[name]).encode() if name in files else b"absent")
+            if name in files:
+                self._seen[files[name]] = _identity(files[name])
+                digest.update(file_sha256(files[name]).encode())
+            else:
+                self._seen[self.path / f"{name}.pqt"] = None
+                digest.update(b"absent")
         return digest.hexdigest()
+
+    def verify(self) -> None:
+        """Raise unless every table file is still the one :meth:`checksum` hashed (not replaced, not
+        written to, not added or removed): the rows read are then the ones the checksum is of."""
+        for path, seen in self._seen.items():
+            if _identity(path) != seen:
+                raise BadInputError(f"{path} changed while it was being imported (replaced or written to); "
+                                    "nothing was imported: import it again")
 
     def metadata(self) -> dict[str, dict]:
         """Each table's ``one_metadata`` (see :func:`read_metadata`)."""
@@ -522,6 +565,14 @@ class Folder:
 
     def count_datasets(self) -> int:
         return count_rows(self.files["datasets"])
+
+
+def _identity(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns
 
 
 @dataclass(frozen=True)
@@ -543,6 +594,9 @@ class Frames:
 
     def count_datasets(self) -> int:
         return len(self.datasets_frame)
+
+    def verify(self) -> None:
+        """Frames are not files: nothing can change under them here."""
 
     def metadata(self) -> dict[str, dict]:
         return {name: {k: sorted(v) if isinstance(v, (set, frozenset)) else v for k, v in dict(meta).items()}

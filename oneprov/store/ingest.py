@@ -91,6 +91,7 @@ class Rows(Protocol):
     def datasets(self, batch_size: int) -> Iterator[pd.DataFrame]: ...   # called twice: check, then write
     def count_datasets(self) -> int | None: ...
     def metadata(self) -> dict[str, Any]: ...   # recorded as the query's params["metadata"]
+    def verify(self) -> None: ...   # raise if the rows read may not be those of the source's checksum
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,7 @@ def ingest(db: Database, source: RowSource, rows: Rows, *, run_id: str | None = 
                               f"earlier row (first: {repeated[0]}); the first of each was imported", UserWarning,
                               stacklevel=3)
             with conn.begin():
+                rows.verify()
                 if bulk:
                     _build_indexes(conn)
                 conn.execute(queries.update().where(queries.c.id == qid).values(

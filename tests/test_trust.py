@@ -1,0 +1,124 @@
+"""What a provenance store must never do: record as imported something other than what was read,
+or lose a load attempt to a bad name. Real processes, real files, both back ends."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pandas as pd
+import pytest
+
+from oneprov import BadInputError, open_store
+from oneprov.synthetic import make_repository
+from oneprov.tables import Folder
+
+LOCKER = textwrap.dedent("""
+    import sqlite3, sys, time
+    con = sqlite3.connect(sys.argv[1], isolation_level=None)
+    con.execute("BEGIN IMMEDIATE")
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+    con.rollback()
+""")
+
+
+def test_tables_replaced_during_an_import_are_not_recorded_under_the_old_checksum(tmp_path):
+    """The import hashes the tables, then waits for the write lock (another process holds it) while
+    the datasets table is replaced: it refuses to complete, naming the file, and a new import then
+    records the new content with the new content's checksum."""
+    tables = make_repository(tmp_path / "repo", write_files=False).root
+    other = make_repository(tmp_path / "other", seed=7, write_files=False).root
+    db = tmp_path / "p.sqlite"
+    open_store(db).close()
+    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(db), "4"], stdout=subprocess.PIPE, text=True)
+    assert locker.stdout.readline().strip() == "locked"
+    importer = subprocess.Popen([sys.executable, "-m", "oneprov", "import-cache", str(tables), "--db", str(db)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)                                       # the importer has hashed and read, and waits
+    replacement = tables / "datasets.pqt.new"
+    replacement.write_bytes((other / "datasets.pqt").read_bytes())
+    os.replace(replacement, tables / "datasets.pqt")
+    out, err = importer.communicate(timeout=120)
+    locker.wait(timeout=30)
+    assert importer.returncode != 0 and "Traceback" not in err, err
+    assert f"{tables / 'datasets.pqt'} changed while it was being imported" in err
+    store = open_store(db)
+    done = store.sql("SELECT checksum FROM queries WHERE method = 'import_cache' AND completed_at IS NOT NULL")
+    assert done.empty
+    result = store.import_cache(tables)
+    (checksum,) = store.sql("SELECT checksum FROM queries WHERE id = :q", {"q": result.query_id}).checksum
+    assert checksum == Folder.open(tables).checksum()           # of the tables as they now are
+    imported = set(store.sql("SELECT id FROM datasets").id)
+    assert imported == set(pd.read_parquet(other / "datasets.pqt").reset_index()["id"].astype(str))
+    store.close()
+
+
+def test_file_written_to_during_an_import_is_refused(tmp_path, monkeypatch):
+    """The same check for a file written in place (same inode): its size or mtime moves."""
+    tables = make_repository(tmp_path / "repo", write_files=False).root
+    store = open_store(tmp_path / "p.sqlite")
+    folder = Folder.open(tables)
+    folder.checksum()
+    folder.verify()                                       # unchanged: fine
+    with open(tables / "sessions.pqt", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(Exception, match="sessions.pqt changed while it was being imported"):
+        folder.verify()
+    store.close()
+
+
+def _name_cases(repo) -> dict[str, tuple[str, pd.DataFrame, str]]:
+    """case -> (table, the edited table, words the error must hold)."""
+    sessions = pd.read_parquet(repo.sessions_table).reset_index()
+    datasets = pd.read_parquet(repo.datasets_table).reset_index()
+
+    def edit(frame, column, row, value):
+        frame = frame.copy()
+        frame[column] = frame[column].astype(object)
+        frame.loc[row, column] = value
+        return frame
+
+    long_name = "x" * 256 + ".npy"
+    return {
+        "NUL in rel_path": ("datasets", edit(datasets, "rel_path", 3, "alf/spikes\x00.times.npy"),
+                            "column 'rel_path', row 3", "NUL byte"),
+        "long file name": ("datasets", edit(datasets, "rel_path", 4, f"alf/{long_name}"),
+                           "column 'rel_path', row 4", "longer than 255 bytes"),
+        "long rel_path": ("datasets", edit(datasets, "rel_path", 5, "/".join(["d" * 200] * 16) + "/a.npy"),
+                          "column 'rel_path', row 5", "longer than 3072 bytes"),
+        "long non-ASCII name": ("datasets", edit(datasets, "rel_path", 6, "alf/" + "é" * 130 + ".npy"),
+                                "column 'rel_path', row 6", "longer than 255 bytes"),
+        "NUL in subject": ("sessions", edit(sessions, "subject", 1, "SYN\x000001"), "column 'subject', row 1",
+                           "NUL byte"),
+        "long subject": ("sessions", edit(sessions, "subject", 2, "S" * 300), "column 'subject', row 2",
+                         "longer than 255 bytes"),
+        "long lab": ("sessions", edit(sessions, "lab", 0, "L" * 300), "column 'lab', row 0", "longer than 255"),
+        "NUL in task_protocol": ("sessions", edit(sessions, "task_protocol", 2, "ephys\x00"),
+                                 "column 'task_protocol', row 2", "NUL byte"),
+    }
+
+
+def test_unusable_names_are_refused_at_import_on_both_back_ends(db_url, repo, tmp_path):
+    """A NUL byte (PostgreSQL cannot store it) or a name longer than file systems take (every load of
+    it would fail in the file system, before being recorded) is refused at import, on SQLite as on
+    PostgreSQL, naming the file, column and row; nothing stored changes."""
+    from test_bad_input import snapshot
+
+    store = open_store(db_url)
+    store.import_cache(repo.root)
+    before = snapshot(store)
+    for case, (table, frame, where, why) in _name_cases(repo).items():
+        folder = tmp_path / case.replace(" ", "_")
+        folder.mkdir()
+        for name in ("sessions", "datasets"):
+            source = frame if name == table else pd.read_parquet(getattr(repo, f"{name}_table")).reset_index()
+            source.to_parquet(folder / f"{name}.pqt", index=False)
+        with pytest.raises(BadInputError) as caught:
+            store.import_cache(folder)
+        message = str(caught.value)
+        assert str(folder / f"{table}.pqt") in message and where in message and why in message, (case, message)
+        assert snapshot(store) == before, case
+    store.close()
