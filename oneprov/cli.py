@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -39,6 +40,10 @@ def friendly_errors(func):
     return wrapper
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="oneprov")
 def main() -> None:
@@ -50,6 +55,7 @@ def main() -> None:
       oneprov import-cache DIR --db prov.sqlite
       oneprov sql "SELECT * FROM loaded_datasets" --db prov.sqlite
     """
+    warnings.formatwarning = _one_line_warning   # a warning is one line for a person, not a source line
 
 
 # -- db ---------------------------------------------------------------------------------------
@@ -147,7 +153,7 @@ def import_cache(tables_dir: Path, force: bool, db: str | None) -> None:
 @friendly_errors
 def runs_cmd(project: str | None, fmt: str, db: str | None) -> None:
     """List the recorded runs, newest first, with their counts of loads and queries."""
-    with open_store(db) as store:
+    with open_store(db, create=False, upgrade=False) as store:
         _print_frame(store.runs(project), fmt)
 
 
@@ -158,7 +164,7 @@ def runs_cmd(project: str | None, fmt: str, db: str | None) -> None:
 @friendly_errors
 def retire_cmd(run: str, reason: str, db: str | None) -> None:
     """Retire RUN (an id, a unique prefix, a label or 'last'): adds a record, deletes nothing."""
-    with open_store(db) as store:
+    with open_store(db, create=False) as store:
         run_id = store.resolve_run(run)
         store.retire_run(run_id, reason)
     click.echo(f"retired run {run_id}")
@@ -186,7 +192,7 @@ def export_loaded_ids(run, project, label, scope, sessions_only, output, db) -> 
 
     Without filters: every load in the database.
     """
-    with open_store(db) as store:
+    with open_store(db, create=False) as store:
         run_id = store.resolve_run(run, project) if run else None
         directory, path = (output, None) if output is None or output.is_dir() else (None, output)
         ids, written = one_files.export_loaded_ids(store, directory or Path.cwd(), path=path, run=run_id,
@@ -205,7 +211,7 @@ def export_loaded_ids(run, project, label, scope, sessions_only, output, db) -> 
 @friendly_errors
 def export_cache(out_dir: Path, run: str | None, clobber: bool, db: str | None) -> None:
     """Write ONE-format sessions.pqt and datasets.pqt into OUT_DIR (created if needed)."""
-    with open_store(db) as store:
+    with open_store(db, create=False) as store:
         run_id = store.resolve_run(run) if run else None
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = one_files.export_cache(store, out_dir, run=run_id, clobber=clobber)

@@ -94,7 +94,7 @@ def test_errors_are_one_line(tmp_path, repo):
     notdb.write_text("hello\n" * 1000)
     assert_clean_error(oneprov("runs", db=notdb, check=False), str(notdb))
     assert_clean_error(oneprov("export", "loaded-ids", "--run", "nope", db=tmp_path / "p.sqlite", check=False),
-                       "no run matches")
+                       "no run has the id, label or id prefix")
     assert_clean_error(oneprov("sql", "SELECT * FROM no_such_table", db=tmp_path / "p.sqlite", check=False),
                        "no_such_table")
 
@@ -154,3 +154,33 @@ def test_retire(db):
     missing = oneprov("retire", "fig2", db=db, check=False)     # a usage error: click's usage line + one error
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "Error: Missing option '--reason'" in missing.stderr
+
+
+@pytest.mark.parametrize("command", [["runs"], ["sql", "SELECT 1"], ["db", "current"], ["db", "check"],
+                                     ["export", "loaded-ids"], ["export", "cache", "OUT"],
+                                     ["retire", "last", "--reason", "x"]])
+def test_commands_that_only_read_never_create_a_database(command, tmp_path):
+    typo = tmp_path / "typo.sqlite"
+    command = [str(tmp_path / "out") if word == "OUT" else word for word in command]
+    proc = oneprov(*command, db=typo, check=False)
+    assert proc.returncode == 1
+    assert_clean_error(proc, "no database at", "nothing was created")
+    assert not any(tmp_path.iterdir())                  # no database file, no output folder
+
+
+def test_damaged_database_is_refused_with_that_message(db, repo):
+    size = db.stat().st_size
+    with open(db, "r+b") as f:                            # damage the pages in the middle of the file
+        f.seek(size // 2)
+        f.write(b"\xff" * 8192)
+    check = oneprov("db", "check", db=db, check=False)
+    assert check.returncode == 1 and "is damaged" in check.stderr and "Traceback" not in check.stderr
+    before = db.read_bytes()
+    write = oneprov("import-cache", str(repo.root), "--force", db=db, check=False)
+    assert_clean_error(write, "is damaged", "nothing was written")
+    assert db.read_bytes() == before
+
+
+def test_warnings_are_one_line(db):
+    proc = oneprov("export", "loaded-ids", "--label", "nobody", db=db, check=False)
+    assert "warning: No datasets loaded" in proc.stderr and "cli.py" not in proc.stderr

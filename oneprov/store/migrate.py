@@ -159,7 +159,12 @@ def check(db: str | os.PathLike | URL | None) -> list[str]:
     database = Database(create_engine(db, readonly=True))
     problems = []
     try:
-        status = schema_status(database.engine)
+        try:
+            status = schema_status(database.engine)
+        except DatabaseError as exc:
+            if "damaged" not in str(exc):
+                raise
+            return [str(exc)]
         if not status.known:
             problems.append(f"schema {status.current} is newer than this oneprov ({status.head})")
         elif not status.up_to_date:
