@@ -43,7 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .alf import (
-    NAME_MAX, QC_DTYPE, QC_ORDER, check_uuid, check_uuids, name_problem, qc_name, split_rel_path, split_rel_paths,
+    MAX_CHARS, NAME_MAX, QC_DTYPE, QC_ORDER, check_uuid, check_uuids, name_problem, qc_name, split_rel_path, split_rel_paths,
 )
 from .errors import BadInputError, DuplicateIdError, MissingColumnError
 from .files import file_sha256, write_atomically
@@ -400,18 +400,25 @@ def _sessions_frame(path: Path, batch: pa.RecordBatch, start: int, id_source: li
 
 
 def _check_text(path: Path, column: str, start: int, values: np.ndarray, *, folder: bool) -> None:
-    """Refuse text with a NUL byte (PostgreSQL cannot store it) and, for a folder name (``folder``),
-    one longer than file systems take: a session with it could never be loaded."""
+    """Refuse text with a NUL byte (PostgreSQL cannot store it), longer than the database stores
+    (:data:`~oneprov.alf.MAX_CHARS`), or, for a folder name (``folder``), longer than file systems
+    take: a session with it could never be loaded."""
+    limit = MAX_CHARS.get(column)
+
     def check_one(value: Any) -> None:
-        if isinstance(value, str):
-            problem = name_problem(value) if folder else ("it contains a NUL byte" if "\x00" in value else None)
-            if problem:
-                raise BadInputError(f"{column} {value[:40]!r}: {problem}")
+        if not isinstance(value, str):
+            return
+        problem = name_problem(value) if folder else ("it contains a NUL byte" if "\x00" in value else None)
+        if not problem and limit is not None and len(value) > limit:
+            problem = f"it is longer than {limit} characters (the most the database stores)"
+        if problem:
+            raise BadInputError(f"{column} {value[:40]!r}: {problem}")
 
     def check_all(series: pd.Series) -> None:
         text = series.astype("string")
         if text.str.contains("\x00", regex=False, na=False).any() or \
-                (folder and (text.str.encode("utf-8").str.len() > NAME_MAX).any()):
+                (folder and (text.str.encode("utf-8").str.len() > NAME_MAX).any()) or \
+                (limit is not None and (text.str.len() > limit).any()):
             raise BadInputError(f"a {column} that cannot be stored or used as a folder name")
 
     _located(path, column, start, values, check_all, check_one)
@@ -622,6 +629,8 @@ def _datasets_frame(path: Path, batch: pa.RecordBatch, start: int, id_source: li
     parts = _split(path, start, rel_path)
     hashes = _text(batch.column("hash")) if "hash" in names else np.full(n, None, dtype=object)
     hashes[pd.isna(hashes) | (hashes == "")] = None
+    if "hash" in names:
+        _check_text(path, "hash", start, hashes, folder=False)
     if "exists" in names:
         exists = batch.column("exists").fill_null(True).to_numpy(zero_copy_only=False).astype(bool) \
             if not pa.types.is_null(batch.column("exists").type) else np.ones(n, dtype=bool)

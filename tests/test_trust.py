@@ -96,6 +96,12 @@ def _name_cases(repo) -> dict[str, tuple[str, pd.DataFrame, str]]:
         "long subject": ("sessions", edit(sessions, "subject", 2, "S" * 300), "column 'subject', row 2",
                          "longer than 255 bytes"),
         "long lab": ("sessions", edit(sessions, "lab", 0, "L" * 300), "column 'lab', row 0", "longer than 255"),
+        "subject too long to store": ("sessions", edit(sessions, "subject", 1, "S" * 230), "column 'subject', row 1",
+                                      "longer than 200 characters"),
+        "hash too long to store": ("datasets", edit(datasets, "hash", 2, "h" * 200), "column 'hash', row 2",
+                                   "longer than 128 characters"),
+        "revision too long to store": ("datasets", edit(datasets, "rel_path", 1, "alf/#" + "r" * 220 + "#/a.npy"),
+                                       "column 'rel_path', row 1", "revision is longer than 200"),
         "NUL in task_protocol": ("sessions", edit(sessions, "task_protocol", 2, "ephys\x00"),
                                  "column 'task_protocol', row 2", "NUL byte"),
     }
