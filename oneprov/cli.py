@@ -29,14 +29,23 @@ def db_option(func):
     return click.option("--db", envvar=settings.DB_ENV, metavar="PATH_OR_URL", help=DB_HELP)(func)
 
 
+#: What Ctrl-C (exit status 130) says, per command: what it leaves behind.
+INTERRUPTED = {"import_cache": "interrupted: nothing imported (the database is as it was)",
+               "export_cache": "interrupted: the tables in the folder are as they were"}
+
+
 def friendly_errors(func):
-    """Turn oneprov's errors (and OS errors such as a full disk) into one line and exit status 1."""
+    """Turn oneprov's errors (and OS errors such as a full disk) into one line and exit status 1, and
+    Ctrl-C into one line and exit status 130."""
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
         except (OneprovError, OSError) as exc:
             raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo(INTERRUPTED.get(func.__name__, "interrupted"), err=True)
+            sys.exit(130)
     return wrapper
 
 

@@ -184,3 +184,32 @@ def test_damaged_database_is_refused_with_that_message(db, repo):
 def test_warnings_are_one_line(db):
     proc = oneprov("export", "loaded-ids", "--label", "nobody", db=db, check=False)
     assert "warning: No datasets loaded" in proc.stderr and "cli.py" not in proc.stderr
+
+
+def test_ctrl_c_during_import_prints_one_line_and_exits_130(tmp_path):
+    """Ctrl-C in the middle of a large import: one line, status 130, nothing imported (the views show
+    nothing of it), the database checks out, and the next import completes."""
+    import signal
+    import time
+
+    from oneprov.synthetic import make_repository
+
+    tables = make_repository(tmp_path / "big", n_sessions=2000, datasets_per_session=100, write_files=False).root
+    db = tmp_path / "p.sqlite"
+    open_store(db).close()
+    proc = subprocess.Popen([sys.executable, "-m", "oneprov", "import-cache", str(tables), "--db", str(db)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    store = open_store(db)
+    deadline = time.monotonic() + 60
+    while store.sql("SELECT count(*) AS n FROM dataset_records").n[0] == 0:   # rows are being written
+        assert time.monotonic() < deadline and proc.poll() is None, "the import never started writing"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert err.strip() == "interrupted: nothing imported (the database is as it was)"
+    assert store.sql("SELECT error FROM queries").error.tolist() == ["interrupted"]
+    assert store.sql("SELECT count(*) AS n FROM datasets").n[0] == 0
+    store.close()
+    assert oneprov("db", "check", db=db).stdout.strip() == "ok"
+    assert "imported 2000 sessions and 200000 datasets" in oneprov("import-cache", str(tables), db=db).stdout

@@ -350,8 +350,11 @@ class SQLite(Dialect):
         try:
             yield
         finally:
-            for schema, size in before.items():
-                driver.execute(f"PRAGMA {schema}.cache_size = {int(size)}")
+            try:
+                for schema, size in before.items():
+                    driver.execute(f"PRAGMA {schema}.cache_size = {int(size)}")
+            except Exception:   # the connection is gone (Ctrl-C, a failure) and will not be reused
+                pass
 
     def reserve_ids(self, conn: Connection, table: sa.Table, n: int) -> Sequence[int]:
         # BEGIN IMMEDIATE holds the write lock: the ids after the largest are free.

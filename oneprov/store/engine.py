@@ -175,6 +175,13 @@ def mapped_errors(where: str, doing: str = "use database") -> Iterator[None]:
     except Exception as exc:
         if not is_driver_error(exc):
             raise
+        cause = exc.__context__
+        if cause is not None and not exc.__suppress_context__:
+            # The driver failed while cleaning up after another error (a rollback or a reset on a
+            # connection that Ctrl-C or a failed statement aborted): that other error is the real one.
+            if not isinstance(cause, Exception) or not is_driver_error(cause):
+                raise cause from None
+            exc = cause
         message = first_line(exc)
         if "malformed" in message:     # SQLite's SQLITE_CORRUPT: refuse before writing into a damaged file
             raise DatabaseError(f"database {where} is damaged ({message}): nothing was written or read; "
