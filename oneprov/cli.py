@@ -43,6 +43,9 @@ def friendly_errors(func):
             return func(*args, **kwargs)
         except (OneprovError, OSError) as exc:
             raise click.ClickException(str(exc)) from None
+        except MemoryError:
+            raise click.ClickException("out of memory: the result is too large for this machine; select fewer "
+                                       "rows (LIMIT) or columns") from None
         except KeyboardInterrupt:
             click.echo(INTERRUPTED.get(func.__name__, "interrupted"), err=True)
             sys.exit(130)
@@ -233,19 +236,33 @@ def export_cache(out_dir: Path, run: str | None, clobber: bool, db: str | None) 
 @main.command("sql")
 @click.argument("query")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Stop the query if it runs longer than this (default: no limit; Ctrl-C stops it too).")
 @db_option
 @friendly_errors
-def sql_cmd(query: str, fmt: str, db: str | None) -> None:
+def sql_cmd(query: str, fmt: str, timeout: float | None, db: str | None) -> None:
     """Run a read-only SQL QUERY; the database is opened read-only and can never be changed.
 
     \b
     Public views: access_log, loaded_datasets, loaded_sessions. Example:
       oneprov sql "SELECT run_id, count(*) FROM loaded_datasets GROUP BY run_id"
+    Binary values (BLOBs) print as hex: \\x0a1b...
     """
-    _print_frame(read_only_query(db, query), fmt)
+    _print_frame(read_only_query(db, query, timeout=timeout), fmt)
+
+
+def _printable(value: object) -> object:
+    """A cell as text can show it: bytes (a BLOB) as hex, PostgreSQL's way (\\x0a1b...)."""
+    if isinstance(value, memoryview):
+        value = value.tobytes()
+    return "\\x" + value.hex() if isinstance(value, (bytes, bytearray)) else value
 
 
 def _print_frame(frame: pd.DataFrame, fmt: str) -> None:
+    binary = [c for c in frame.columns if frame[c].dtype == object and
+              frame[c].map(lambda v: isinstance(v, (bytes, bytearray, memoryview))).any()]
+    if binary:
+        frame = frame.assign(**{c: frame[c].map(_printable) for c in binary})
     if fmt == "csv":
         click.echo(frame.to_csv(index=False), nl=False)
     elif fmt == "json":

@@ -245,8 +245,26 @@ class _Table:
             except (pa.ArrowException, OSError) as exc:
                 raise BadInputError(f"{self.name}: corrupt parquet data (reading from row {start}): {exc}") from exc
             if batch.num_rows:
+                _check_utf8(self.name, batch, start)
                 yield batch, start
             start += batch.num_rows
+
+
+def _check_utf8(name: Any, batch: pa.RecordBatch, start: int) -> None:
+    """Refuse text columns holding bytes that are not UTF-8 (parquet does not check), naming the row."""
+    for column, field_ in zip(batch.columns, batch.schema):
+        if not (pa.types.is_string(field_.type) or pa.types.is_large_string(field_.type)):
+            continue
+        try:
+            column.validate(full=True)
+        except pa.ArrowInvalid:
+            for row, value in enumerate(column.cast(pa.large_binary()).to_pylist()):
+                try:
+                    value is None or value.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise BadInputError(f"{name}: column {field_.name!r}, row {start + row}: text that is not "
+                                        f"UTF-8 ({value[:40]!r})") from None
+            raise BadInputError(f"{name}: column {field_.name!r}: invalid text") from None
 
 
 def _check_columns(path: Path, schema: pa.Schema, table: str, checks: Mapping[str, tuple]) -> None:

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from conftest import BACKENDS
+
 from oneprov import open_store
 from oneprov.store import migrate
 
@@ -213,3 +215,44 @@ def test_ctrl_c_during_import_prints_one_line_and_exits_130(tmp_path):
     store.close()
     assert oneprov("db", "check", db=db).stdout.strip() == "ok"
     assert "imported 2000 sessions and 200000 datasets" in oneprov("import-cache", str(tables), db=db).stdout
+
+
+def test_sql_refuses_attach_and_writing_pragmas_before_they_run(db, tmp_path):
+    for statement in (f"ATTACH '{tmp_path / 'new.db'}' AS x", f"VACUUM INTO '{tmp_path / 'copy.db'}'",
+                      "PRAGMA journal_mode=delete", "PRAGMA user_version=7"):
+        proc = oneprov("sql", statement, db=db, check=False)
+        assert_clean_error(proc, "")
+    assert not (tmp_path / "new.db").exists() and not (tmp_path / "copy.db").exists()
+    assert "rel_path" in oneprov("sql", "PRAGMA table_info(dataset_records)", db=db).stdout
+
+
+def test_sql_prints_blobs_in_every_format(db):
+    table = oneprov("sql", "SELECT x'00ff10' AS b, 1 AS n", db=db).stdout
+    assert "\\x00ff10" in table
+    assert "\\x00ff10,1" in oneprov("sql", "SELECT x'00ff10' AS b, 1 AS n", "--format", "csv", db=db).stdout
+    assert json.loads(oneprov("sql", "SELECT x'00ff10' AS b", "--format", "json", db=db).stdout) == [{"b": "\\x00ff10"}]
+
+
+LONG_QUERY = {"sqlite": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+              "postgresql": "SELECT pg_sleep(60)"}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sql_timeout_and_ctrl_c_stop_a_long_query(backend, db, request):
+    import signal
+    import time
+
+    target = db if backend == "sqlite" else request.getfixturevalue("pg").url
+    started = time.monotonic()
+    proc = oneprov("sql", LONG_QUERY[backend], "--timeout", "0.5", db=target, check=False)
+    assert_clean_error(proc, "stopped after 0.5 s")
+    assert time.monotonic() - started < 20
+    child = subprocess.Popen([sys.executable, "-m", "oneprov", "sql", LONG_QUERY[backend], "--db", str(target)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)                                   # started, and running the query
+    assert child.poll() is None
+    stop = time.monotonic()
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=30)
+    assert child.returncode == 130 and err.strip() == "interrupted", err
+    assert time.monotonic() - stop < 5
