@@ -84,11 +84,12 @@ def db_upgrade(db: str | None) -> None:
     """Create the schema, or upgrade it to this oneprov's version."""
     engine = create_engine(db)
     try:
-        before = migrate.schema_status(engine).current
-        after = migrate.upgrade(engine).current
+        status = migrate.upgrade(engine)
     finally:
         engine.dispose()
-    click.echo(f"schema {before or 'empty'} -> {after}" if before != after else f"schema already at {after}")
+    # (only the process that migrated says so: in a first-start race the others found it done)
+    click.echo(f"schema {status.migrated_from} -> {status.current}" if status.migrated_from
+               else f"schema already at {status.current}")
 
 
 @db.command("current")

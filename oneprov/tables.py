@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import uuid
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -506,6 +507,9 @@ def _iter_datasets(source: _Table, batch_size: int) -> Iterator[pd.DataFrame]:
         _check_columns(path, schema, "datasets", _DATASET_CHECKS)
         optional = [c for c in ("file_size", "hash", "exists", "qc", "default_revision") if c in schema.names]
         columns = [*id_source, *eid_source, "rel_path", *optional]
+        if "hash" not in schema.names and source.num_rows:
+            warnings.warn(f"{path}: the datasets table has no 'hash' column: no md5 is known, so loads of its "
+                          "datasets check their size only", UserWarning, stacklevel=4)
     except BaseException:
         source.close()
         raise

@@ -57,6 +57,23 @@ def test_first_start_race(db_url):
         assert check(db_url) == []
 
 
+UPGRADE_SCRIPT = """
+import sys, time
+from oneprov.cli import main
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+main(["db", "upgrade", "--db", sys.argv[1]])
+"""
+
+
+def test_first_start_race_only_the_migrating_process_says_it_migrated(db_url):
+    start = str(time.time() + 2.0)
+    results = run_all(UPGRADE_SCRIPT, [[db_url, start]] * N_PROCS)
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    said = sorted(r.stdout.strip() for r in results)
+    head = migrate.head_revision()
+    assert said == [f"schema already at {head}"] * (N_PROCS - 1) + [f"schema empty -> {head}"], said
+
+
 WRITER_SCRIPT = """
 import json, sys, time
 from oneprov import ONE

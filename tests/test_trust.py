@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -128,3 +129,53 @@ def test_unusable_names_are_refused_at_import_on_both_back_ends(db_url, repo, tm
         assert str(folder / f"{table}.pqt") in message and where in message and why in message, (case, message)
         assert snapshot(store) == before, case
     store.close()
+
+
+def test_tables_without_a_hash_column_warn_naming_the_file(tmp_path, repo):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "sessions.pqt").write_bytes(repo.sessions_table.read_bytes())
+    pd.read_parquet(repo.datasets_table).reset_index().drop(columns=["hash"]).to_parquet(cache / "datasets.pqt")
+    store = open_store(tmp_path / "p.sqlite")
+    with pytest.warns(UserWarning, match=f"{cache / 'datasets.pqt'}: the datasets table has no 'hash' column"):
+        store.import_cache(cache)
+    store.close()
+
+
+def test_blank_project_is_refused(tmp_path, repo):
+    from oneprov import ONE
+
+    for blank in ("", "  "):
+        with pytest.raises(BadInputError, match="a project needs a name"):
+            ONE(cache_dir=repo.root, db=tmp_path / "p.sqlite", project=blank)
+        store = open_store(tmp_path / "q.sqlite")
+        with pytest.raises(BadInputError, match="a project needs a name"):
+            store.start_run(blank)
+        store.close()
+    assert not (tmp_path / "p.sqlite").exists()
+
+
+@pytest.mark.parametrize("link", ["file", "collection"])
+def test_symlink_out_of_the_cache_is_refused_like_a_session_folder(link, tmp_path, repo):
+    """A dataset file, or its collection folder, that is a symbolic link to outside the cache folder:
+    the load is refused (the file would not be the repository's), as for a session folder."""
+    import shutil
+
+    from oneprov import ONE
+
+    cache = Path(shutil.copytree(repo.root, tmp_path / "cache", ignore=shutil.ignore_patterns("provenance*")))
+    outside = tmp_path / "outside"
+    one = ONE(cache_dir=cache, db=tmp_path / "p.sqlite")
+    session = one.eid2path(repo.eid)
+    rel_path = next(p for p in one.list_datasets(repo.eid) if p.startswith("alf/") and p.count("/") == 1)
+    target = session / rel_path
+    if link == "file":
+        outside.mkdir()
+        shutil.move(target, outside / target.name)
+        target.symlink_to(outside / target.name)
+    else:
+        shutil.move(session / "alf", outside)
+        (session / "alf").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(BadInputError, match="is a link to outside the cache folder"):
+        one.load_dataset(repo.eid, rel_path)
+    one.close()
