@@ -47,7 +47,7 @@ from .alf import (
     MAX_CHARS, NAME_MAX, QC_DTYPE, QC_ORDER, check_uuid, check_uuids, name_problem, qc_name, split_rel_path, split_rel_paths,
 )
 from .errors import BadInputError, DuplicateIdError, MissingColumnError
-from .files import file_sha256, write_atomically
+from .files import file_sha256, finish_replacing, write_atomically
 
 __all__ = [
     "SESSIONS_COLUMNS", "DATASETS_COLUMNS", "STATE_COLUMNS", "QC_DTYPE", "WrittenTable", "Folder", "Frames",
@@ -545,6 +545,10 @@ class Folder:
         folder = cls(Path(path).expanduser().absolute())
         if not folder.path.is_dir():
             raise BadInputError(f"cache tables folder {str(folder.path)!r} does not exist")
+        try:   # a pair of tables that a killed export left half-replaced is completed first
+            finish_replacing(folder.path)
+        except OSError:
+            pass   # (a read-only folder: nothing was left to complete by this machine's writers)
         if not folder.files["datasets"].is_file():
             raise BadInputError(f"missing cache table {str(folder.files['datasets'])!r}: expected datasets.pqt "
                                 f"(and sessions.pqt) in {str(folder.path)!r}")

@@ -3,6 +3,7 @@ or lose a load attempt to a bad name. Real processes, real files, both back ends
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -159,8 +160,6 @@ def test_blank_project_is_refused(tmp_path, repo):
 def test_symlink_out_of_the_cache_is_refused_like_a_session_folder(link, tmp_path, repo):
     """A dataset file, or its collection folder, that is a symbolic link to outside the cache folder:
     the load is refused (the file would not be the repository's), as for a session folder."""
-    import shutil
-
     from oneprov import ONE
 
     cache = Path(shutil.copytree(repo.root, tmp_path / "cache", ignore=shutil.ignore_patterns("provenance*")))
@@ -179,3 +178,65 @@ def test_symlink_out_of_the_cache_is_refused_like_a_session_folder(link, tmp_pat
     with pytest.raises(BadInputError, match="is a link to outside the cache folder"):
         one.load_dataset(repo.eid, rel_path)
     one.close()
+
+
+KILLED_EXPORT = textwrap.dedent("""
+    import os, signal, sys
+    from oneprov import open_store, files, tables
+    from oneprov.export import one_files
+    db, folder, point = sys.argv[1:4]
+    if point == "writing":          # killed while the second table is being written
+        write = tables.write_batches
+        calls = []
+        def write_and_die(batches, path, *args, **kwargs):
+            calls.append(path)
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return write(batches, path, *args, **kwargs)
+        tables.write_batches = write_and_die
+    else:                           # killed between the two renames
+        replace = os.replace
+        moved = []
+        def replace_and_die(src, dst):
+            replace(src, dst)
+            if str(dst).endswith(".pqt"):
+                moved.append(dst)
+                if len(moved) == 1:
+                    os.kill(os.getpid(), signal.SIGKILL)
+        files.os.replace = replace_and_die
+    store = open_store(db)
+    one_files.export_cache(store, folder, clobber=True)
+""")
+
+
+def _pair(folder: Path) -> tuple[set, set]:
+    sessions = set(pd.read_parquet(folder / "sessions.pqt").reset_index()["id"].astype(str))
+    datasets = set(pd.read_parquet(folder / "datasets.pqt").reset_index()["eid"].astype(str))
+    return sessions, datasets
+
+
+@pytest.mark.parametrize("point", ["writing", "renaming"])
+def test_killed_export_never_leaves_a_mismatched_pair(point, tmp_path, repo):
+    """An export of the cache tables killed (SIGKILL) while writing, or between the two renames: the
+    folder holds the old pair (and the leftovers are removed), or, once the next reader of the folder
+    completes the journal, the new pair; never a new sessions.pqt beside an old datasets.pqt."""
+    db = tmp_path / "p.sqlite"
+    store = open_store(db)
+    store.import_cache(repo.root)
+    store.close()
+    folder = tmp_path / "out"
+    other = make_repository(tmp_path / "other", seed=11, write_files=False).root
+    folder.mkdir()
+    for name in ("sessions.pqt", "datasets.pqt"):
+        (folder / name).write_bytes((other / name).read_bytes())
+    old = _pair(folder)
+    proc = subprocess.run([sys.executable, "-c", KILLED_EXPORT, str(db), str(folder), point], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    left = sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+    assert left, "the kill left nothing to clean up: it did not happen where intended"
+    Folder.open(folder)                       # any reader of the folder through oneprov completes it
+    assert sorted(p.name for p in folder.iterdir()) == ["datasets.pqt", "sessions.pqt"]
+    new = ({str(s) for s in pd.read_parquet(repo.sessions_table).reset_index()["id"]},
+           {str(e) for e in pd.read_parquet(repo.datasets_table).reset_index()["eid"]})
+    assert _pair(folder) == (old if point == "writing" else new)
