@@ -256,3 +256,17 @@ def test_sql_timeout_and_ctrl_c_stop_a_long_query(backend, db, request):
     out, err = child.communicate(timeout=30)
     assert child.returncode == 130 and err.strip() == "interrupted", err
     assert time.monotonic() - stop < 5
+
+
+def test_sql_result_too_large_for_memory_is_one_line(db):
+    """Under a 1.5 GB address-space limit, a 20-million-row result: one line, not a traceback."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (1_500_000_000, 1_500_000_000))
+
+    query = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 20000000) "
+             "SELECT x, printf('%0100d', x) AS t FROM c")
+    proc = subprocess.run([sys.executable, "-m", "oneprov", "sql", query, "--db", str(db), "--format", "csv"],
+                          capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    assert_clean_error(proc, "out of memory")
