@@ -6,15 +6,17 @@
 True
 """
 from .errors import BadInputError, DatabaseError, OneprovError, SchemaVersionError
-from .store import Store, open_store
 
 __version__ = "0.1.0"
 __all__ = ["ONE", "One", "open_store", "Store", "OneprovError", "BadInputError", "DatabaseError", "SchemaVersionError", "__version__"]
 
 
 def __getattr__(name: str):
-    # The client (and one-api's converters under it) is imported when first asked for, so that the
-    # store and its CLI commands do not pay for it at start-up.
+    # The store and the client are imported when first asked for: `import oneprov` stays light (the
+    # command line then starts without one-api's converters, and Ctrl-C at start-up is handled).
+    if name in ("Store", "open_store"):
+        from . import store
+        return getattr(store, name)
     if name in ("ONE", "One"):
         from . import client
         return getattr(client, name)

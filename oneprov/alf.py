@@ -54,11 +54,42 @@ def qc_name(qc: str | int) -> str:
     raise BadInputError(f"unknown QC value {qc!r}: expected one of {', '.join(QC_ORDER)} or their values")
 
 
+#: The longest text the database stores in these columns (``String(n)`` in ``store/schema.py``): longer
+#: values are refused when tables are read, on every back end (PostgreSQL would refuse them, SQLite not).
+MAX_CHARS = {"lab": 200, "subject": 200, "revision": 200, "name": 400, "hash": 128}
+
+#: The longest file or folder name that file systems take (NAME_MAX), in UTF-8 bytes.
+NAME_MAX = 255
+#: The longest rel_path taken, in UTF-8 bytes: PATH_MAX (4096) less room for the cache folder and session.
+REL_PATH_MAX = 3072
+
+
+def name_problem(text: str, *, path: bool = False) -> str | None:
+    """Why ``text`` cannot name a file or folder on disk (with ``path``: a relative path), or None.
+
+    Such a name would make every load of it fail in the file system, before the load is recorded,
+    and PostgreSQL refuses text with NUL bytes: both are refused when tables are read.
+    """
+    if "\x00" in text:
+        return "it contains a NUL byte"
+    if path and len(text.encode()) > REL_PATH_MAX:
+        return f"it is longer than {REL_PATH_MAX} bytes"
+    for part in text.split("/") if path else [text]:
+        if len(part.encode()) > NAME_MAX:
+            return f"{part[:40]!r}... is longer than {NAME_MAX} bytes (the longest file name file systems take)"
+    return None
+
+
 def split_rel_path(rel_path: str) -> tuple[str, str, str]:
     """Split an ALF ``rel_path`` into ``(collection, revision, name)``; ``''`` for absent parts."""
     m = REL_PATH_RE.match(rel_path) if isinstance(rel_path, str) else None
     if m is None or rel_path.startswith("/") or ".." in rel_path.split("/"):
         raise BadInputError(f"invalid dataset rel_path {rel_path!r}: expected [collection/][#revision#/]file_name")
+    problem = name_problem(rel_path, path=True)
+    if not problem and len(m["revision"] or "") > MAX_CHARS["revision"]:
+        problem = f"its revision is longer than {MAX_CHARS['revision']} characters"
+    if problem:
+        raise BadInputError(f"invalid dataset rel_path {rel_path[:80]!r}: {problem}")
     return m["collection"].rstrip("/"), m["revision"] or "", m["name"]
 
 
@@ -69,6 +100,11 @@ def split_rel_paths(rel_paths: pd.Series) -> pd.DataFrame:
     """
     parts = rel_paths.astype("string").str.extract(REL_PATH_RE)
     bad = parts["name"].isna() | rel_paths.str.startswith("/") | rel_paths.str.contains(r"(?:^|/)\.\.(?:/|$)", regex=True)
+    bad |= rel_paths.str.contains("\x00", regex=False)
+    long = rel_paths.str.encode("utf-8").str.len() > NAME_MAX     # (only these can hold a too long name)
+    if long.any():
+        bad |= long & rel_paths.map(lambda p: isinstance(p, str) and name_problem(p, path=True) is not None)
+    bad |= parts["revision"].str.len().fillna(0) > MAX_CHARS["revision"]
     if bad.any():
         first = rel_paths[bad].iloc[0]
         raise BadInputError(f"invalid dataset rel_path {first!r} ({int(bad.sum())} invalid in all): "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -28,15 +29,31 @@ def db_option(func):
     return click.option("--db", envvar=settings.DB_ENV, metavar="PATH_OR_URL", help=DB_HELP)(func)
 
 
+#: What Ctrl-C (exit status 130) says, per command: what it leaves behind.
+INTERRUPTED = {"import_cache": "interrupted: nothing imported (the database is as it was)",
+               "export_cache": "interrupted: the tables in the folder are as they were"}
+
+
 def friendly_errors(func):
-    """Turn oneprov's errors (and OS errors such as a full disk) into one line and exit status 1."""
+    """Turn oneprov's errors (and OS errors such as a full disk) into one line and exit status 1, and
+    Ctrl-C into one line and exit status 130."""
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
         except (OneprovError, OSError) as exc:
             raise click.ClickException(str(exc)) from None
+        except MemoryError:
+            raise click.ClickException("out of memory: the result is too large for this machine; select fewer "
+                                       "rows (LIMIT) or columns") from None
+        except KeyboardInterrupt:
+            click.echo(INTERRUPTED.get(func.__name__, "interrupted"), err=True)
+            sys.exit(130)
     return wrapper
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,6 +67,7 @@ def main() -> None:
       oneprov import-cache DIR --db prov.sqlite
       oneprov sql "SELECT * FROM loaded_datasets" --db prov.sqlite
     """
+    warnings.formatwarning = _one_line_warning   # a warning is one line for a person, not a source line
 
 
 # -- db ---------------------------------------------------------------------------------------
@@ -66,11 +84,12 @@ def db_upgrade(db: str | None) -> None:
     """Create the schema, or upgrade it to this oneprov's version."""
     engine = create_engine(db)
     try:
-        before = migrate.schema_status(engine).current
-        after = migrate.upgrade(engine).current
+        status = migrate.upgrade(engine)
     finally:
         engine.dispose()
-    click.echo(f"schema {before or 'empty'} -> {after}" if before != after else f"schema already at {after}")
+    # (only the process that migrated says so: in a first-start race the others found it done)
+    click.echo(f"schema {status.migrated_from} -> {status.current}" if status.migrated_from
+               else f"schema already at {status.current}")
 
 
 @db.command("current")
@@ -147,7 +166,7 @@ def import_cache(tables_dir: Path, force: bool, db: str | None) -> None:
 @friendly_errors
 def runs_cmd(project: str | None, fmt: str, db: str | None) -> None:
     """List the recorded runs, newest first, with their counts of loads and queries."""
-    with open_store(db) as store:
+    with open_store(db, create=False, upgrade=False) as store:
         _print_frame(store.runs(project), fmt)
 
 
@@ -158,7 +177,7 @@ def runs_cmd(project: str | None, fmt: str, db: str | None) -> None:
 @friendly_errors
 def retire_cmd(run: str, reason: str, db: str | None) -> None:
     """Retire RUN (an id, a unique prefix, a label or 'last'): adds a record, deletes nothing."""
-    with open_store(db) as store:
+    with open_store(db, create=False) as store:
         run_id = store.resolve_run(run)
         store.retire_run(run_id, reason)
     click.echo(f"retired run {run_id}")
@@ -186,7 +205,7 @@ def export_loaded_ids(run, project, label, scope, sessions_only, output, db) -> 
 
     Without filters: every load in the database.
     """
-    with open_store(db) as store:
+    with open_store(db, create=False) as store:
         run_id = store.resolve_run(run, project) if run else None
         directory, path = (output, None) if output is None or output.is_dir() else (None, output)
         ids, written = one_files.export_loaded_ids(store, directory or Path.cwd(), path=path, run=run_id,
@@ -205,7 +224,7 @@ def export_loaded_ids(run, project, label, scope, sessions_only, output, db) -> 
 @friendly_errors
 def export_cache(out_dir: Path, run: str | None, clobber: bool, db: str | None) -> None:
     """Write ONE-format sessions.pqt and datasets.pqt into OUT_DIR (created if needed)."""
-    with open_store(db) as store:
+    with open_store(db, create=False) as store:
         run_id = store.resolve_run(run) if run else None
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = one_files.export_cache(store, out_dir, run=run_id, clobber=clobber)
@@ -218,19 +237,33 @@ def export_cache(out_dir: Path, run: str | None, clobber: bool, db: str | None) 
 @main.command("sql")
 @click.argument("query")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Stop the query if it runs longer than this (default: no limit; Ctrl-C stops it too).")
 @db_option
 @friendly_errors
-def sql_cmd(query: str, fmt: str, db: str | None) -> None:
+def sql_cmd(query: str, fmt: str, timeout: float | None, db: str | None) -> None:
     """Run a read-only SQL QUERY; the database is opened read-only and can never be changed.
 
     \b
     Public views: access_log, loaded_datasets, loaded_sessions. Example:
       oneprov sql "SELECT run_id, count(*) FROM loaded_datasets GROUP BY run_id"
+    Binary values (BLOBs) print as hex: \\x0a1b...
     """
-    _print_frame(read_only_query(db, query), fmt)
+    _print_frame(read_only_query(db, query, timeout=timeout), fmt)
+
+
+def _printable(value: object) -> object:
+    """A cell as text can show it: bytes (a BLOB) as hex, PostgreSQL's way (\\x0a1b...)."""
+    if isinstance(value, memoryview):
+        value = value.tobytes()
+    return "\\x" + value.hex() if isinstance(value, (bytes, bytearray)) else value
 
 
 def _print_frame(frame: pd.DataFrame, fmt: str) -> None:
+    binary = [c for c in frame.columns if frame[c].dtype == object and
+              frame[c].map(lambda v: isinstance(v, (bytes, bytearray, memoryview))).any()]
+    if binary:
+        frame = frame.assign(**{c: frame[c].map(_printable) for c in binary})
     if fmt == "csv":
         click.echo(frame.to_csv(index=False), nl=False)
     elif fmt == "json":

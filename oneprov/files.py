@@ -1,5 +1,5 @@
-"""Files on disk: their digests, checking them against their records, reading their content, writing
-them atomically.
+"""Files on disk: their digests, checking them against their records, writing them atomically (one
+file, or a pair of files that readers must see together).
 
 A file is checked once per process: its md5 is remembered with its size and modification time, so
 loading the same dataset again costs a ``stat``, not a hash (one-api hashes on every load).
@@ -9,19 +9,19 @@ loading the same dataset again costs a ``stat``, not a hash (one-api hashes on e
 >>> np.save(path, np.arange(3))
 >>> check_file(path, size=None)
 'ok'
->>> read_file(path).tolist()
-[0, 1, 2]
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
+import socket
+import time
 import uuid
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Callable
 
-import numpy as np
 import pandas as pd
 
 #: Bytes read at a time when hashing a file.
@@ -71,28 +71,6 @@ def check_file(path: Path, size: int | None, md5: str | None = None, *, check_ha
     return "ok"
 
 
-def read_file(path: Path) -> Any:
-    """The content of a dataset file, by extension, as one-api returns it.
-
-    .npy: numpy array; .pqt/.parquet: DataFrame; .csv/.tsv/.ssv: DataFrame; .json: parsed JSON;
-    .jsonable: list of records; anything else: the path itself.
-    """
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        return np.load(path, allow_pickle=False)
-    if suffix in (".pqt", ".parquet"):
-        return pd.read_parquet(path)
-    if suffix in (".csv", ".tsv", ".ssv"):
-        return pd.read_csv(path, sep={".csv": ",", ".tsv": "\t", ".ssv": " "}[suffix])
-    if suffix == ".json":
-        with open(path) as f:
-            return json.load(f)
-    if suffix == ".jsonable":
-        with open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
-    return path
-
-
 def write_atomically(path: Path, write: Callable[[IO[bytes]], None], *, overwrite: bool = True) -> bool:
     """Write a file through ``write(f)`` into a temporary file beside ``path``, fsync it, move it in place.
 
@@ -101,7 +79,7 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], None], *, overwrit
     '.' and ends in '.tmp' (ONE loads every ``*.pqt`` of a folder). Without ``overwrite`` the move
     is a hard link that fails when ``path`` exists: then nothing is written and False is returned.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = temporary_name(path)
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -116,12 +94,83 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], None], *, overwrit
                 return False
     finally:
         tmp.unlink(missing_ok=True)
-    try:  # make the rename itself durable; not possible on every platform
-        fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_folder(path.parent)
+    return True
+
+
+def temporary_name(path: Path) -> Path:
+    """A name for a file being written beside ``path``: hidden, ending in '.tmp' (ONE loads every
+    ``*.pqt`` of a folder), and naming its writer (pid and host), so that one left by a killed writer
+    can be told from one being written (:func:`finish_replacing`)."""
+    return path.with_name(f".{path.name}.{os.getpid()}@{socket.gethostname()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)@(?P<host>.+)\.[0-9a-f]{8}\.tmp$")
+
+#: The journal of a :func:`replace_together` under way, in the folder of its files.
+REPLACING = ".oneprov-replacing.json"
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:  # make renames durable; not possible on every platform
+        fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
     except OSError:
         pass
+
+
+def _writer_alive(pid: int, host: str) -> bool:
+    if host != socket.gethostname():
+        return True          # (cannot tell: another machine's writer counts as alive)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
     return True
+
+
+def replace_together(moves: list[tuple[Path, Path]]) -> None:
+    """Move written temporary files onto their targets (one folder), all of them or none.
+
+    A journal naming every move is written first (atomically): a writer killed part-way leaves it,
+    and the next :func:`finish_replacing` of the folder completes the moves. Readers see the old
+    files or the new ones; only in the instant between two renames, the new and an old one.
+    """
+    folder = moves[0][1].parent
+    journal = folder / REPLACING
+    plan = {"pid": os.getpid(), "host": socket.gethostname(), "moves": [[str(t), str(p)] for t, p in moves]}
+    write_atomically(journal, lambda f: f.write(json.dumps(plan).encode()))
+    for tmp, target in moves:
+        os.replace(tmp, target)
+    _fsync_folder(folder)
+    journal.unlink()
+    _fsync_folder(folder)
+
+
+def finish_replacing(folder: Path, *, wait: float = 10.0) -> None:
+    """Complete the moves of a :func:`replace_together` in ``folder`` whose writer was killed (waiting
+    up to ``wait`` seconds for a live one), and remove temporary files that killed writers left."""
+    journal = folder / REPLACING
+    deadline = time.monotonic() + wait
+    while journal.exists():
+        try:
+            plan = json.loads(journal.read_text())
+        except FileNotFoundError:
+            break
+        if plan["pid"] != os.getpid() and _writer_alive(plan["pid"], plan["host"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            continue
+        for tmp, target in plan["moves"]:
+            if Path(tmp).exists():
+                os.replace(tmp, target)
+        _fsync_folder(folder)
+        journal.unlink(missing_ok=True)
+    for leftover in folder.glob(".*.tmp"):
+        m = _TEMPORARY.match(leftover.name)
+        if m and not _writer_alive(int(m["pid"]), m["host"]):
+            leftover.unlink(missing_ok=True)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 
+from .errors import BadInputError
+
 DB_ENV = "ONEPROV_DB"
 PROJECT_ENV = "ONEPROV_PROJECT"
 CACHE_DIR_ENV = "ONE_CACHE_DIR"
@@ -35,7 +37,13 @@ def database() -> str | None:
 
 
 def project(given: str | None = None) -> str:
-    """The project of a new run: ``given``, else ``$ONEPROV_PROJECT``, else ``"default"``."""
+    """The project of a new run: ``given``, else ``$ONEPROV_PROJECT``, else ``"default"``.
+
+    A blank ``given`` is refused (it is not "no project"): ``None`` means "not given".
+    """
+    if given is not None and not str(given).strip():
+        raise BadInputError(f"project {given!r}: a project needs a name (leave it out for ${PROJECT_ENV} "
+                            f"or {DEFAULT_PROJECT!r})")
     return given or _read(PROJECT_ENV) or DEFAULT_PROJECT
 
 

@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import uuid
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +43,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .alf import QC_DTYPE, QC_ORDER, check_uuid, check_uuids, qc_name, split_rel_path, split_rel_paths
+from .alf import (
+    MAX_CHARS, NAME_MAX, QC_DTYPE, QC_ORDER, check_uuid, check_uuids, name_problem, qc_name, split_rel_path, split_rel_paths,
+)
 from .errors import BadInputError, DuplicateIdError, MissingColumnError
-from .files import file_sha256, write_atomically
+from .files import file_sha256, finish_replacing, write_atomically
 
 __all__ = [
     "SESSIONS_COLUMNS", "DATASETS_COLUMNS", "STATE_COLUMNS", "QC_DTYPE", "WrittenTable", "Folder", "Frames",
@@ -243,8 +246,26 @@ class _Table:
             except (pa.ArrowException, OSError) as exc:
                 raise BadInputError(f"{self.name}: corrupt parquet data (reading from row {start}): {exc}") from exc
             if batch.num_rows:
+                _check_utf8(self.name, batch, start)
                 yield batch, start
             start += batch.num_rows
+
+
+def _check_utf8(name: Any, batch: pa.RecordBatch, start: int) -> None:
+    """Refuse text columns holding bytes that are not UTF-8 (parquet does not check), naming the row."""
+    for column, field_ in zip(batch.columns, batch.schema):
+        if not (pa.types.is_string(field_.type) or pa.types.is_large_string(field_.type)):
+            continue
+        try:
+            column.validate(full=True)
+        except pa.ArrowInvalid:
+            for row, value in enumerate(column.cast(pa.large_binary()).to_pylist()):
+                try:
+                    value is None or value.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise BadInputError(f"{name}: column {field_.name!r}, row {start + row}: text that is not "
+                                        f"UTF-8 ({value[:40]!r})") from None
+            raise BadInputError(f"{name}: column {field_.name!r}: invalid text") from None
 
 
 def _check_columns(path: Path, schema: pa.Schema, table: str, checks: Mapping[str, tuple]) -> None:
@@ -381,15 +402,45 @@ def _sessions_frame(path: Path, batch: pa.RecordBatch, start: int, id_source: li
                                   dtype=object)
     else:
         project_values = optional_text(projects)
+    lab = optional_text("lab")
+    for column, values, folder in (("subject", subject, True), ("lab", lab, True),
+                                   ("task_protocol", optional_text("task_protocol"), False),
+                                   ("projects", project_values, False)):
+        _check_text(path, column, start, values, folder=folder)
     return pd.DataFrame({
         "id": _object(_uuids(path, batch, id_source, start, "session id")),
-        "lab": _object(optional_text("lab")),
+        "lab": _object(lab),
         "subject": _object(subject),
         "date": _object(_dates(path, batch.column("date"), start)),
         "number": _numbers(path, batch.column("number"), start),
         "task_protocol": _object(optional_text("task_protocol")),
         "projects": _object(project_values),
     })
+
+
+def _check_text(path: Path, column: str, start: int, values: np.ndarray, *, folder: bool) -> None:
+    """Refuse text with a NUL byte (PostgreSQL cannot store it), longer than the database stores
+    (:data:`~oneprov.alf.MAX_CHARS`), or, for a folder name (``folder``), longer than file systems
+    take: a session with it could never be loaded."""
+    limit = MAX_CHARS.get(column)
+
+    def check_one(value: Any) -> None:
+        if not isinstance(value, str):
+            return
+        problem = name_problem(value) if folder else ("it contains a NUL byte" if "\x00" in value else None)
+        if not problem and limit is not None and len(value) > limit:
+            problem = f"it is longer than {limit} characters (the most the database stores)"
+        if problem:
+            raise BadInputError(f"{column} {value[:40]!r}: {problem}")
+
+    def check_all(series: pd.Series) -> None:
+        text = series.astype("string")
+        if text.str.contains("\x00", regex=False, na=False).any() or \
+                (folder and (text.str.encode("utf-8").str.len() > NAME_MAX).any()) or \
+                (limit is not None and (text.str.len() > limit).any()):
+            raise BadInputError(f"a {column} that cannot be stored or used as a folder name")
+
+    _located(path, column, start, values, check_all, check_one)
 
 
 def _dates(path: Path, column: pa.Array, start: int) -> list:
@@ -456,6 +507,9 @@ def _iter_datasets(source: _Table, batch_size: int) -> Iterator[pd.DataFrame]:
         _check_columns(path, schema, "datasets", _DATASET_CHECKS)
         optional = [c for c in ("file_size", "hash", "exists", "qc", "default_revision") if c in schema.names]
         columns = [*id_source, *eid_source, "rel_path", *optional]
+        if "hash" not in schema.names and source.num_rows:
+            warnings.warn(f"{path}: the datasets table has no 'hash' column: no md5 is known, so loads of its "
+                          "datasets check their size only", UserWarning, stacklevel=4)
     except BaseException:
         source.close()
         raise
@@ -484,12 +538,17 @@ class Folder:
     """
 
     path: Path
+    _seen: dict = field(default_factory=dict, compare=False, repr=False)   # file -> its stat when hashed
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Folder":
         folder = cls(Path(path).expanduser().absolute())
         if not folder.path.is_dir():
             raise BadInputError(f"cache tables folder {str(folder.path)!r} does not exist")
+        try:   # a pair of tables that a killed export left half-replaced is completed first
+            finish_replacing(folder.path)
+        except OSError:
+            pass   # (a read-only folder: nothing was left to complete by this machine's writers)
         if not folder.files["datasets"].is_file():
             raise BadInputError(f"missing cache table {str(folder.files['datasets'])!r}: expected datasets.pqt "
                                 f"(and sessions.pqt) in {str(folder.path)!r}")
@@ -502,12 +561,29 @@ class Folder:
         return {name: path for name, path in files.items() if name == "datasets" or path.is_file()}
 
     def checksum(self) -> str:
-        """A sha256 over the sha256 of each table file: the same tables, the same checksum."""
+        """A sha256 over the sha256 of each table file: the same tables, the same checksum.
+
+        Each file's identity (inode, size, modification time) is noted as it is hashed, for
+        :meth:`verify`.
+        """
         digest = hashlib.sha256()
         files = self.files
         for name in ("sessions", "datasets"):
-            digest.update(file_sha256(files[name]).encode() if name in files else b"absent")
+            if name in files:
+                self._seen[files[name]] = _identity(files[name])
+                digest.update(file_sha256(files[name]).encode())
+            else:
+                self._seen[self.path / f"{name}.pqt"] = None
+                digest.update(b"absent")
         return digest.hexdigest()
+
+    def verify(self) -> None:
+        """Raise unless every table file is still the one :meth:`checksum` hashed (not replaced, not
+        written to, not added or removed): the rows read are then the ones the checksum is of."""
+        for path, seen in self._seen.items():
+            if _identity(path) != seen:
+                raise BadInputError(f"{path} changed while it was being imported (replaced or written to); "
+                                    "nothing was imported: import it again")
 
     def metadata(self) -> dict[str, dict]:
         """Each table's ``one_metadata`` (see :func:`read_metadata`)."""
@@ -522,6 +598,14 @@ class Folder:
 
     def count_datasets(self) -> int:
         return count_rows(self.files["datasets"])
+
+
+def _identity(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns
 
 
 @dataclass(frozen=True)
@@ -543,6 +627,9 @@ class Frames:
 
     def count_datasets(self) -> int:
         return len(self.datasets_frame)
+
+    def verify(self) -> None:
+        """Frames are not files: nothing can change under them here."""
 
     def metadata(self) -> dict[str, dict]:
         return {name: {k: sorted(v) if isinstance(v, (set, frozenset)) else v for k, v in dict(meta).items()}
@@ -568,6 +655,8 @@ def _datasets_frame(path: Path, batch: pa.RecordBatch, start: int, id_source: li
     parts = _split(path, start, rel_path)
     hashes = _text(batch.column("hash")) if "hash" in names else np.full(n, None, dtype=object)
     hashes[pd.isna(hashes) | (hashes == "")] = None
+    if "hash" in names:
+        _check_text(path, "hash", start, hashes, folder=False)
     if "exists" in names:
         exists = batch.column("exists").fill_null(True).to_numpy(zero_copy_only=False).astype(bool) \
             if not pa.types.is_null(batch.column("exists").type) else np.ones(n, dtype=bool)

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from conftest import BACKENDS
+
 from oneprov import open_store
 from oneprov.store import migrate
 
@@ -94,7 +96,7 @@ def test_errors_are_one_line(tmp_path, repo):
     notdb.write_text("hello\n" * 1000)
     assert_clean_error(oneprov("runs", db=notdb, check=False), str(notdb))
     assert_clean_error(oneprov("export", "loaded-ids", "--run", "nope", db=tmp_path / "p.sqlite", check=False),
-                       "no run matches")
+                       "no run has the id, label or id prefix")
     assert_clean_error(oneprov("sql", "SELECT * FROM no_such_table", db=tmp_path / "p.sqlite", check=False),
                        "no_such_table")
 
@@ -135,6 +137,17 @@ def test_export_per_scope_and_label(tmp_path, repo):
     assert len(everything.read_text().splitlines()) == 3
 
 
+def test_retire_by_a_label_that_looks_like_an_id_prefix(db):
+    store = open_store(db)
+    fig2 = store.resolve_run("fig2")
+    labelled = store.start_run("paper", label=fig2[0])      # e.g. 'b': also the start of fig2's id
+    store.finish_run(labelled)
+    store.close()
+    assert oneprov("retire", fig2[0], "--reason", "wrong input", db=db).stdout.startswith(f"retired run {labelled}")
+    listed = {r["run_id"]: r["retired"] for r in json.loads(oneprov("runs", "--format", "json", db=db).stdout)}
+    assert listed[labelled] in (True, 1) and listed[fig2] in (False, 0)
+
+
 def test_retire(db):
     out = oneprov("retire", "fig2", "--reason", "figure redone", db=db).stdout
     assert out.startswith("retired run ")
@@ -143,3 +156,117 @@ def test_retire(db):
     missing = oneprov("retire", "fig2", db=db, check=False)     # a usage error: click's usage line + one error
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "Error: Missing option '--reason'" in missing.stderr
+
+
+@pytest.mark.parametrize("command", [["runs"], ["sql", "SELECT 1"], ["db", "current"], ["db", "check"],
+                                     ["export", "loaded-ids"], ["export", "cache", "OUT"],
+                                     ["retire", "last", "--reason", "x"]])
+def test_commands_that_only_read_never_create_a_database(command, tmp_path):
+    typo = tmp_path / "typo.sqlite"
+    command = [str(tmp_path / "out") if word == "OUT" else word for word in command]
+    proc = oneprov(*command, db=typo, check=False)
+    assert proc.returncode == 1
+    assert_clean_error(proc, "no database at", "nothing was created")
+    assert not any(tmp_path.iterdir())                  # no database file, no output folder
+
+
+def test_damaged_database_is_refused_with_that_message(db, repo):
+    size = db.stat().st_size
+    with open(db, "r+b") as f:                            # damage the pages in the middle of the file
+        f.seek(size // 2)
+        f.write(b"\xff" * 8192)
+    check = oneprov("db", "check", db=db, check=False)
+    assert check.returncode == 1 and "is damaged" in check.stderr and "Traceback" not in check.stderr
+    before = db.read_bytes()
+    write = oneprov("import-cache", str(repo.root), "--force", db=db, check=False)
+    assert_clean_error(write, "is damaged", "nothing was written")
+    assert db.read_bytes() == before
+
+
+def test_warnings_are_one_line(db):
+    proc = oneprov("export", "loaded-ids", "--label", "nobody", db=db, check=False)
+    assert "warning: No datasets loaded" in proc.stderr and "cli.py" not in proc.stderr
+
+
+def test_ctrl_c_during_import_prints_one_line_and_exits_130(tmp_path):
+    """Ctrl-C in the middle of a large import: one line, status 130, nothing imported (the views show
+    nothing of it), the database checks out, and the next import completes."""
+    import signal
+    import time
+
+    from oneprov.synthetic import make_repository
+
+    tables = make_repository(tmp_path / "big", n_sessions=2000, datasets_per_session=100, write_files=False).root
+    db = tmp_path / "p.sqlite"
+    open_store(db).close()
+    proc = subprocess.Popen([sys.executable, "-m", "oneprov", "import-cache", str(tables), "--db", str(db)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    store = open_store(db)
+    deadline = time.monotonic() + 60
+    while store.sql("SELECT count(*) AS n FROM dataset_records").n[0] == 0:   # rows are being written
+        assert time.monotonic() < deadline and proc.poll() is None, "the import never started writing"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert err.strip() == "interrupted: nothing imported (the database is as it was)"
+    assert store.sql("SELECT error FROM queries").error.tolist() == ["interrupted"]
+    assert store.sql("SELECT count(*) AS n FROM datasets").n[0] == 0
+    store.close()
+    assert oneprov("db", "check", db=db).stdout.strip() == "ok"
+    assert "imported 2000 sessions and 200000 datasets" in oneprov("import-cache", str(tables), db=db).stdout
+
+
+def test_sql_refuses_attach_and_writing_pragmas_before_they_run(db, tmp_path):
+    for statement in (f"ATTACH '{tmp_path / 'new.db'}' AS x", f"VACUUM INTO '{tmp_path / 'copy.db'}'",
+                      "PRAGMA journal_mode=delete", "PRAGMA user_version=7"):
+        proc = oneprov("sql", statement, db=db, check=False)
+        assert_clean_error(proc, "")
+    assert not (tmp_path / "new.db").exists() and not (tmp_path / "copy.db").exists()
+    assert "rel_path" in oneprov("sql", "PRAGMA table_info(dataset_records)", db=db).stdout
+
+
+def test_sql_prints_blobs_in_every_format(db):
+    table = oneprov("sql", "SELECT x'00ff10' AS b, 1 AS n", db=db).stdout
+    assert "\\x00ff10" in table
+    assert "\\x00ff10,1" in oneprov("sql", "SELECT x'00ff10' AS b, 1 AS n", "--format", "csv", db=db).stdout
+    assert json.loads(oneprov("sql", "SELECT x'00ff10' AS b", "--format", "json", db=db).stdout) == [{"b": "\\x00ff10"}]
+
+
+LONG_QUERY = {"sqlite": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+              "postgresql": "SELECT pg_sleep(60)"}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sql_timeout_and_ctrl_c_stop_a_long_query(backend, db, request):
+    import signal
+    import time
+
+    target = db if backend == "sqlite" else request.getfixturevalue("pg").url
+    started = time.monotonic()
+    proc = oneprov("sql", LONG_QUERY[backend], "--timeout", "0.5", db=target, check=False)
+    assert_clean_error(proc, "stopped after 0.5 s")
+    assert time.monotonic() - started < 20
+    child = subprocess.Popen([sys.executable, "-m", "oneprov", "sql", LONG_QUERY[backend], "--db", str(target)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)                                   # started, and running the query
+    assert child.poll() is None
+    stop = time.monotonic()
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=30)
+    assert child.returncode == 130 and err.strip() == "interrupted", err
+    assert time.monotonic() - stop < 5
+
+
+def test_sql_result_too_large_for_memory_is_one_line(db):
+    """Under a 1.5 GB address-space limit, a 20-million-row result: one line, not a traceback."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (1_500_000_000, 1_500_000_000))
+
+    query = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 20000000) "
+             "SELECT x, printf('%0100d', x) AS t FROM c")
+    proc = subprocess.run([sys.executable, "-m", "oneprov", "sql", query, "--db", str(db), "--format", "csv"],
+                          capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    assert_clean_error(proc, "out of memory")

@@ -31,6 +31,7 @@ from one.api import One
 
 from oneprov import ONE
 from oneprov.errors import BadInputError
+from oneprov.tables import iter_datasets, read_metadata, write_datasets
 
 # make_parquet_db writes no default_revision: one-api and oneprov warn at each load ("using most recent")
 pytestmark = pytest.mark.filterwarnings("ignore:No default revision")
@@ -420,3 +421,20 @@ def test_smaller_points_as_one_api(formats, tmp_path, monkeypatch, repo):
     client = ONE(tables_dir=repo.root, silent=True, db=tmp_path / "p.sqlite")
     assert client.cache_dir == tmp_path / "ONE" and client.search() == One(cache_dir=repo.root).search()
     client.close()
+
+
+def test_exact_repeat_of_a_row_is_kept_once_with_a_warning(tmp_path, repo):
+    """Deliberate difference (README): one-api keeps a row repeated exactly (same dataset id, session
+    and rel_path) twice, and ``load_dataset_from_id`` then raises ALFMultipleObjectsFound; oneprov
+    keeps the first, warns naming the id, and the dataset loads."""
+    cache = tmp_path / "cache"
+    shutil.copytree(repo.root, cache)
+    datasets = pd.concat(iter_datasets(cache / "datasets.pqt"), ignore_index=True)
+    repeated = pd.concat([datasets, datasets[datasets["id"] == repo.unrevised_id]], ignore_index=True)
+    write_datasets(repeated, cache / "datasets.pqt", read_metadata(repo.datasets_table))
+    with pytest.warns(UserWarning, match=f"repeat the dataset id.*{repo.unrevised_id}"):
+        ours = ONE(cache_dir=cache, db=tmp_path / "p.sqlite")
+    assert ours.load_dataset_from_id(repo.unrevised_id, download_only=True).is_file()
+    with pytest.raises(one_errors.ALFMultipleObjectsFound):
+        One(cache_dir=cache, mode="local").load_dataset_from_id(repo.unrevised_id, download_only=True)
+    ours.close()

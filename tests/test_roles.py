@@ -6,6 +6,7 @@ database of its own, migrated by the owner role.
 """
 from __future__ import annotations
 
+import datetime
 import os
 import secrets
 import subprocess
@@ -403,3 +404,39 @@ def test_grant_warns_when_only_the_database_owner_can_grant(pg, tmp_path):
         engine.dispose()
     with open_store(pg.url_for(name, user=client, password=password)) as store:
         store.import_cache(make_repository(tmp_path / "repo").root)   # needs TEMPORARY
+
+
+def test_a_client_cannot_record_into_or_close_another_roles_run(pg, shared, tmp_path):
+    """Only the role that started a run adds its events, queries, marks and exports, and closes it;
+    any client may retire it (a retirement is a note about the run, not part of it)."""
+    other, other_pw = create_role(pg, "other")
+    engine = create_engine(shared.owner_url)
+    try:
+        roles.grant(engine, other, "client")
+    finally:
+        engine.dispose()
+    other_url = pg.url_for(shared.dbname, user=other, password=other_pw)
+    with open_store(shared.client_url) as mine:
+        run = mine.start_run("shared", label="mine")
+        mine.record_access(run, [{"method": "load_dataset", "outcome": "not_found", "rel_path": "a.npy"}])
+    before = snapshot(shared.owner_url)
+    with open_store(other_url) as theirs:
+        attempts = [
+            lambda: theirs.record_access(run, [{"method": "load_dataset", "outcome": "loaded", "rel_path": "b.npy",
+                                                "event_time": datetime.datetime(2020, 1, 1)}]),   # backdated
+            lambda: theirs.record_query(run, "search", {"subject": "x"}),
+            lambda: theirs.mark(run, "clear_list"),
+            lambda: theirs.finish_run(run, "failed", "forged"),
+        ]
+        for attempt in attempts:
+            with pytest.raises(DatabaseError, match="was started by role"):
+                attempt()
+        assert snapshot(shared.owner_url) == before
+        theirs.retire_run(run, "reviewed by another lab member")
+        own = theirs.start_run("shared", label="theirs")
+        theirs.record_access(own, [{"method": "load_dataset", "outcome": "not_found", "rel_path": "c.npy"}])
+        theirs.finish_run(own)
+    with open_store(shared.owner_url) as store:
+        runs = store.runs().set_index("label")
+        assert bool(runs.loc["mine", "retired"]) and runs.loc["mine", "status"] == "running"
+        assert runs.loc["mine", "loads"] == 0 and runs.loc["theirs", "status"] == "finished"

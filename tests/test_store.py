@@ -348,3 +348,28 @@ def test_background_reader_hands_over_items_errors_and_stops_when_the_consumer_d
         if i == 3:
             break
     assert closed == [True, True, True]   # each source was closed, also the one left early
+
+
+def test_run_names_resolve_by_one_rule(store, tmp_path):
+    """'last', an exact id, an exact label (its newest run), then a unique id prefix: a label that
+    looks like hex names its own run, never another whose id starts with it."""
+    runs = [store.start_run("p") for _ in range(40)]
+    first = runs[0]
+    by_char = {r[0]: r for r in runs}                       # a run for each leading hex digit seen
+    hexy = [store.start_run("p", label=first[0]), store.start_run("p", label=first[:4]),
+            store.start_run("p", label="cafe"), store.start_run("p", label="2024")]
+    assert store.resolve_run(first[0]) == hexy[0] != by_char[first[0]]
+    assert store.resolve_run(first[:4]) == hexy[1] != first
+    assert store.resolve_run("cafe") == hexy[2] and store.resolve_run("2024") == hexy[3]
+    assert store.resolve_run(first) == first == store.resolve_run(first.upper())   # an exact id wins
+    assert store.resolve_run(first[:12]) == first                                   # a unique prefix
+    assert store.resolve_run("last") == hexy[3]
+    later = store.start_run("p", label=first[0])
+    assert store.resolve_run(first[0]) == later                 # a label: its newest run
+    shared = next(c for c in "0123456789abcdef" if sum(r.startswith(c) for r in runs + hexy) > 1
+                  and c != first[0])
+    with pytest.raises(BadInputError, match=f"'{shared}' is ambiguous") as caught:
+        store.resolve_run(shared)
+    assert all(r in str(caught.value) for r in runs if r.startswith(shared))
+    with pytest.raises(BadInputError, match="no run in project 'other'"):
+        store.resolve_run(first, project="other")

@@ -133,6 +133,7 @@ class ONE(ConversionMixin):
         self.silent = silent
         self.record_loaded = False
         self._tables_dir = Path(tables_dir).expanduser().absolute() if tables_dir else self.cache_dir
+        settings.project(project)   # (a blank project is refused before the database is opened)
         self.store: Store = open_store(db or settings.database() or self.cache_dir / "provenance.sqlite")
         self._source = LocalSource(self.cache_dir)
         self._recorder = Recorder(self.store, project, label, cache_dir=self.cache_dir)

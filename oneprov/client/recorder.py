@@ -21,6 +21,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 import weakref
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -58,7 +59,7 @@ class Recorder:
         with self._lock:
             if self.run_id is not None and _open_runs.pop(self.run_id, None) is not None:
                 status = "failed" if error is not None else "finished"
-                self.store.finish_run(self.run_id, status, repr(error) if error is not None else None)
+                self.store.finish_run(self.run_id, status, _error_text(error) if error is not None else None)
 
     @contextlib.contextmanager
     def scope(self, name: str) -> Iterator[None]:
@@ -142,3 +143,8 @@ def _close_open_runs() -> None:
                 recorder.close(error)
             except Exception:  # at exit, a closed database must not hide the real error
                 pass
+
+
+def _error_text(error: BaseException) -> str:
+    """How a run's error is stored: 'RuntimeError: message' (secrets are hidden by the store)."""
+    return "".join(traceback.format_exception_only(type(error), error)).strip()

@@ -16,6 +16,7 @@ True
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -29,7 +30,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from .. import tables
+from .. import files, tables
 from ..errors import BadInputError
 from ..files import write_atomically
 from ..store import ExportedFile, Store
@@ -248,6 +249,7 @@ def export_cache(
     folder = Path(out_dir).expanduser().absolute()
     if not folder.is_dir():
         raise BadInputError(f"export folder {str(folder)!r} does not exist")
+    files.finish_replacing(folder)           # (a pair another export left half-replaced, its leftovers)
     written: dict[str, tables.WrittenTable] = {}
     now = datetime.now().strftime(tables.DATE_FORMAT)
     try:
@@ -256,11 +258,12 @@ def export_cache(
             imported = _imported_metadata(conn, query) if origin is None else {}
             for name, stmt in selects.items():
                 target = folder / f"{name}.pqt"
+                staged = files.temporary_name(target)   # both tables are written, then moved in together
                 meta = {**imported.get(name, {}), "date_modified": now} if origin is None else {"origin": origin}
                 if clobber or not target.exists():
                     # (closed here: its cursor, before the rollback)
                     with closing(_store_batches(conn, store.dialect, stmt, name, target)) as batches:
-                        written[name] = tables.write_batches(batches, target, name, meta)
+                        written[name] = tables.write_batches(batches, staged, name, meta)
                     continue
                 # Merging needs every row: in memory, as ONE does.
                 frame = result_frame(conn.execute(stmt))
@@ -268,10 +271,18 @@ def export_cache(
                 frame = tables.merge_tables(old, frame, name)
                 meta = tables.merge_metadata(tables.read_metadata(target), meta)
                 write = tables.write_sessions if name == "sessions" else tables.write_datasets
-                written[name] = write(frame, target, meta)
+                written[name] = write(frame, staged, meta)
+        files.replace_together([(result.path, folder / f"{name}.pqt") for name, result in written.items()])
+        written = {name: dataclasses.replace(result, path=folder / f"{name}.pqt") for name, result in written.items()}
+    except BaseException:
+        for result in written.values():
+            if result.path.parent == folder and result.path.name.endswith(".tmp"):
+                result.path.unlink(missing_ok=True)
+        written = {}
+        raise
     finally:
         # Recorded once the read transaction is over: an in-memory store has a single connection.
-        if record:
+        if record and written:
             store.record_exports([ExportedFile(f"{result.path.stem}_table", result.path, result.rows, run,
                                                {"clobber": clobber}) for result in written.values()])
     return {name: result.path for name, result in written.items()}

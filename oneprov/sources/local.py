@@ -63,5 +63,14 @@ class LocalSource:
         out = []
         for row in rows:
             path = folder_of(row.session_id) / row.rel_path
+            self._inside(path, row)
             out.append(Fetched(path, files.check_file(path, row.file_size, row.hash, check_hash=check_hash)))
         return out
+
+    def _inside(self, path: Path, row: Any) -> None:
+        """Refuse a file, or a collection folder, that is a symbolic link to outside the cache folder
+        (as a session folder is refused): the file loaded would not be the repository's."""
+        real = os.path.realpath(path)
+        if not Path(real).is_relative_to(self._resolved_root):
+            raise BadInputError(f"dataset {row.rel_path} of session {row.session_id} is a link to outside the "
+                                f"cache folder: {real}")

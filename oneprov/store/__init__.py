@@ -22,6 +22,7 @@ the face of this package; each method is one function of a module here:
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -29,7 +30,7 @@ from sqlalchemy.engine.url import URL
 
 from ..errors import DatabaseError
 from . import sql
-from .engine import Database, create_engine
+from .engine import Database, create_engine, database_url, no_database, sqlite_path
 from .ingest import ImportResult
 from .loaded import LoadedIds
 from .migrate import head_revision, preflight, schema_status, upgrade as upgrade_schema
@@ -38,23 +39,30 @@ from .recording import ExportedFile
 __all__ = ["Store", "open_store", "ImportResult", "ExportedFile", "LoadedIds"]
 
 
-def open_store(db: str | os.PathLike | URL | None = None, *, upgrade: bool = True) -> "Store":
+def open_store(db: str | os.PathLike | URL | None = None, *, upgrade: bool = True, create: bool = True) -> "Store":
     """Open the provenance database ``db`` (a path or SQLAlchemy URL; default ``$ONEPROV_DB``).
 
     A new SQLite file is created and migrated to the newest schema; an older schema is upgraded; a
     schema newer than this oneprov knows is refused with :class:`~oneprov.SchemaVersionError`.
-    With ``upgrade=False`` an out-of-date schema is refused instead of upgraded.
+    With ``upgrade=False`` an out-of-date schema is refused instead of upgraded; with
+    ``create=False`` a database that does not exist, or holds no oneprov schema, is refused and
+    nothing is created (commands that only read, or add to what exists).
     """
+    url = database_url(db)
+    path = sqlite_path(url)
+    if not create and path is not None and not Path(path).exists():
+        raise DatabaseError(no_database(path))
     preflight(db)
     engine = create_engine(db)
     try:
+        status = schema_status(engine)
+        if not create and status.current is None:
+            raise DatabaseError(f"{Database(engine).where} holds no oneprov schema: nothing was created")
         if upgrade:
             upgrade_schema(engine)
-        else:
-            status = schema_status(engine)
-            if not status.up_to_date:
-                raise DatabaseError(f"database {Database(engine).where} is at schema version "
-                                    f"{status.current}, not {status.head}: run `oneprov db upgrade`")
+        elif not status.up_to_date:
+            raise DatabaseError(f"database {Database(engine).where} is at schema version "
+                                f"{status.current}, not {status.head}: run `oneprov db upgrade`")
     except BaseException:
         engine.dispose()
         raise

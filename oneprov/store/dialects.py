@@ -25,7 +25,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.url import URL
 
-from ..errors import DatabaseError
+from ..errors import DatabaseError, ReadOnlyError
 from .schema import access_events, dataset_records, query_datasets, query_sessions
 
 #: Seconds a SQLite writer waits for another process's write transaction before giving up.
@@ -90,8 +90,11 @@ class Dialect:
         """A driver cursor over ``conn`` that fetches rows as they are asked for."""
         return conn.connection.driver_connection.cursor()
 
-    def run_one_statement(self, conn: Connection, query: str, params: dict) -> tuple[list[str] | None, list]:
-        """``(columns, rows)`` of exactly one statement; ``columns`` is None when it returns no rows."""
+    def run_one_statement(self, conn: Connection, query: str, params: dict,
+                          timeout: float | None = None) -> tuple[list[str] | None, list]:
+        """``(columns, rows)`` of exactly one statement of an audit (``oneprov sql``), in ``conn``'s
+        read-only transaction; ``columns`` is None when it returns no rows. A statement running
+        longer than ``timeout`` seconds is stopped (:class:`QueryStopped`), and Ctrl-C stops it."""
         result = conn.execute(sa.text(query), params)
         return (list(result.keys()), [tuple(r) for r in result.fetchall()]) if result.returns_rows else (None, [])
 
@@ -240,6 +243,42 @@ class SQLite(Dialect):
         problems.extend(f"foreign key: {tuple(r)}" for r in conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall())
         return problems
 
+    #: The PRAGMAs an audit may run: they read. Any other, and ATTACH/DETACH (also VACUUM INTO), which
+    #: create files even on a read-only connection, are refused before they run.
+    READ_PRAGMAS = frozenset({
+        "table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo", "foreign_key_list",
+        "foreign_key_check", "integrity_check", "quick_check", "schema_version", "user_version", "page_count",
+        "page_size", "freelist_count", "compile_options", "collation_list", "function_list", "pragma_list",
+        "database_list", "module_list", "data_version", "encoding", "application_id",
+    })
+
+    def run_one_statement(self, conn: Connection, query: str, params: dict,
+                          timeout: float | None = None) -> tuple[list[str] | None, list]:
+        driver = conn.connection.driver_connection
+        refused: list[str] = []
+
+        def authorize(action: int, arg1: str | None, arg2: str | None, db_name: str | None, source: str | None) -> int:
+            if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+                refused.append("ATTACH, DETACH and VACUUM INTO are not allowed (they create files)")
+                return sqlite3.SQLITE_DENY
+            if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() not in self.READ_PRAGMAS:
+                refused.append(f"PRAGMA {arg1} is not allowed (only PRAGMAs that read)")
+                return sqlite3.SQLITE_DENY
+            return sqlite3.SQLITE_OK
+
+        driver.set_authorizer(authorize)
+        try:
+            with _stoppable(driver, timeout) as stopped:
+                try:
+                    return super().run_one_statement(conn, query, params)
+                except sa.exc.DBAPIError:
+                    if refused:
+                        raise ReadOnlyError(f"refused: {refused[0]}") from None
+                    stopped()   # raises if Ctrl-C or the timeout stopped it
+                    raise
+        finally:
+            driver.set_authorizer(None)
+
     def insert(self, table: sa.Table) -> Any:
         return sqlite_dialect.insert(table)
 
@@ -350,8 +389,11 @@ class SQLite(Dialect):
         try:
             yield
         finally:
-            for schema, size in before.items():
-                driver.execute(f"PRAGMA {schema}.cache_size = {int(size)}")
+            try:
+                for schema, size in before.items():
+                    driver.execute(f"PRAGMA {schema}.cache_size = {int(size)}")
+            except Exception:   # the connection is gone (Ctrl-C, a failure) and will not be reused
+                pass
 
     def reserve_ids(self, conn: Connection, table: sa.Table, n: int) -> Sequence[int]:
         # BEGIN IMMEDIATE holds the write lock: the ids after the largest are free.
@@ -404,13 +446,21 @@ class PostgreSQL(Dialect):
     def stream_cursor(self, conn: Connection) -> Any:
         return conn.connection.driver_connection.cursor(name="oneprov_export")  # server-side: one batch in memory
 
-    def run_one_statement(self, conn: Connection, query: str, params: dict) -> tuple[list[str] | None, list]:
+    def run_one_statement(self, conn: Connection, query: str, params: dict,
+                          timeout: float | None = None) -> tuple[list[str] | None, list]:
         # A prepared statement is exactly one statement: ``COMMIT; SET ...; INSERT ...`` cannot escape
-        # the read-only transaction.
+        # the read-only transaction. (Ctrl-C: psycopg cancels the statement on the server.)
         compiled = sa.text(query).compile(dialect=conn.dialect)
         bound = {**compiled.params, **params}
         with conn.connection.driver_connection.cursor() as cursor:
-            cursor.execute(compiled.string, bound, prepare=True)
+            if timeout:
+                cursor.execute(f"SET LOCAL statement_timeout = {max(1, int(timeout * 1000))}")
+            try:
+                cursor.execute(compiled.string, bound, prepare=True)
+            except Exception as exc:
+                if timeout and type(exc).__name__ == "QueryCanceled":
+                    raise QueryStopped(f"the query was stopped after {timeout:g} s (--timeout)") from None
+                raise
             if cursor.description is None:
                 return None, []
             return [d.name for d in cursor.description], cursor.fetchall()
@@ -558,3 +608,42 @@ def _sqlite_json() -> bool:
 def _sqlite_time(dialect: sa.Dialect) -> Callable[[Any], Any]:
     """How SQLAlchemy stores a DateTime in SQLite (text), for values bound through the driver."""
     return access_events.c.event_time.type.dialect_impl(dialect).bind_processor(dialect)
+
+
+class QueryStopped(DatabaseError):
+    """An audit query stopped by its time limit."""
+
+
+@contextmanager
+def _stoppable(driver: sqlite3.Connection, timeout: float | None) -> Iterator[Callable[[], None]]:
+    """Let Ctrl-C and ``timeout`` stop a SQLite statement: SQLite runs it in C, where Python's
+    SIGINT handler waits until it ends, so a progress handler asks SQLite to stop instead. The
+    block gets a function that raises ``KeyboardInterrupt`` or :class:`QueryStopped` if one did."""
+    import signal
+    import threading
+    import time
+
+    deadline = time.monotonic() + timeout if timeout else None
+    interrupted = []
+    handler = None
+    if threading.current_thread() is threading.main_thread():
+        handler = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+
+    def progress() -> int:
+        return 1 if interrupted or (deadline is not None and time.monotonic() > deadline) else 0
+
+    def stopped() -> None:
+        if interrupted:
+            raise KeyboardInterrupt
+        if deadline is not None and time.monotonic() > deadline:
+            raise QueryStopped(f"the query was stopped after {timeout:g} s (--timeout)")
+
+    driver.set_progress_handler(progress, 20_000)
+    try:
+        yield stopped
+    finally:
+        driver.set_progress_handler(None, 0)
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
+        if interrupted:
+            raise KeyboardInterrupt

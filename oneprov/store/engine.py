@@ -99,12 +99,20 @@ def create_engine(db: str | os.PathLike | URL | None = None, *, readonly: bool =
     path = sqlite_path(url)
     if path is not None:
         parent = Path(path).parent
+        if readonly and not Path(path).exists():
+            raise DatabaseError(no_database(path))
         if not readonly and not parent.is_dir():
             raise DatabaseError(f"cannot create database {path!r}: folder {str(parent)!r} does not exist")
         warn_if_network(Path(path))
     engine = sa.create_engine(url, **dialect.engine_options(url, readonly))
     dialect.configure(engine, readonly)
     return engine
+
+
+def no_database(path: str) -> str:
+    """The message for a SQLite file that does not exist where a command only reads (it creates none)."""
+    return (f"no database at {path!r}: nothing was created (a typo? `oneprov import-cache` or "
+            "`oneprov db upgrade` makes one)")
 
 
 #: File systems on which SQLite's WAL mode is unsafe (it needs shared memory on one host).
@@ -167,7 +175,18 @@ def mapped_errors(where: str, doing: str = "use database") -> Iterator[None]:
     except Exception as exc:
         if not is_driver_error(exc):
             raise
-        raise DatabaseError(f"cannot {doing} {where}: {first_line(exc)}") from None
+        cause = exc.__context__
+        if cause is not None and not exc.__suppress_context__:
+            # The driver failed while cleaning up after another error (a rollback or a reset on a
+            # connection that Ctrl-C or a failed statement aborted): that other error is the real one.
+            if not isinstance(cause, Exception) or not is_driver_error(cause):
+                raise cause from None
+            exc = cause
+        message = first_line(exc)
+        if "malformed" in message:     # SQLite's SQLITE_CORRUPT: refuse before writing into a damaged file
+            raise DatabaseError(f"database {where} is damaged ({message}): nothing was written or read; "
+                                "`oneprov db check` lists the problems; restore it from a backup") from None
+        raise DatabaseError(f"cannot {doing} {where}: {message}") from None
 
 
 # -- transactions ---------------------------------------------------------------------------

@@ -39,6 +39,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol
@@ -50,9 +51,10 @@ from sqlalchemy.engine import Connection
 from tqdm.auto import tqdm
 
 from ..errors import BadInputError, DuplicateIdError
+from ..secrets import scrub
 from ..tables import DATASETS_COLUMNS, SESSIONS_COLUMNS, STATE_COLUMNS, Folder
 from . import dialects
-from .engine import Database
+from .engine import Database, mapped_errors
 from .migrate import BULK_INDEXES, missing_indexes
 from .records import ROW_KEY
 from .recording import new_query
@@ -90,6 +92,7 @@ class Rows(Protocol):
     def datasets(self, batch_size: int) -> Iterator[pd.DataFrame]: ...   # called twice: check, then write
     def count_datasets(self) -> int | None: ...
     def metadata(self) -> dict[str, Any]: ...   # recorded as the query's params["metadata"]
+    def verify(self) -> None: ...   # raise if the rows read may not be those of the source's checksum
 
 
 @dataclass(frozen=True)
@@ -147,30 +150,46 @@ def ingest(db: Database, source: RowSource, rows: Rows, *, run_id: str | None = 
                                f"{sessions['id'][sessions['id'].duplicated()].iloc[0]!r} in the sessions table")
     n_rows, repeats = _check(rows, batch_size, show)
     # One connection for the whole import: its page cache stays warm. One transaction per step.
-    with db.connection() as conn, db.dialect.import_session(conn):
-        claim = _claim(conn, source, rows, run_id, reuse)
-        if isinstance(claim, ImportResult):
-            return claim
-        (qid, bulk), started = claim, time.perf_counter()
-        try:
-            with conn.begin():
-                _ingest_sessions(db, conn, qid, sessions)
-            changed, repeated = _ingest_all_datasets(db, conn, qid, rows, batch_size, repeats, n_rows, name, show)
-            n_datasets = n_rows - len(repeated)
-            if repeated:
-                # One-api keeps such rows twice; here a row (id, session, path) is one record.
-                warnings.warn(f"{name}: {len(repeated)} row(s) repeat the dataset id, session and path of an "
-                              f"earlier row (first: {repeated[0]}); the first of each was imported", UserWarning,
-                              stacklevel=3)
-            with conn.begin():
-                if bulk:
-                    _build_indexes(conn)
-                conn.execute(queries.update().where(queries.c.id == qid).values(
-                    n_sessions=len(sessions), n_datasets=n_datasets, duration_s=time.perf_counter() - started,
-                    completed_at=utcnow()))
-        except BaseException as exc:
-            _abandon(db, qid, exc)
+    failure: BaseException | None = None
+    try:
+        with db.connection() as conn, db.dialect.import_session(conn):
+            claim = _claim(conn, source, rows, run_id, reuse)
+            if isinstance(claim, ImportResult):
+                return claim
+            (qid, bulk), started = claim, time.perf_counter()
+            try:
+                with conn.begin():
+                    _ingest_sessions(db, conn, qid, sessions)
+                changed, repeated = _ingest_all_datasets(db, conn, qid, rows, batch_size, repeats, n_rows, name, show)
+                n_datasets = n_rows - len(repeated)
+                if repeated:
+                    # One-api keeps such rows twice; here a row (id, session, path) is one record.
+                    warnings.warn(f"{name}: {len(repeated)} row(s) repeat the dataset id, session and path of an "
+                                  f"earlier row (first: {repeated[0]}); the first of each was imported", UserWarning,
+                                  stacklevel=3)
+                with conn.begin():
+                    rows.verify()
+                    if bulk:
+                        _build_indexes(conn)
+                    conn.execute(queries.update().where(queries.c.id == qid).values(
+                        n_sessions=len(sessions), n_datasets=n_datasets, duration_s=time.perf_counter() - started,
+                        completed_at=utcnow()))
+            except BaseException as exc:
+                # Marked once this connection is gone: interrupted mid-statement, it may still hold the
+                # write lock, so it is closed, not reused. SQLite closes it only once no statement is
+                # left, and the traceback's frames hold the cursor of the interrupted one: their
+                # local variables are cleared first.
+                failure = exc
+                traceback.clear_frames(exc.__traceback__)
+                conn.invalidate()
+    except BaseException:
+        if failure is None:
             raise
+        # (closing the connection failed too: the import's own error is the one to report)
+    if failure is not None:
+        _abandon(db, qid, failure)
+        with mapped_errors(db.where):
+            raise failure
     return ImportResult(qid, len(sessions), n_datasets, changed, False)
 
 
@@ -279,7 +298,7 @@ def _abandon(db: Database, qid: int, exc: BaseException) -> None:
         with db.writing() as conn:
             if conn.execute(sa.select(dataset_records.c.id).limit(1)).first() is not None:
                 _build_indexes(conn)   # (a bulk import that failed must not leave them missing)
-            conn.execute(queries.update().where(queries.c.id == qid, queries.c.error.is_(None)).values(error=reason))
+            conn.execute(queries.update().where(queries.c.id == qid, queries.c.error.is_(None)).values(error=scrub(reason)))
     except Exception:  # the database may be what failed; the import stays incomplete either way
         pass
 

@@ -15,6 +15,7 @@ True
 from __future__ import annotations
 
 import os
+import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -66,6 +67,7 @@ class SchemaStatus:
     head: str
     known: bool           # current is one of this oneprov's revisions (or None)
     has_tables: bool
+    migrated_from: str | None = None   # set by upgrade() when this process migrated: the version before
 
     @property
     def up_to_date(self) -> bool:
@@ -138,10 +140,12 @@ def upgrade(engine: Engine, target: str = "head", *, script_location: str | os.P
         db.dialect.lock_for_setup(conn)
         status = _status(conn)  # again, under the lock: another process may have done it
         _refuse_unknown(status, db.where)
-        if not (target == "head" and status.up_to_date) or script_location is not None:
-            db.dialect.check_migration_rights(conn, status.current, status.head, db.where)
-            command.upgrade(alembic_config(conn, script_location), target)
-    return schema_status(engine)
+        if target == "head" and status.up_to_date and script_location is None:
+            return status      # another process migrated it meanwhile
+        db.dialect.check_migration_rights(conn, status.current, status.head, db.where)
+        command.upgrade(alembic_config(conn, script_location), target)
+        before = status.current or "empty"
+    return dataclasses.replace(schema_status(engine), migrated_from=before)
 
 
 def downgrade(engine: Engine, target: str) -> SchemaStatus:
@@ -159,7 +163,12 @@ def check(db: str | os.PathLike | URL | None) -> list[str]:
     database = Database(create_engine(db, readonly=True))
     problems = []
     try:
-        status = schema_status(database.engine)
+        try:
+            status = schema_status(database.engine)
+        except DatabaseError as exc:
+            if "damaged" not in str(exc):
+                raise
+            return [str(exc)]
         if not status.known:
             problems.append(f"schema {status.current} is newer than this oneprov ({status.head})")
         elif not status.up_to_date:

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection
 from ..alf import check_uuid
 from ..errors import BadInputError
 from ..files import file_sha256
+from ..secrets import scrub, scrub_params
 from .dialects import EVENT_COLUMNS
 from .engine import Database
 from .schema import dataset_records as dataset_records_table
@@ -39,8 +40,11 @@ def new_query(conn: Connection, run_id: str | None, method: str, params: dict | 
     ``values`` are the other columns (``source``, ``checksum``, ``mode``, ``scope``, counts,
     ``completed_at`` ...); ``started_at`` defaults to now.
     """
+    for name in ("source", "error"):
+        if isinstance(values.get(name), str):
+            values[name] = scrub(values[name])
     return conn.execute(_INSERT_QUERY, {
-        "run_id": run_id, "method": method, "params": json.dumps(params or {}, default=str, sort_keys=True),
+        "run_id": run_id, "method": method, "params": json.dumps(scrub_params(params or {}), default=str, sort_keys=True),
         "started_at": utcnow(), **values}).scalar_one()
 
 
@@ -139,7 +143,7 @@ def _event_rows(events: Sequence[dict[str, Any]], now: datetime) -> list[tuple]:
             session_id = check_uuid(session_id, "session id")
         rows.append((get("event_time") or now, event["method"], event["outcome"], dataset_id, session_id,
                      get("rel_path"), get("requested_revision"), get("revision_cutoff"), get("scope"), get("record_id"),
-                     get("path"), get("bytes"), get("detail"), True if listed is None else bool(listed)))
+                     get("path"), get("bytes"), scrub(get("detail")) if get("detail") else None, True if listed is None else bool(listed)))
     return rows
 
 
@@ -159,7 +163,7 @@ def record_exports(db: Database, files: Sequence[ExportedFile]) -> None:
     if not files:
         return
     values = [{"run_id": f.run_id, "kind": f.kind, "path": str(f.path), "rows": f.rows, "bytes": f.path.stat().st_size,
-               "sha256": file_sha256(f.path), "params": json.dumps(f.params, default=str, sort_keys=True),
+               "sha256": file_sha256(f.path), "params": json.dumps(scrub_params(f.params), default=str, sort_keys=True),
                "created_at": utcnow()} for f in files]
     with db.writing() as conn:
         conn.execute(exports.insert(), values)

@@ -16,7 +16,6 @@ import getpass
 import json
 import os
 import platform
-import re
 import socket
 import sys
 import uuid
@@ -28,6 +27,7 @@ from sqlalchemy.engine import Connection
 
 from .. import settings
 from ..errors import BadInputError
+from ..secrets import scrub, scrub_argv
 from .engine import Database
 from .schema import SUCCESS_OUTCOMES, access_events, projects, queries, run_marks, runs, utcnow
 
@@ -54,9 +54,9 @@ def start_run(
         conn.execute(runs.insert().values(
             id=run_id, project_id=project_id, label=label, status="running", started_at=utcnow(),
             user_name=_user(), host=socket.gethostname(), pid=os.getpid(),
-            command=scrub_credentials(" ".join(sys.argv))[:4000], versions=json.dumps(versions),
+            command=scrub_argv(sys.argv)[:4000], versions=json.dumps(versions),
             cache_dir=str(cache_dir) if cache_dir is not None else None,
-            base_url=scrub_credentials(base_url) if base_url else None, revision_cutoff=revision_cutoff,
+            base_url=scrub(base_url) if base_url else None, revision_cutoff=revision_cutoff,
             db_role=db.dialect.current_role(conn),
         ))
     return run_id
@@ -74,7 +74,7 @@ def finish_run(db: Database, run_id: str, status: str = "finished", error: str |
         raise BadInputError(f"unknown run status {status!r}: expected 'finished' or 'failed'")
     with db.writing() as conn:
         done = conn.execute(runs.update().where(runs.c.id == run_id, runs.c.status == "running")
-                            .values(status=status, finished_at=utcnow(), error=error))
+                            .values(status=status, finished_at=utcnow(), error=scrub(error) if error else error))
         if done.rowcount != 1:
             raise BadInputError(f"no running run {run_id!r}")
 
@@ -83,7 +83,7 @@ def mark(db: Database, run_id: str, kind: str, *, scope: str | None = None, deta
     """Append a mark to a run (e.g. 'clear_list' when the loaded-ids list is cleared)."""
     with db.writing() as conn:
         conn.execute(run_marks.insert().values(run_id=run_id, marked_at=utcnow(), kind=kind, scope=scope,
-                                               detail=detail))
+                                               detail=scrub(detail) if detail else detail))
 
 
 def retire_run(db: Database, run_id: str, reason: str) -> None:
@@ -97,7 +97,7 @@ def retire_run(db: Database, run_id: str, reason: str) -> None:
         if conn.execute(sa.select(runs.c.id).where(runs.c.id == run_id)).first() is None:
             raise BadInputError(f"no run {run_id!r}")
         conn.execute(run_marks.insert().values(run_id=run_id, marked_at=utcnow(), kind="retired",
-                                               detail=reason.strip()))
+                                               detail=scrub(reason.strip())))
 
 
 def list_runs(db: Database, project: str | None = None) -> pd.DataFrame:
@@ -129,35 +129,35 @@ def list_runs(db: Database, project: str | None = None) -> pd.DataFrame:
 
 
 def resolve_run(db: Database, run: str, project: str | None = None) -> str:
-    """A run id from an id, a unique id prefix, a label (its latest run) or 'last'."""
-    stmt = sa.select(runs.c.id).join(projects, projects.c.id == runs.c.project_id)
+    """The run id that ``run`` names, by one rule, first match wins: 'last' (the newest run); an
+    exact run id; an exact label (the newest run with it); a unique prefix of a run id. Several
+    runs under one prefix, or none at all, is an error that names them.
+
+    A label is tried before a prefix, so that a label that looks like hex ('b', '2024', 'cafe')
+    names its own run, never another whose id happens to start with it.
+    """
+    stmt = sa.select(runs.c.id, runs.c.label).join(projects, projects.c.id == runs.c.project_id)
     if project is not None:
         stmt = stmt.where(projects.c.name == project)
     newest = stmt.order_by(runs.c.started_at.desc(), runs.c.id.desc()).limit(1)
+    text = run.strip()
     with db.reading() as conn:
-        if run == "last":
-            found = conn.execute(newest).scalars().all()
+        if text == "last":
+            found = conn.execute(newest).all()
         else:
-            found = conn.execute(stmt.where(runs.c.id.startswith(run.lower(), autoescape=True))).scalars().all()
-            if not found:
-                found = conn.execute(newest.where(runs.c.label == run)).scalars().all()
-    if len(found) != 1:
-        raise BadInputError(f"no run matches {run!r}" if not found else f"run {run!r} is ambiguous: {len(found)} runs match")
-    return found[0]
-
-
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]*):[^@\s]*@")
-_SECRET_OPTION = re.compile(r"(?i)(--?(?:password|passwd|token|secret)[= ])\S+|((?:password|token|secret)=)[^&\s]+")
-
-
-def scrub_credentials(text: str) -> str:
-    """Hide passwords and tokens in a command line or URL before it is stored or logged.
-
-    >>> scrub_credentials("analysis.py --db postgresql://me:s3cret@host/db --token abc")
-    'analysis.py --db postgresql://me:***@host/db --token ***'
-    """
-    text = _URL_PASSWORD.sub(r"\1:***@", text)
-    return _SECRET_OPTION.sub(lambda m: (m.group(1) or m.group(2)) + "***", text)
+            found = conn.execute(stmt.where(runs.c.id == text.lower())).all() \
+                or conn.execute(newest.where(runs.c.label == text)).all() \
+                or conn.execute(stmt.where(runs.c.id.startswith(text.lower(), autoescape=True))
+                                .order_by(runs.c.started_at)).all()
+    where = f" in project {project!r}" if project is not None else ""
+    if not found:
+        raise BadInputError(f"no run{where} has the id, label or id prefix {run!r}")
+    if len(found) > 1:
+        names = ", ".join(f"{r.id}" + (f" ({r.label})" if r.label else "") for r in found[:10])
+        more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+        raise BadInputError(f"{run!r} is ambiguous: the ids of {len(found)} runs{where} start with it: {names}{more}; "
+                            "give more characters of the id")
+    return found[0].id
 
 
 def process_alive(pid: Any) -> bool:

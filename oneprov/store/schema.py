@@ -32,6 +32,8 @@ from sqlalchemy import (
 )
 from sqlalchemy import true as sa_true
 
+from ..alf import MAX_CHARS
+
 UUID = String(36)
 
 
@@ -91,8 +93,8 @@ session_records = Table(
     "session_records", metadata,
     Column("id", Integer, primary_key=True),
     Column("uuid", UUID, nullable=False),
-    Column("lab", String(200)),
-    Column("subject", String(200)),
+    Column("lab", String(MAX_CHARS["lab"])),
+    Column("subject", String(MAX_CHARS["subject"])),
     Column("date", Date),
     Column("number", Integer),
     Column("task_protocol", Text),
@@ -114,10 +116,10 @@ dataset_records = Table(
     Column("session_uuid", UUID, nullable=False),
     Column("rel_path", Text, nullable=False),
     Column("collection", Text, nullable=False),
-    Column("revision", String(200), nullable=False),
-    Column("name", String(400), nullable=False),
+    Column("revision", String(MAX_CHARS["revision"]), nullable=False),
+    Column("name", String(MAX_CHARS["name"]), nullable=False),
     Column("file_size", BigInteger),
-    Column("hash", String(128)),
+    Column("hash", String(MAX_CHARS["hash"])),
     Column("exists", Boolean, nullable=False),
     Column("qc", String(8), nullable=False),
     Column("default_revision", Boolean),

@@ -20,13 +20,15 @@ from ..errors import DatabaseError, ReadOnlyError
 from .engine import Database, create_engine, first_line, is_driver_error
 
 
-def read_only_query(db: str | os.PathLike | URL | None, query: str, params: dict | None = None) -> pd.DataFrame:
-    """Run one SQL query on a read-only connection and return its rows as a DataFrame."""
+def read_only_query(db: str | os.PathLike | URL | None, query: str, params: dict | None = None,
+                    timeout: float | None = None) -> pd.DataFrame:
+    """Run one SQL query on a read-only connection and return its rows as a DataFrame; stop it after
+    ``timeout`` seconds (``QueryStopped``) or at Ctrl-C (``KeyboardInterrupt``)."""
     database = Database(create_engine(db, readonly=True))
     try:
         with database.reading() as conn:
             try:
-                columns, rows = database.dialect.run_one_statement(conn, query, params or {})
+                columns, rows = database.dialect.run_one_statement(conn, query, params or {}, timeout)
             except Exception as exc:
                 message = first_line(exc)
                 if any(word in message for word in ("readonly", "read-only", "read only")):
