@@ -8,25 +8,11 @@ import warnings
 
 import numpy as np
 import pandas as pd
-import pytest
 import requests
 import one.api as one_api_module
 from one.api import OneAlyx
 
-from alyx_server import AlyxServer
-from oneprov.synthetic import REVISION, SORTING, make_repository
-
-
-@pytest.fixture
-def alyx(tmp_path, monkeypatch):
-    """A test Alyx over a small synthetic repository, with one-api's parameters for it in a fresh $HOME."""
-    (tmp_path / "home").mkdir()
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("ONE_REVISION_LAST_BEFORE", raising=False)
-    repo = make_repository(tmp_path / "server")
-    with AlyxServer(repo) as server:
-        server.one_params(tmp_path / "cache")
-        yield server
+from oneprov.synthetic import REVISION, SORTING
 
 
 def one_api(alyx, tmp_path, **kwargs) -> OneAlyx:

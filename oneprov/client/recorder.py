@@ -72,15 +72,16 @@ class Recorder:
 
     def event(self, method: str, outcome: str, row: Any = None, *, listed: bool, requested_revision: str | None = None,
               rel_path: str | None = None, path: Path | None = None, detail: str | None = None,
-              session_id: str | None = None) -> dict[str, Any]:
+              session_id: str | None = None, size: int | None = None) -> dict[str, Any]:
         """A load attempt as :meth:`record_events` takes it: of a dataset ``row`` (with ``id``,
         ``session_id``, ``rel_path`` and the ``record_id`` it was read from) or of a request that
         matched none (``rel_path``, ``session_id``).
 
         ``listed``: the load counts in the run's loaded-ids list (ONE's ``record_loaded``). A
-        successful load records the file's size.
+        successful load records the file's size (``size``: the bytes of a download).
         """
-        size = path.stat().st_size if path is not None and outcome in ("loaded", "download_only") else None
+        if size is None and path is not None and outcome in ("loaded", "download_only"):
+            size = path.stat().st_size
         return {
             "method": method, "outcome": outcome,
             "dataset_id": getattr(row, "id", None) if row is not None else None,

@@ -107,26 +107,33 @@ class ImportResult:
 
 
 def import_cache(db: Database, tables_dir: str | os.PathLike, *, run_id: str | None = None,
-                 progress: bool | None = None, batch_size: int = IMPORT_BATCH, force: bool = False) -> ImportResult:
+                 progress: bool | None = None, batch_size: int = IMPORT_BATCH, force: bool = False,
+                 origin: dict[str, Any] | None = None) -> ImportResult:
     """Ingest ONE cache tables (``sessions.pqt``, ``datasets.pqt``) as one recorded query.
 
+    ``origin`` (recorded with the query's parameters, mode 'remote') says where downloaded tables
+    came from: the Alyx base URL, its ``cache/info`` answer and the data-release tag.
     Importing tables identical to an earlier import into this database writes nothing and
     returns that import (unless ``force``). A row repeating an earlier row (the same dataset id in
     the same session at the same path) is left out with a warning. The datasets table streams in
     batches, with progress bars on a terminal (``progress``).
     """
     folder = Folder.open(tables_dir)
-    source = RowSource("import_cache", str(folder.path), folder.checksum(), {"tables_dir": str(folder.path)}, "local")
+    source = RowSource("import_cache", str(folder.path), folder.checksum(),
+                       {"tables_dir": str(folder.path), **({"origin": origin} if origin else {})},
+                       "remote" if origin else "local")
     return ingest(db, source, folder, run_id=run_id, progress=progress, batch_size=batch_size, reuse=not force,
                   name=str(folder.files["datasets"]))
 
 
 def ingest_rows(db: Database, rows: Rows, *, method: str, location: str, run_id: str | None = None,
-                params: dict[str, Any] | None = None, mode: str = "local", progress: bool | None = None) -> ImportResult:
+                params: dict[str, Any] | None = None, mode: str = "local", progress: bool | None = None,
+                checksum: str | None = None) -> ImportResult:
     """Record rows that no file holds (tables in memory, a REST answer) as one query of ``method``
-    from ``location`` (a description: an Alyx URL, "in-memory edit of query 3" ...)."""
-    return ingest(db, RowSource(method, location, None, params or {}, mode), rows, run_id=run_id, progress=progress,
-                  reuse=False)
+    from ``location`` (a description: an Alyx URL, "in-memory edit of query 3" ...). With a
+    ``checksum`` of what was received, the same rows from the same location are written once."""
+    return ingest(db, RowSource(method, location, checksum, params or {}, mode), rows, run_id=run_id,
+                  progress=progress, reuse=checksum is not None)
 
 
 def ingest(db: Database, source: RowSource, rows: Rows, *, run_id: str | None = None, progress: bool | None = None,
