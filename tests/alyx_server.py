@@ -56,7 +56,8 @@ class Fault:
     (an fnmatch pattern of the decoded path, e.g. ``/data/*trials.intervals*``).
 
     ``kind``: ``"status"`` (answer ``status``), ``"drop"`` (send half the body, then close),
-    ``"slow"`` (wait ``seconds`` first), ``"corrupt"`` (flip the first byte of a file),
+    ``"slow"`` (wait ``seconds`` first), ``"trickle"`` (send half the body, wait ``seconds``, send
+    the rest), ``"corrupt"`` (flip the first byte of a file),
     ``"expire_token"`` (the caller's token becomes invalid: Alyx's 403 "Invalid token.").
     """
 
@@ -89,6 +90,8 @@ class AlyxServer:
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []   # (method, path with query) of every request
         self.tokens: set[str] = set()
+        self.most_at_once = 0   # the most data files served at the same time
+        self._serving = 0
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         sessions = self.repo.sessions.copy()
@@ -247,6 +250,8 @@ class AlyxServer:
         django = query.get("django", "")
         if django.startswith("pk,"):
             keep &= s.index == django.split(",")[1]
+        if django.startswith("pk__in,"):
+            keep &= s.index.isin(re.findall(UUID, django))
         found = s[keep].sort_values(["date", "number"], ascending=False)
         return [self.session_record(e) for e in found.index]
 
@@ -322,6 +327,12 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
+        if fault is not None and fault.kind == "trickle":
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            time.sleep(fault.seconds)
+            self.wfile.write(body[len(body) // 2:])
+            return
         if fault is not None and fault.kind == "drop":
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
@@ -370,7 +381,7 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None:
             if fault.kind == "status":
                 return self._json(fault.status, {"detail": f"planned fault {fault.status}"})
-            if fault.kind == "slow":
+            if fault.kind == "slow" and not path.startswith("/data/"):   # (a data file's: while it is served)
                 time.sleep(fault.seconds)
             if fault.kind == "expire_token":
                 self.alyx.tokens.clear()
@@ -424,7 +435,17 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(404, b"Not found", "text/plain")
         if fault is not None and fault.kind == "corrupt" and body:
             body = bytes([body[0] ^ 0xFF]) + body[1:]
-        self._send(200, body, "application/octet-stream", fault=fault)
+        alyx = self.alyx
+        with alyx._lock:
+            alyx._serving += 1
+            alyx.most_at_once = max(alyx.most_at_once, alyx._serving)
+        try:
+            if fault is not None and fault.kind == "slow":
+                time.sleep(fault.seconds)
+            self._send(200, body, "application/octet-stream", fault=fault)
+        finally:
+            with alyx._lock:
+                alyx._serving -= 1
 
 
 def md5(data: bytes) -> str:

@@ -2,6 +2,8 @@
 ``OneAlyx`` on the same server; every REST answer and download recorded."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -262,3 +264,112 @@ def test_a_count_changing_between_pages_warns_as_one_api(alyx, tmp_path):
     with pytest.warns(RuntimeWarning, match="results may be inconsistent"):
         listed = list(eids)
     assert {str(e) for e in listed} <= set(alyx.sessions.index)   # (as one-api: as many as first counted)
+
+
+def test_search_terms_reach_alyx_as_one_api_sends_them(alyx, tmp_path):
+    peer, ours = clients(alyx, tmp_path)
+    terms = dict(laboratory="cortex", date_range=["2024-01-01", "2024-12-31"], datasets=["trials.intervals.npy"],
+                 dataset_qc_lte="WARNING", django="number__gte,0", number=1)
+    sent = {}
+    for name, client in (("one-api", peer()), ("oneprov", ours)):
+        before = len(alyx.requests)
+        found = client.search(**terms)
+        sent[name] = ([p for m, p in alyx.requests[before:] if p.startswith("/sessions?")], sorted(map(str, found)))
+    assert sent["one-api"] == sent["oneprov"] and sent["oneprov"][0]
+
+
+def test_details_as_one_api(alyx, tmp_path):
+    peer, ours = clients(alyx, tmp_path)
+    eid = alyx.repo.eid
+    a, b = ours.get_details(eid), peer().get_details(eid)
+    assert a.pop("local_path").relative_to(tmp_path / "cache") == b.pop("local_path").relative_to(tmp_path / "peer")
+    assert a == b
+    a, b = ours.get_details([eid, alyx.repo.eids[1]], full=True), peer().get_details([eid, alyx.repo.eids[1]], full=True)
+    assert [x["id"] for x in a] == [x["id"] for x in b] and a[0]["data_dataset_session_related"]
+
+
+def test_rest_answers_are_cached_as_one_api_caches_them(alyx, tmp_path):
+    from one.webclient import no_cache
+
+    _, ours = clients(alyx, tmp_path)
+    eid = alyx.repo.eid
+    reads = lambda: sum(p == f"/sessions/{eid}" for _, p in alyx.requests)   # noqa: E731
+    ours.list_datasets(eid)
+    ours.list_datasets(eid)
+    assert reads() == 1   # the second answer came from the REST cache (5 minutes)
+    with no_cache(ours.alyx):
+        ours.list_datasets(eid)
+    assert reads() == 2
+    queries = rows_of(tmp_path / "p.sqlite", "SELECT count(*) AS n FROM queries WHERE method = 'rest'")["n"].iloc[0]
+    assert queries == 1   # the same answer three times: one recorded answer
+
+
+def test_downloads_run_in_parallel(alyx, tmp_path, monkeypatch):
+    monkeypatch.setenv("ONE_HTTP_DL_THREADS", "4")
+    alyx.fault("/data/*", "slow", seconds=0.3, times=100)
+    _, ours = clients(alyx, tmp_path)
+    eid = alyx.repo.eid
+    listed = ours.list_datasets(eid)
+    started = time.perf_counter()
+    paths, _ = ours.load_datasets(eid, listed, download_only=True, assert_present=False)
+    took = time.perf_counter() - started
+    assert all(paths) and len(paths) >= 8
+    assert alyx.most_at_once >= 2 and took < 0.3 * len(paths) / 2
+
+
+_CONNECTIONS: list | None = None
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event == "socket.connect" and _CONNECTIONS is not None:
+        _CONNECTIONS.append(tuple(args[1][:2]) if isinstance(args[1], tuple) else args[1])
+
+
+def test_nothing_is_sent_beyond_the_configured_servers(alyx, tmp_path):
+    """Every connection the client opens (Python's audit event ``socket.connect``) goes to the one
+    configured host: here the REST and the data server are both the test Alyx."""
+    import sys
+
+    global _CONNECTIONS
+    sys.addaudithook(_audit)   # (cannot be removed: inactive outside this test)
+    _CONNECTIONS = []
+    try:
+        _, ours = clients(alyx, tmp_path)
+        ours.search(subject=alyx.sessions["subject"].iloc[0])
+        ours.load_object(alyx.repo.eids[1], "trials")
+        ours.load_cache()
+        reached = list(_CONNECTIONS)
+    finally:
+        _CONNECTIONS = None
+    port = int(alyx.url.rsplit(":", 1)[1])
+    assert reached and set(reached) == {("127.0.0.1", port)}
+
+
+KILLED_DOWNLOAD = """
+import sys
+import oneprov
+one = oneprov.ONE(base_url=sys.argv[1], username="test_user", password="TapetesBloc18", silent=True,
+                  cache_dir=sys.argv[2], db=sys.argv[3])
+one.load_dataset(sys.argv[4], "trials.intervals.npy")
+"""
+
+
+def test_a_killed_download_leaves_no_file_under_its_name(alyx, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    alyx.fault("/data/*trials.intervals*", "trickle", seconds=30)
+    eid = alyx.repo.eid
+    child = subprocess.Popen([sys.executable, "-c", KILLED_DOWNLOAD, alyx.url, str(tmp_path / "cache"),
+                              str(tmp_path / "p.sqlite"), eid])
+    deadline = time.monotonic() + 20
+    while not list((tmp_path / "cache").rglob(".trials.intervals.npy.*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list((tmp_path / "cache").rglob(".trials.intervals.npy.*.tmp")), "the download started"
+    child.send_signal(signal.SIGKILL)
+    child.wait(10)
+    assert not list((tmp_path / "cache").rglob("trials.intervals.npy"))
+    # the next client downloads it whole
+    _, ours = clients(alyx, tmp_path)
+    assert ours.load_dataset(eid, "trials.intervals.npy") is not None

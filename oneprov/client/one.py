@@ -706,8 +706,15 @@ class ONE(ConversionMixin):
         return list(dict.fromkeys(getattr(r, column) for r in rows))
 
     @_with_tables
-    def get_details(self, eid: Any, full: bool = False):
-        """A session's record (a Series named with its eid); with ``full``, its datasets joined with it."""
+    def get_details(self, eid: Any, full: bool = False, query_type: str | None = None):
+        """A session's record (a Series named with its eid); with ``full``, its datasets joined with it.
+
+        In remote mode, as one-api: the session's REST record (a dict; a list for a list of ids),
+        with ``full`` the whole ``/sessions/<eid>`` record, else the fields of a search result and
+        ``local_path``.
+        """
+        if self._remote_call(query_type):
+            return self._details_remote(eid, full)
         eid = self._eid(eid)
         rows = self._catalog.sessions(ids=[eid])
         if rows.empty:
@@ -719,6 +726,34 @@ class ONE(ConversionMixin):
         for key, value in record.items():
             table[key] = value
         return table.set_index(["eid", "id"])
+
+    def _details_remote(self, eid: Any, full: bool) -> Any:
+        from one.converters import session_record2path
+
+        eids = [self._eid(e) for e in eid] if isinstance(eid, (list, tuple)) else [self._eid(eid)]
+        unique = list(dict.fromkeys(eids))
+        found: dict[str, Any] = {}
+        if full:
+            found = {e: self._remote.session(e) for e in unique}
+        else:
+            for start in range(0, len(unique), 50):   # (as one-api: 50 ids per request)
+                batch = tuple(unique[start:start + 50])
+                page = list(self._source.rest("sessions", "list", django=f"pk__in,{batch}"))
+                self._remote.sessions_page({"django": f"pk__in,{batch}"}, page)
+                found.update({str(d["id"]): d for d in page})
+        missing = [e for e in eids if found.get(e) is None]
+        if missing:
+            raise ALFObjectNotFound(f"session {missing[0]} not found on {self._source.base_url}")
+
+        def summary(record: dict) -> dict:
+            keep = ("subject", "start_time", "number", "lab", "projects", "url", "task_protocol")
+            out = {k: v for k, v in record.items() if k in keep}
+            out["projects"] = ",".join(out.get("projects") or [])
+            out["date"] = dt.datetime.fromisoformat(out["start_time"]).date()
+            out["local_path"] = session_record2path(out, self.cache_dir)
+            return out
+        details = [dict(found[e]) if full else summary(found[e]) for e in eids]
+        return details if isinstance(eid, (list, tuple)) else details[0]
 
     # -- loading ----------------------------------------------------------------------------
 
