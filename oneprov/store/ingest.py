@@ -65,6 +65,8 @@ from .schema import dataset_records, queries, query_datasets, query_sessions, re
 IMPORT_BATCH = 100_000
 #: How long one write transaction of an import may hold the write lock, in seconds: others wait that long.
 WRITE_SECONDS = 0.3
+#: Rows ingested in one transaction (a REST answer, an edit of the tables in memory), read once.
+SMALL_ROWS = 20_000
 #: An import of the same tables by a process on another host counts as alive while it wrote a row this recently.
 STALE_IMPORT_S = 120.0
 
@@ -155,6 +157,8 @@ def ingest(db: Database, source: RowSource, rows: Rows, *, run_id: str | None = 
     if sessions["id"].duplicated().any():
         raise DuplicateIdError(f"{name}: duplicate session id "
                                f"{sessions['id'][sessions['id'].duplicated()].iloc[0]!r} in the sessions table")
+    if (rows.count_datasets() or SMALL_ROWS + 1) <= SMALL_ROWS:
+        return _ingest_small(db, source, rows, sessions, run_id=run_id, reuse=reuse, name=name)
     n_rows, repeats = _check(rows, batch_size, show)
     # One connection for the whole import: its page cache stays warm. One transaction per step.
     failure: BaseException | None = None
@@ -197,6 +201,38 @@ def ingest(db: Database, source: RowSource, rows: Rows, *, run_id: str | None = 
         _abandon(db, qid, failure)
         with mapped_errors(db.where):
             raise failure
+    return ImportResult(qid, len(sessions), n_datasets, changed, False)
+
+
+def _ingest_small(db: Database, source: RowSource, rows: Rows, sessions: pd.DataFrame, *, run_id: str | None,
+                  reuse: bool, name: str) -> ImportResult:
+    """:func:`ingest` of a few rows (a REST answer, an edit): read and checked once, then written
+    and completed in one short transaction, which holds the write lock for milliseconds."""
+    frames = list(rows.datasets(SMALL_ROWS))   # (the reader raises on a bad row: nothing written yet)
+    hashes = np.concatenate([_identity_hashes(f) for f in frames]) if frames else np.empty(0, dtype=np.uint64)
+    hashes.sort()
+    repeats = set(hashes[1:][hashes[1:] == hashes[:-1]].tolist())
+    repeated: list[str] = []
+    started = time.perf_counter()
+    params = {**source.params, "metadata": rows.metadata()}
+    with db.writing() as conn:
+        if reuse and source.checksum is not None:
+            other = _earlier(conn, source)
+            if other is not None and other.completed_at is not None:
+                return ImportResult(other.id, other.n_sessions, other.n_datasets, 0, True)
+        qid = new_query(conn, run_id, source.method, params, source=source.location, checksum=source.checksum,
+                        mode=source.mode)
+        _ingest_sessions(db, conn, qid, sessions)
+        changed = sum(_ingest_datasets(db, conn, qid, values, name)
+                      for values in _prepared(iter(frames), repeats, repeated) if len(values[0]))
+        n_datasets = sum(len(f) for f in frames) - len(repeated)
+        rows.verify()
+        conn.execute(queries.update().where(queries.c.id == qid).values(
+            n_sessions=len(sessions), n_datasets=n_datasets, duration_s=time.perf_counter() - started,
+            completed_at=utcnow()))
+    if repeated:
+        warnings.warn(f"{name}: {len(repeated)} row(s) repeat the dataset id, session and path of an earlier row "
+                      f"(first: {repeated[0]}); the first of each was imported", UserWarning, stacklevel=3)
     return ImportResult(qid, len(sessions), n_datasets, changed, False)
 
 
