@@ -13,12 +13,9 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-import pandas as pd
-
 from ..errors import BadInputError
-from ..sources.alyx import AlyxSource, safe_rel_path
+from ..sources.alyx import AlyxSource, dataset_rows, session_row
 from ..store import Store
-from ..tables import Frames
 from .recorder import Recorder
 
 MODES = ("local", "remote")
@@ -72,39 +69,31 @@ class RemoteTables:
         self._use = use
         self.refused: list[dict[str, Any]] = []   # records refused from the last answer (a path outside the session)
 
-    def take(self, path: str, params: dict[str, Any], answer: Any, sessions: pd.DataFrame,
-             datasets: pd.DataFrame | None) -> int | None:
+    def take(self, path: str, params: dict[str, Any], answer: Any, sessions: list[dict], datasets: list[dict]) -> int | None:
         """Record one REST answer (``path`` and ``params`` of the request; ``answer`` as received)
-        converted to ``sessions``/``datasets`` rows, and answer from the tables merged with it."""
-        if sessions.empty and (datasets is None or datasets.empty):
+        as its ``sessions``/``datasets`` rows (see :mod:`oneprov.sources.alyx`), and answer from the
+        tables merged with it."""
+        if not sessions and not datasets:
             return self._tables()
-        sessions = sessions.rename_axis("id")
-        if datasets is None:
-            datasets = _no_datasets()
         digest = hashlib.sha1(json.dumps(answer, sort_keys=True, default=str).encode()).hexdigest()
-        rows = Frames(sessions, datasets, f"{self.source.base_url}{path}", {})
-        result = self.store.ingest(rows, method="rest", location=f"{self.source.base_url}{path}",
-                                   params={"request": {"method": "GET", "path": path, "params": params}},
-                                   mode="remote", run_id=self.recorder.run(), checksum=digest, progress=False)
-        merged = self.store.merge_tables(self._tables(), result.query_id, self.recorder.run(),
-                                         source=str(self.source.root))
+        run = self.recorder.run()
+        query = self.store.record_answer(location=f"{self.source.base_url}{path}", sessions=sessions, datasets=datasets,
+                                         params={"request": {"method": "GET", "path": path, "params": params}},
+                                         checksum=digest, run_id=run)
+        merged = self.store.merge_tables(self._tables(), query, run, source=str(self.source.root))
         self._use(merged)
         return merged
 
     def sessions_page(self, params: dict[str, Any], page: list[dict]) -> None:
         """Record a page of a ``/sessions`` list (search results)."""
-        from one.converters import ses2records
-
-        if not page:
-            return
-        frame = pd.DataFrame([ses2records(record)[0] for record in page])
-        self.take("/sessions", params, page, frame, None)
+        if page:
+            self.take("/sessions", params, page, [session_row(r) for r in page], [])
 
     def session(self, eid: str) -> dict[str, Any] | None:
         """Read ``/sessions/<eid>`` (the session and its datasets), record it and merge it; return the
-        REST record (None when the server does not know the session)."""
+        REST record (None when the server does not know the session). Datasets that cannot be
+        recorded (a path outside the session folder ...) are left out, in ``self.refused``."""
         import requests
-        from one.converters import ses2records
 
         try:
             record = self.source.rest("sessions", "read", id=eid)
@@ -112,39 +101,9 @@ class RemoteTables:
             if exc.response is not None and exc.response.status_code == 404:
                 return None
             raise
-        record, self.refused = _without_unsafe(record)
-        session, datasets = ses2records(record)
-        self.take(f"/sessions/{eid}", {}, record, session.to_frame().T, datasets)
+        datasets, self.refused = dataset_rows(record)
+        self.take(f"/sessions/{eid}", {}, record, [session_row(record)], datasets)
         return record
-
-
-def _without_unsafe(record: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """A session record without the datasets whose data URL would put a file outside the session
-    folder (``..``, an absolute path), and those datasets."""
-    import urllib.parse
-
-    from one.alf.path import get_alf_path, get_session_path, remove_uuid_string
-
-    kept, refused = [], []
-    for d in record.get("data_dataset_session_related") or []:
-        try:
-            path = urllib.parse.urlsplit(d["data_url"], allow_fragments=False).path.strip("/")
-            problem = None if ".." not in path.split("/") else "it has a '..' part"
-            if problem is None:
-                file_path = get_alf_path(remove_uuid_string(path))
-                session = get_session_path(file_path)
-                rel = file_path[len(session.as_posix()):].strip("/") if session else None
-                problem = "it names no session folder" if rel is None else safe_rel_path(rel)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            problem = f"its data URL cannot be read ({exc})"
-        (refused if problem else kept).append({**d, "problem": problem} if problem else d)
-    return {**record, "data_dataset_session_related": kept}, refused
-
-
-def _no_datasets() -> pd.DataFrame:
-    from one.alf.cache import EMPTY_DATASETS_FRAME
-
-    return EMPTY_DATASETS_FRAME.copy()
 
 
 def rest_search_params(terms: dict[str, Any], search_terms: tuple[str, ...]) -> dict[str, Any]:

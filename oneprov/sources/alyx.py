@@ -218,3 +218,79 @@ def safe_rel_path(rel_path: str) -> str | None:
 
 
 __all__ = ["AlyxSource", "Download", "safe_rel_path"]
+
+
+# -- REST records as cache rows ------------------------------------------------------------------
+# As one-api's converters (``one.converters.ses2records``) make them, without pandas: a REST answer
+# holds tens of rows, and a DataFrame per answer costs more than recording it.
+
+def session_row(record: dict[str, Any]) -> dict[str, Any]:
+    """A ``/sessions`` record as a sessions-table row: ``uuid, lab, subject, date, number,
+    task_protocol, projects`` (projects joined by commas, a missing number 0), checked as an imported
+    table's rows are."""
+    import datetime as dt
+
+    uuid = alf.check_uuid(record.get("id") or str(record.get("url", ""))[-36:], "session id")
+    subject = record.get("subject")
+    if not isinstance(subject, str) or not subject:
+        raise ValueError(f"session {uuid}: missing subject")
+    try:
+        date = dt.datetime.fromisoformat(str(record["start_time"])).date()
+    except (KeyError, ValueError):
+        raise ValueError(f"session {uuid}: bad start_time {record.get('start_time')!r}") from None
+    number = record.get("number") or 0
+    if not isinstance(number, int) or not 0 <= number <= 999:
+        raise ValueError(f"session {uuid}: bad number {number!r}")
+    row = {"uuid": uuid, "lab": record.get("lab"), "subject": subject, "date": date, "number": number,
+           "task_protocol": record.get("task_protocol"),
+           "projects": ",".join(record.get("projects") or []) if isinstance(record.get("projects"), list)
+           else record.get("projects")}
+    for column in ("lab", "subject"):
+        value = row[column]
+        problem = alf.name_problem(value) if isinstance(value, str) else None
+        if not problem and isinstance(value, str) and len(value) > alf.MAX_CHARS[column]:
+            problem = f"it is longer than {alf.MAX_CHARS[column]} characters"
+        if problem:
+            raise ValueError(f"session {uuid}: {column} {value[:40]!r}: {problem}")
+    for column in ("task_protocol", "projects"):
+        if isinstance(row[column], str) and "\x00" in row[column]:
+            raise ValueError(f"session {uuid}: {column} contains a NUL byte")
+    return row
+
+
+def dataset_rows(record: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The datasets of a ``/sessions/<eid>`` record (``data_dataset_session_related``) as
+    datasets-table rows (``uuid, session_uuid, rel_path, collection, revision, name, file_size,
+    hash, exists, qc, default_revision``), and the records refused, each with its ``problem``
+    (a path leaving the session folder, a bad id or QC)."""
+    from one.alf.path import get_alf_path, get_session_path, remove_uuid_string
+
+    session = session_row(record)["uuid"]
+    rows, refused = [], []
+    for d in record.get("data_dataset_session_related") or []:
+        try:
+            path = urllib.parse.urlsplit(d["data_url"], allow_fragments=False).path.strip("/")
+            if ".." in path.split("/"):
+                raise ValueError("its path has a '..' part")
+            file_path = get_alf_path(remove_uuid_string(path))
+            session_path = get_session_path(file_path)
+            if session_path is None:
+                raise ValueError("its path names no session folder")
+            rel_path = file_path[len(session_path.as_posix()):].strip("/")
+            problem = safe_rel_path(rel_path)
+            if problem:
+                raise ValueError(f"its path {problem}")
+            collection, revision, name = alf.split_rel_path(rel_path)
+            size = d.get("file_size")
+            if size is not None and (not isinstance(size, int) or size < 0):
+                raise ValueError(f"bad file_size {size!r}")
+            md5 = d.get("hash") or None
+            if md5 is not None and (not isinstance(md5, str) or len(md5) > alf.MAX_CHARS["hash"] or "\x00" in md5):
+                raise ValueError(f"bad hash {md5!r}")
+            rows.append({"uuid": alf.check_uuid(d["id"], "dataset id"), "session_uuid": session, "rel_path": rel_path,
+                         "collection": collection, "revision": revision, "name": name, "file_size": size,
+                         "hash": md5, "exists": True, "qc": alf.qc_name(d.get("qc") or "NOT_SET"),
+                         "default_revision": d.get("default_revision") == "True"})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:   # (BadInputError is a ValueError)
+            refused.append({**d, "problem": str(exc)})
+    return rows, refused

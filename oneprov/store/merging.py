@@ -18,6 +18,36 @@ from .recording import new_query
 from .schema import dataset_records, queries, query_datasets, query_sessions, session_records, utcnow
 
 
+def _merge(links: sa.Table, records: sa.Table, key: list[str]) -> sa.Insert:
+    """INSERT the links of the merged query ``:qid``: the answer's records, and those of ``:tables``
+    whose row (``key``) the answer does not hold."""
+    kept, answered = links.alias("kept"), links.alias("answered")
+    record, answer_record = records.alias("r"), records.alias("a")
+    answer_links = sa.select(sa.bindparam("qid"), links.c.record_id).where(links.c.query_id == sa.bindparam("answer"))
+    kept_links = (
+        sa.select(sa.bindparam("qid"), kept.c.record_id).select_from(kept.join(record, record.c.id == kept.c.record_id))
+        .where(kept.c.query_id == sa.bindparam("tables"), ~sa.exists().where(
+            answered.c.query_id == sa.bindparam("answer"), answered.c.record_id == answer_record.c.id,
+            *(answer_record.c[c] == record.c[c] for c in key))))
+    return links.insert().from_select(["query_id", "record_id"], sa.union(answer_links, kept_links))
+
+
+def _adds(links: sa.Table) -> sa.Select:
+    """A link of ``:answer`` to a record that ``:tables`` does not hold (the answer changes the tables)."""
+    inner = links.alias("inner")
+    return sa.select(links.c.record_id).where(links.c.query_id == sa.bindparam("answer"), ~sa.exists().where(
+        inner.c.query_id == sa.bindparam("tables"), inner.c.record_id == links.c.record_id)).limit(1)
+
+
+_MERGE = [_merge(query_sessions, session_records, ["uuid"]),
+          _merge(query_datasets, dataset_records, ["uuid", "session_uuid"])]
+_ADDS = [_adds(query_sessions), _adds(query_datasets)]
+_COUNT = [sa.select(sa.func.count()).where(links.c.query_id == sa.bindparam("qid"))
+          for links in (query_sessions, query_datasets)]
+_COMPLETE = queries.update().where(queries.c.id == sa.bindparam("qid")).values(
+    n_sessions=sa.bindparam("n_sessions"), n_datasets=sa.bindparam("n_datasets"), completed_at=sa.bindparam("now"))
+
+
 def merge_tables(db: Database, tables: int | None, answer: int | None, run_id: str | None, *,
                  source: str | None = None) -> int | None:
     """The query of ``tables`` (a query id, or None for no tables yet) merged with the rows of
@@ -27,45 +57,15 @@ def merge_tables(db: Database, tables: int | None, answer: int | None, run_id: s
     if answer is None or answer == tables:
         return tables
     with db.writing() as conn:
-        if tables is not None and not _adds_anything(conn, tables, answer):
+        ids = {"tables": -1 if tables is None else tables, "answer": answer}   # (-1: no tables, no links)
+        if tables is not None and not any(conn.execute(adds, ids).first() for adds in _ADDS):
             return tables
         qid = new_query(conn, run_id, "merge_tables", {"tables": tables, "answer": answer}, source=source, mode="remote")
-        qs, qd = query_sessions.alias("qs"), query_datasets.alias("qd")
-        s, d = session_records.alias("s"), dataset_records.alias("d")
-        answered_s, answered_d = query_sessions.alias("as_"), query_datasets.alias("ad")
-        a_s, a_d = session_records.alias("a_s"), dataset_records.alias("a_d")
-        tables = -1 if tables is None else tables   # (no tables yet: the answer's rows alone)
-        answer_sessions = sa.select(sa.literal(qid), query_sessions.c.record_id).where(query_sessions.c.query_id == answer)
-        kept_sessions = (
-            sa.select(sa.literal(qid), qs.c.record_id).select_from(qs.join(s, s.c.id == qs.c.record_id))
-            .where(qs.c.query_id == tables, ~sa.exists().where(
-                answered_s.c.query_id == answer, answered_s.c.record_id == a_s.c.id, a_s.c.uuid == s.c.uuid)))
-        conn.execute(query_sessions.insert().from_select(["query_id", "record_id"],
-                                                         sa.union(answer_sessions, kept_sessions)))
-        answer_datasets = sa.select(sa.literal(qid), query_datasets.c.record_id).where(query_datasets.c.query_id == answer)
-        kept_datasets = (
-            sa.select(sa.literal(qid), qd.c.record_id).select_from(qd.join(d, d.c.id == qd.c.record_id))
-            .where(qd.c.query_id == tables, ~sa.exists().where(
-                answered_d.c.query_id == answer, answered_d.c.record_id == a_d.c.id, a_d.c.uuid == d.c.uuid,
-                a_d.c.session_uuid == d.c.session_uuid)))
-        conn.execute(query_datasets.insert().from_select(["query_id", "record_id"],
-                                                         sa.union(answer_datasets, kept_datasets)))
-        n_sessions = conn.execute(sa.select(sa.func.count()).where(query_sessions.c.query_id == qid)).scalar_one()
-        n_datasets = conn.execute(sa.select(sa.func.count()).where(query_datasets.c.query_id == qid)).scalar_one()
-        conn.execute(queries.update().where(queries.c.id == qid).values(
-            n_sessions=n_sessions, n_datasets=n_datasets, completed_at=utcnow()))
+        for merge in _MERGE:
+            conn.execute(merge, {**ids, "qid": qid})
+        n_sessions, n_datasets = (conn.execute(count, {"qid": qid}).scalar_one() for count in _COUNT)
+        conn.execute(_COMPLETE, {"qid": qid, "n_sessions": n_sessions, "n_datasets": n_datasets, "now": utcnow()})
     return qid
-
-
-def _adds_anything(conn: sa.Connection, tables: int, answer: int) -> bool:
-    """Whether ``answer`` links a record that ``tables`` does not."""
-    for links in (query_sessions, query_datasets):
-        inner = links.alias("inner")
-        new = sa.select(links.c.record_id).where(links.c.query_id == answer, ~sa.exists().where(
-            inner.c.query_id == tables, inner.c.record_id == links.c.record_id)).limit(1)
-        if conn.execute(new).first() is not None:
-            return True
-    return False
 
 
 def latest_tables(db: Database, source: str) -> int | None:
