@@ -45,6 +45,7 @@ def _server_repo(root: Path, n_files: int, size: int, sessions: tuple[int, int])
         repo.datasets.loc[i, "file_size"] = size
         repo.datasets.loc[i, "hash"] = hashlib.md5(data).hexdigest()
         enlarged += 1
+    repo.enlarged = enlarged
     return repo
 
 
@@ -106,7 +107,7 @@ def _compare(ctx: Any, Row: Any, alyx: Any, repo: Any, work: Path, label: str, k
                 f"oneprov {t_prov.describe()}, one-api {t_api.describe()}"))
     if downloads is None:
         return
-    n_files, size = downloads
+    n_files, size = repo.enlarged, downloads[1]
 
     def download_all(client: Any) -> float:
         started = time.perf_counter()

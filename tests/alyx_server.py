@@ -291,8 +291,16 @@ class AlyxServer:
         found = re.search(rf"\.({UUID})\.[^./]+$", path)
         if not found or found.group(1) not in self.datasets.index:
             return None
-        file = self.repo.dataset_path(found.group(1))
+        file = self._file_of(found.group(1))
         return file.read_bytes() if file.is_file() else None
+
+    def _file_of(self, did: str) -> Path:
+        """The repository file of a dataset (looked up once: pandas lookups per request would make
+        the server, not the clients, what a benchmark measures)."""
+        files = self.__dict__.setdefault("_files", {})
+        if did not in files:
+            files[did] = self.repo.dataset_path(did)
+        return files[did]
 
 
 def _paged(items: list, query: dict[str, str], page_size: int | None, url: str) -> Any:
@@ -315,6 +323,9 @@ def _paged(items: list, query: dict[str, str], page_size: int | None, url: str) 
 class _Handler(BaseHTTPRequestHandler):
     alyx: AlyxServer
     protocol_version = "HTTP/1.1"
+    # Buffered: the headers and a small body leave in one segment (unbuffered, the body's segment
+    # waits for the client's delayed ACK, 40 ms a request: the server would be what is measured).
+    wbufsize = 1 << 16
 
     def log_message(self, *args: Any) -> None:   # (quiet: tests read ``alyx.requests`` instead)
         pass
