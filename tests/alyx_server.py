@@ -89,6 +89,7 @@ class AlyxServer:
     def __post_init__(self) -> None:
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []   # (method, path with query) of every request
+        self.headers: list[dict[str, str]] = []     # the headers of every GET
         self.tokens: set[str] = set()
         self.most_at_once = 0   # the most data files served at the same time
         self._serving = 0
@@ -388,6 +389,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = urllib.parse.unquote(split.path)
         query = dict(urllib.parse.parse_qsl(split.query))
         self.alyx.requests.append(("GET", self.path))
+        self.alyx.headers.append(dict(self.headers))
         fault = self.alyx.take_fault(path)
         if fault is not None:
             if fault.kind == "status":

@@ -160,7 +160,7 @@ def test_download_faults(alyx, tmp_path, monkeypatch):
     folder = ours.eid2path(eid)
     assert not (folder / "alf" / "_ibl_wheel.position.npy").exists()
     alyx.fault("/data/*_ibl_wheel.timestamps*", "status", status=404, times=5)
-    with pytest.raises(ALFObjectNotFound):
+    with pytest.warns(Warning, match="HTTP 404"), pytest.raises(ALFObjectNotFound):
         ours.load_dataset(eid, "_ibl_wheel.timestamps.npy")
     assert not list(folder.rglob("*.tmp")), "no partial file is left"
     events = rows_of(tmp_path / "p.sqlite", "SELECT method, outcome, rel_path, detail FROM access_events ORDER BY id")
@@ -373,3 +373,49 @@ def test_a_killed_download_leaves_no_file_under_its_name(alyx, tmp_path):
     # the next client downloads it whole
     _, ours = clients(alyx, tmp_path)
     assert ours.load_dataset(eid, "trials.intervals.npy") is not None
+
+
+def test_rest_records_become_the_rows_one_api_converters_make(alyx, tmp_path):
+    """oneprov converts REST records without pandas; the rows equal ``one.converters.ses2records``'."""
+    import requests
+    from one.converters import ses2records
+
+    from oneprov.sources.alyx import dataset_rows, session_row
+
+    token = requests.post(alyx.url + "/auth-token", data=alyx.credentials).json()["token"]
+    for eid in alyx.repo.eids:
+        record = requests.get(f"{alyx.url}/sessions/{eid}", headers={"Authorization": f"Token {token}"}).json()
+        session, datasets = ses2records(record)
+        ours = session_row(record)
+        assert {k: ours[k] for k in ("subject", "lab", "date", "number", "task_protocol", "projects")} == \
+            {k: session[k] for k in ("subject", "lab", "date", "number", "task_protocol", "projects")}
+        rows, refused = dataset_rows(record)
+        assert not refused
+        theirs = datasets.reset_index()
+        mine = pd.DataFrame(rows)
+        assert sorted(mine["uuid"]) == sorted(theirs["id"].astype(str))
+        merged = mine.merge(theirs.assign(uuid=theirs["id"].astype(str)), on="uuid", suffixes=("", "_api"))
+        def values(column):
+            return [None if pd.isna(v) else v for v in merged[column]]
+        for column in ("rel_path", "hash", "exists", "default_revision"):
+            assert values(column) == values(f"{column}_api"), column
+        assert (merged["file_size"].astype("Int64") == merged["file_size_api"]).fillna(True).all()
+        assert (merged["qc"] == merged["qc_api"].astype(str)).all()
+
+
+def test_every_request_carries_one_api_version(alyx, tmp_path):
+    import one
+
+    _, ours = clients(alyx, tmp_path)
+    ours.list_datasets(alyx.repo.eid)
+    rest = [h for (m, p), h in zip([r for r in alyx.requests if r[0] == "GET"], alyx.headers) if not p.startswith("/data/")]
+    assert rest and all(h.get("ONE-API-Version") == one.__version__ for h in rest)
+    assert all(h.get("Authorization", "").startswith("Token ") for h in rest)
+
+
+def test_a_download_refused_by_the_server_is_a_clear_error(alyx, tmp_path):
+    alyx.fault("/data/*trials.choice*", "status", status=403)
+    _, ours = clients(alyx, tmp_path)
+    with pytest.warns(Warning, match=r"could not be downloaded: HTTP 403 from http://127\.0\.0\.1"):
+        with pytest.raises(ALFObjectNotFound):
+            ours.load_dataset(alyx.repo.eid, "trials.choice.npy")

@@ -791,6 +791,8 @@ class ONE(ConversionMixin):
             events.append(self._event(method, outcome, row, requested_revision=requested_revision, path=got.path))
             if got.status.endswith("mismatch"):
                 _warn(f"{got.status.replace('_', ' ')} on dataset {row.rel_path} ({got.path}): not loaded")
+            elif got.download is not None and got.status == "download_failed":
+                _warn(f"dataset {row.rel_path} could not be downloaded: {got.download.detail}")
         if events:
             self._recorder.record_events(events)
         return [ALFPath(got.path) if got.ok else None for got in fetched]
