@@ -127,7 +127,6 @@ def test_search_pages_are_fetched_and_recorded_lazily(alyx, tmp_path):
     db = tmp_path / "p.sqlite"
     first = rows_of(db, "SELECT count(*) AS n FROM queries WHERE method = 'search'")["n"].iloc[0]
     assert first == 1 and len(eids) == len(alyx.sessions)
-    assert [str(e) for e in eids] == alyx.search({})[0:0] or True
     listed = [str(e) for e in eids]
     assert listed == [r["id"] for r in alyx.search({"lab": "lab"})]
     pages = rows_of(db, "SELECT params FROM queries WHERE method = 'search' ORDER BY id")["params"]

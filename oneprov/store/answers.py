@@ -5,14 +5,14 @@ normalised (``oneprov.sources.alyx``): the general ingest (:mod:`.ingest`), buil
 rows, costs far more than such an answer. The rule is the same: a row whose values equal its current
 record is linked to that record; any other row becomes a new record of this query.
 
->>> import datetime as dt
+>>> import datetime as dt, tempfile, pathlib
 >>> from oneprov import open_store
->>> store = open_store(":memory:")
+>>> store = open_store(pathlib.Path(tempfile.mkdtemp()) / "p.sqlite")
 >>> row = {"uuid": "3f0b4c1e-8a6f-4c1e-9d4b-2a7e5f6c8d90", "lab": "lab", "subject": "S1",
 ...        "date": dt.date(2024, 1, 8), "number": 1, "task_protocol": None, "projects": None}
 >>> first = record_answer(store, location="https://alyx/sessions", sessions=[row], datasets=[])
 >>> again = record_answer(store, location="https://alyx/sessions", sessions=[row], datasets=[])
->>> store.sql("SELECT count(*) AS n FROM session_records")["n"].iloc[0]
+>>> int(store.sql("SELECT count(*) AS n FROM session_records")["n"].iloc[0])
 1
 """
 from __future__ import annotations
