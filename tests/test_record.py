@@ -219,3 +219,22 @@ def test_download_only_and_a_failed_remote_load(alyx, tmp_path):
     failed = recorded[recorded["rel_path"] == "alf/trials.intervals.npy"]
     assert failed["outcome"].tolist() == ["failed"] and failed["record_id"].notna().all()
     handle.stop()
+
+
+def test_load_datasets_collection_and_from_id_are_recorded(local, tmp_path):
+    repo, one = local
+    handle = oneprov.record(one, db=tmp_path / "p.sqlite")
+    one.record_loaded = True
+    data, records = one.load_datasets(repo.eid, ["trials.intervals.npy", "trials.choice.npy"])
+    assert len(data) == 2 and all(d is not None for d in data)
+    collection = one.load_collection(repo.eid, "alf", object="trials")
+    assert "trials" in collection
+    one.load_dataset_from_id(repo.revised_id)
+    db = tmp_path / "p.sqlite"
+    assert sorted(events(db, method="load_datasets")["rel_path"]) == ["alf/trials.choice.npy", "alf/trials.intervals.npy"]
+    assert set(events(db, method="load_collection")["rel_path"]) >= {"alf/trials.intervals.npy", "alf/trials.choice.npy"}
+    assert events(db, method="load_dataset_from_id")["dataset_id"].tolist() == [repo.revised_id]
+    ids, _ = one.save_loaded_ids(clear_list=False)
+    stored = handle.store.sql("SELECT DISTINCT dataset_id FROM access_events WHERE listed AND outcome = 'loaded'")
+    assert sorted(map(str, ids)) == sorted(stored["dataset_id"])
+    handle.stop()

@@ -58,9 +58,11 @@ def test_loads_and_loaded_ids_as_one_api(alyx, tmp_path, monkeypatch):
     for client in (ours, theirs):
         client.load_object(ref, "trials")
         client.load_dataset(other, "probes.description")
-    ids_ours, _ = ours.save_loaded_ids(clear_list=False)
-    ids_theirs, _ = theirs.save_loaded_ids(clear_list=False)
+    ids_ours, csv_ours = ours.save_loaded_ids(clear_list=False)
+    ids_theirs, csv_theirs = theirs.save_loaded_ids(clear_list=False)
     assert sorted(map(str, ids_ours)) == sorted(map(str, ids_theirs))
+    a, b = pd.read_csv(csv_ours), pd.read_csv(csv_theirs)   # ONE's CSV: the same column, the same ids
+    assert list(a.columns) == list(b.columns) and sorted(a.iloc[:, 0]) == sorted(b.iloc[:, 0])
     s_ours, _ = ours.save_loaded_ids(sessions_only=True)
     s_theirs, _ = theirs.save_loaded_ids(sessions_only=True)
     assert sorted(map(str, s_ours)) == sorted(map(str, s_theirs)) == sorted([eid, other])
@@ -267,8 +269,9 @@ def test_a_count_changing_between_pages_warns_as_one_api(alyx, tmp_path):
 
 def test_search_terms_reach_alyx_as_one_api_sends_them(alyx, tmp_path):
     peer, ours = clients(alyx, tmp_path)
+    alyx.tags["2026_Q4"] = list(alyx.datasets.index)
     terms = dict(laboratory="cortex", date_range=["2024-01-01", "2024-12-31"], datasets=["trials.intervals.npy"],
-                 dataset_qc_lte="WARNING", django="number__gte,0", number=1)
+                 dataset_qc_lte="WARNING", django="number__gte,0", number=1, tag="2026_Q4")
     sent = {}
     for name, client in (("one-api", peer()), ("oneprov", ours)):
         before = len(alyx.requests)

@@ -371,7 +371,17 @@ def _key(row: dict) -> tuple:
 
 
 def _frame(datasets: Any) -> pd.DataFrame:
-    return datasets.copy() if isinstance(datasets, pd.DataFrame) else pd.DataFrame(datasets)
+    """What one-api passed to ``_check_filesystem`` as a frame: a frame, or one row (a Series named
+    by its ``(eid, id)``, as ``load_dataset_from_id`` passes it)."""
+    if isinstance(datasets, pd.DataFrame):
+        return datasets.copy()
+    if isinstance(datasets, pd.Series):
+        frame = datasets.to_frame().T
+        name = datasets.name
+        frame.index = pd.MultiIndex.from_tuples([name], names=["eid", "id"]) if isinstance(name, tuple) \
+            else pd.Index([name], name="id")
+        return frame
+    return pd.DataFrame(datasets)
 
 
 def _frame_rows(frame: pd.DataFrame) -> list[dict]:
