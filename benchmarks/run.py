@@ -2,7 +2,7 @@
 """oneprov against the real one-api and raw sqlite3/pyarrow, side by side, on one generated cache.
 
     python benchmarks/run.py [--scale smoke|medium|full] [--out results.md] [--json results.json]
-                             [--sections open,load,search,revision,export,concurrency,memory]
+                             [--sections open,load,search,revision,export,concurrency,remote,memory]
                              [--memory] [--memory-rows N] [--workdir DIR] [--keep]
 
 Scales: smoke (500 sessions / 10,000 datasets, for CI: well under a minute), medium (5,000 /
@@ -40,7 +40,7 @@ from typing import Any, Callable
 import benchlib as bl  # noqa: E402  (puts the checkout on sys.path)
 from benchlib import LOAD_COLLECTION, LOAD_NAME, QC_KEPT, REVISION_CUTOFF, fmt_rate, fmt_seconds, measure
 
-SECTIONS = ["open", "load", "search", "revision", "export", "concurrency", "memory"]
+SECTIONS = ["open", "load", "search", "revision", "export", "concurrency", "remote", "memory"]
 IMPORT_TARGET_ROWS_S = 300_000
 OPEN_TARGET_S = 0.1
 LOAD_TARGET_S = 0.001
@@ -359,6 +359,13 @@ def section_search(ctx: Context) -> None:
                      f"only in oneprov: {sorted(a - b)[:3]}, only in one-api: {sorted(b - a)[:3]}")
     ctx.note("search/list: every oneprov call also commits a recorded query with the rows it returned "
              "(query_sessions/query_datasets); one-api records nothing.")
+
+
+def section_remote(ctx: Context) -> None:
+    """Remote mode against one-api's OneAlyx on a test Alyx (benchmarks/remote.py)."""
+    from remote import section_remote as run_remote
+
+    run_remote(ctx, Row)
 
 
 # -- 4. revision choice ------------------------------------------------------------------------

@@ -8,7 +8,7 @@ True
 from .errors import BadInputError, DatabaseError, OneprovError, SchemaVersionError
 
 __version__ = "0.1.0"
-__all__ = ["ONE", "One", "open_store", "Store", "OneprovError", "BadInputError", "DatabaseError", "SchemaVersionError", "__version__"]
+__all__ = ["ONE", "One", "record", "UnsupportedOneApi", "open_store", "Store", "OneprovError", "BadInputError", "DatabaseError", "SchemaVersionError", "__version__"]
 
 
 def __getattr__(name: str):
@@ -17,7 +17,7 @@ def __getattr__(name: str):
     if name in ("Store", "open_store"):
         from . import store
         return getattr(store, name)
-    if name in ("ONE", "One"):
+    if name in ("ONE", "One", "record", "Recording", "UnsupportedOneApi"):
         from . import client
         return getattr(client, name)
     raise AttributeError(f"module 'oneprov' has no attribute {name!r}")

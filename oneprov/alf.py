@@ -80,6 +80,15 @@ def name_problem(text: str, *, path: bool = False) -> str | None:
     return None
 
 
+def with_uuid(rel_path: str, dataset_id: str) -> str:
+    """``rel_path`` with the dataset UUID before the file's extension, as data servers name files
+    (``alf/trials.intervals.npy`` -> ``alf/trials.intervals.<uuid>.npy``)."""
+    folder, _, name = rel_path.rpartition("/")
+    stem, dot, ext = name.rpartition(".")
+    named = f"{stem}.{dataset_id}.{ext}" if dot else f"{name}.{dataset_id}"
+    return f"{folder}/{named}" if folder else named
+
+
 def split_rel_path(rel_path: str) -> tuple[str, str, str]:
     """Split an ALF ``rel_path`` into ``(collection, revision, name)``; ``''`` for absent parts."""
     m = REL_PATH_RE.match(rel_path) if isinstance(rel_path, str) else None

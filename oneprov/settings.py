@@ -24,7 +24,9 @@ DB_ENV = "ONEPROV_DB"
 PROJECT_ENV = "ONEPROV_PROJECT"
 CACHE_DIR_ENV = "ONE_CACHE_DIR"
 REVISION_CUTOFF_ENV = "ONE_REVISION_LAST_BEFORE"
+DOWNLOAD_THREADS_ENV = "ONE_HTTP_DL_THREADS"
 DEFAULT_PROJECT = "default"
+DEFAULT_DOWNLOAD_THREADS = 4   # one-api's
 
 
 def _read(name: str) -> str | None:
@@ -55,3 +57,12 @@ def cache_dir() -> str | None:
 def revision_cutoff() -> str | None:
     """``$ONE_REVISION_LAST_BEFORE``, read now, or None."""
     return _read(REVISION_CUTOFF_ENV)
+
+
+def download_threads() -> int:
+    """Parallel downloads in remote mode: ``$ONE_HTTP_DL_THREADS`` (one-api's variable), else 4."""
+    value = _read(DOWNLOAD_THREADS_ENV)
+    try:
+        return max(1, int(value)) if value else DEFAULT_DOWNLOAD_THREADS
+    except ValueError:
+        raise BadInputError(f"${DOWNLOAD_THREADS_ENV}={value!r}: expected a number of parallel downloads") from None

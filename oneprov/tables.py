@@ -623,7 +623,9 @@ class Frames:
         return _read_sessions(_Table.arrow(f"{self.name}['sessions']", _arrow(self.sessions_frame)))
 
     def datasets(self, batch_size: int) -> Iterator[pd.DataFrame]:
-        return _iter_datasets(_Table.arrow(f"{self.name}['datasets']", _arrow(self.datasets_frame)), batch_size)
+        if "_datasets_arrow" not in self.__dict__:   # (read twice by an import: converted once)
+            object.__setattr__(self, "_datasets_arrow", _arrow(self.datasets_frame))
+        return _iter_datasets(_Table.arrow(f"{self.name}['datasets']", self.__dict__["_datasets_arrow"]), batch_size)
 
     def count_datasets(self) -> int:
         return len(self.datasets_frame)

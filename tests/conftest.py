@@ -50,3 +50,19 @@ def repo(tmp_path_factory):
     from oneprov.synthetic import make_repository
 
     return make_repository(tmp_path_factory.mktemp("repo"))
+
+
+@pytest.fixture
+def alyx(tmp_path, monkeypatch):
+    """A test Alyx on 127.0.0.1 (tests/alyx_server.py) over a small synthetic repository, with
+    one-api's saved parameters for it (data server, user, cache folder ``tmp_path/cache``) in a new $HOME."""
+    from alyx_server import AlyxServer
+    from oneprov.synthetic import make_repository
+
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ONE_REVISION_LAST_BEFORE", raising=False)
+    monkeypatch.delenv("ONEPROV_DB", raising=False)
+    with AlyxServer(make_repository(tmp_path / "server")) as server:
+        server.one_params(tmp_path / "cache")
+        yield server

@@ -9,7 +9,7 @@ import sys
 import pandas as pd
 import pytest
 
-from oneprov import ONE, open_store
+from oneprov import BadInputError, ONE, open_store
 from oneprov.store.migrate import check
 from oneprov.errors import ALFObjectNotFound
 
@@ -105,8 +105,9 @@ def test_ids_are_validated(cache, tmp_path, db_url):
         one.load_dataset_from_id("1234")
 
 
-def test_remote_mode_is_refused_clearly(cache):
-    with pytest.raises(NotImplementedError, match="local"):
+def test_remote_mode_without_an_alyx_is_refused_clearly(cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))   # (no one-api parameters)
+    with pytest.raises(BadInputError, match="base_url"):
         ONE(cache_dir=cache, mode="remote")
 
 

@@ -312,7 +312,7 @@ def test_missing_id_column_is_a_key_error_naming_the_file(tmp_path, repo):
 
 def test_construction_defaults_follow_one_api(tmp_path, monkeypatch, repo):
     """``ONE()`` with no cache_dir uses one-api's default cache folder (its params); remote-only
-    arguments and unknown modes are refused as one-api refuses them or as not available here."""
+    unknown modes are refused as one-api refuses them; an Alyx that cannot be reached means offline."""
     monkeypatch.setenv("HOME", str(tmp_path))         # no one-api params of this machine's user
     monkeypatch.setattr(one.params, "CACHE_DIR_DEFAULT", str(tmp_path / "Downloads" / "ONE"))
     default = Path(one.params.get_cache_dir())
@@ -323,8 +323,10 @@ def test_construction_defaults_follow_one_api(tmp_path, monkeypatch, repo):
     assert ours.search() and ours.offline
     with pytest.raises(ValueError):
         ONE(cache_dir=repo.root, mode="sideways", db=tmp_path / "q.sqlite")
-    with pytest.raises(NotImplementedError, match="base_url"):
-        ONE(cache_dir=repo.root, base_url="https://alyx.example.org", db=tmp_path / "q.sqlite")
+    with pytest.warns(UserWarning, match="cannot reach"):   # (nothing listens there: offline, from the tables)
+        offline = ONE(cache_dir=repo.root, base_url="http://127.0.0.1:9", username="u", password="p", silent=True,
+                      db=tmp_path / "q.sqlite")
+    assert offline.mode == "local" and offline.search()
     with pytest.raises(NotImplementedError, match="clobber=False"):
         ours.load_cache(clobber=False)
     ours.close()

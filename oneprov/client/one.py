@@ -25,6 +25,7 @@ import contextlib
 import datetime as dt
 import functools
 import gc
+import json
 import logging
 import os
 import time
@@ -43,9 +44,11 @@ from ..errors import (
     ALFError, ALFMultipleCollectionsFound, ALFMultipleObjectsFound, ALFObjectNotFound, ALFWarning,
     BadInputError,
 )
+from ..sources.alyx import AlyxSource
 from ..sources.local import LocalSource
 from ..store import Store, open_store
 from ..store.catalog import DATASET_COLUMNS, Catalog
+from . import remote
 from .recorder import Recorder
 from .shapes import SEARCH_TERMS, Bunch, autocomplete, dataset_frame, load_object, read_file, session_frame
 
@@ -54,10 +57,6 @@ __all__ = ["ONE", "One"]
 #: Where one-api logs what it logs (not warns) about a load, e.g. datasets not in the cache; the same
 #: logger here, so that logging set up for ONE (levels, handlers, ``assertLogs``) keeps working.
 _log = logging.getLogger("one.api")
-
-#: Arguments of one-api's ``ONE()``/``OneAlyx`` that only remote mode uses (not yet here).
-REMOTE_ARGUMENTS = ("base_url", "username", "password", "cache_rest", "org")
-
 
 def _caller_level() -> int:
     """The ``stacklevel`` (for a ``warnings.warn`` in :func:`_warn`) that names the line of code
@@ -111,21 +110,20 @@ class ONE(ConversionMixin):
     _search_terms = SEARCH_TERMS
     uuid_filenames = False
 
-    def __init__(self, cache_dir: str | os.PathLike | None = None, mode: str = "local", wildcards: bool = True,
-                 tables_dir: str | os.PathLike | None = None, *, db: Any = None, project: str | None = None,
-                 label: str | None = None, silent: bool = False, **kwargs: Any):
-        remote = sorted(set(kwargs) & set(REMOTE_ARGUMENTS))
-        if remote or mode == "remote":
-            raise NotImplementedError(f"{'mode=remote' if mode == 'remote' else remote[0]}: oneprov's ONE works in "
-                                      "local mode only for now; use mode='local'")
+    def __init__(self, cache_dir: str | os.PathLike | None = None, mode: str | None = None, wildcards: bool = True,
+                 tables_dir: str | os.PathLike | None = None, *, base_url: str | None = None,
+                 username: str | None = None, password: str | None = None, token: Any = None,
+                 cache_rest: str | None = "GET", db: Any = None, project: str | None = None, label: str | None = None,
+                 silent: bool = False, **kwargs: Any):
         if kwargs:
             raise TypeError(f"ONE() got an unexpected keyword argument {sorted(kwargs)[0]!r}")
-        if mode != "local":
-            raise ValueError(f'Mode "{mode}" not recognized')
+        mode = remote.decide_mode(mode, cache_dir, base_url, bool(username or password or token))
         if not cache_dir:
             from one.params import get_cache_dir   # one-api's saved parameters (or its default folder)
-            cache_dir = settings.cache_dir() or get_cache_dir()
+            cache_dir = settings.cache_dir() or get_cache_dir(base_url if mode == "remote" else None)
         self.cache_dir = Path(cache_dir).expanduser().absolute()
+        if mode == "remote":
+            remote.check_cache_dir(self.cache_dir)
         if not self.cache_dir.is_dir():
             raise BadInputError(f"cache_dir {str(self.cache_dir)!r} does not exist")
         self.mode = mode
@@ -135,21 +133,65 @@ class ONE(ConversionMixin):
         self._tables_dir = Path(tables_dir).expanduser().absolute() if tables_dir else self.cache_dir
         settings.project(project)   # (a blank project is refused before the database is opened)
         self.store: Store = open_store(db or settings.database() or self.cache_dir / "provenance.sqlite")
-        self._source = LocalSource(self.cache_dir)
-        self._recorder = Recorder(self.store, project, label, cache_dir=self.cache_dir)
+        self._remote: remote.RemoteTables | None = None
+        if mode == "remote" and not base_url and not remote.saved_alyx(cache_dir if cache_dir else None):
+            raise BadInputError("mode='remote' needs an Alyx database: pass base_url= (and username=), or save "
+                                "one-api's parameters for it first (one.api.OneAlyx.setup)")
+        self._source: LocalSource | AlyxSource = LocalSource(self.cache_dir)
+        offline_because: BaseException | None = None
+        if mode == "remote":
+            try:
+                self._source = AlyxSource(base_url, self.cache_dir, username=username, password=password, token=token,
+                                          silent=silent, cache_rest=cache_rest)
+                base_url = self._source.base_url
+            except ConnectionError as exc:   # (one-api's AlyxClient raises the builtin when it cannot log in)
+                offline_because = exc
+        self._recorder = Recorder(self.store, project, label, cache_dir=self.cache_dir,
+                                  base_url=base_url if mode == "remote" else None)
         self._catalog = Catalog(self.store, None)
         self._folders: dict[str, Path] = {}   # eid -> session folder, for the current catalog
         self._edits: Any = None                # one-api's tables, once ``_cache`` was asked for
         self._saved_query: int | None = None   # the query whose tables are as loaded or last saved
-        self.load_cache(self._tables_dir)
+        if isinstance(self._source, AlyxSource):
+            self._remote = remote.RemoteTables(self.store, self._source, self._recorder,
+                                               lambda: self._catalog.query_id, self._use_tables)
+        elif offline_because is not None:
+            _warn(f"cannot reach {base_url or 'Alyx'} ({offline_because}): working offline, from the tables "
+                  "and files recorded in this cache folder", UserWarning)
+            self.mode = "local"
+            self.load_cache(self._tables_dir)
+        else:
+            self.load_cache(self._tables_dir)
 
     def __repr__(self) -> str:
+        if self._remote is not None:
+            return f"One ({'off' if self.offline else 'on'}line, {self._source.base_url})"
         return f"One (offline, {self.cache_dir})"
 
     @property
     def offline(self) -> bool:
-        """True: this client works on local files only (one-api's ``offline`` in local mode)."""
-        return True
+        """Whether this client works on local files only (local mode), as one-api's ``offline``."""
+        return self.mode == "local" or self._remote is None
+
+    @property
+    def alyx(self) -> Any:
+        """one-api's ``AlyxClient`` of a remote client (its REST requests made directly are not recorded)."""
+        if self._remote is None:
+            raise AttributeError("a local-mode client has no Alyx connection")
+        return self._source.alyx
+
+    def _remote_call(self, query_type: str | None) -> bool:
+        """Whether a call with this ``query_type`` goes to Alyx (the one place the mode is decided)."""
+        if query_type is not None and query_type not in remote.MODES:
+            raise ValueError(f'query_type "{query_type}" not recognized: use "local" or "remote"')
+        return self._remote is not None and (query_type or self.mode) == "remote"
+
+    def _use_tables(self, query_id: int | None) -> None:
+        """Answer from the tables of ``query_id`` (a remote client's tables after an answer)."""
+        if query_id != self._catalog.query_id:
+            self._catalog = Catalog(self.store, query_id)
+            self._folders = {}
+            self._edits = None
 
     @staticmethod
     def setup(cache_dir: str | os.PathLike | None = None, silent: bool = False, **kwargs: Any) -> "ONE":
@@ -211,26 +253,101 @@ class ONE(ConversionMixin):
 
     # -- cache tables -----------------------------------------------------------------------
 
-    def load_cache(self, tables_dir: str | os.PathLike | None = None, clobber: bool = True, **kwargs: Any) -> Any:
+    def load_cache(self, tables_dir: str | os.PathLike | None = None, clobber: bool | None = None,
+                   tag: str | None = None, **kwargs: Any) -> Any:
         """Import the cache tables of ``tables_dir`` (default: this client's) and answer from them;
         return when they were loaded (one-api's ``loaded_time``).
 
-        Unlike one-api, the loaded-ids list and every record survive (they are in the database).
-        ``clobber=False`` is refused, as in one-api.
+        In remote mode, first download the server's tables when they are newer than the local ones
+        (or of another origin or data-release ``tag``; always with ``clobber``), as one-api does:
+        ``GET cache/info/<tag>``, then the cache zip. The import records which tables it was
+        (their origin, ``date_created``, tag and checksum). In local mode ``clobber=False`` is
+        refused, as in one-api. Unlike one-api, the loaded-ids list and every record survive.
         """
-        if not clobber:
+        if self._remote_call(None):
+            return self._load_remote_cache(tables_dir, bool(clobber), tag)
+        if clobber is False:
             raise NotImplementedError("clobber=False not implemented yet")
         folder = Path(tables_dir).expanduser().absolute() if tables_dir else self._tables_dir
         self._edits = None
         self._folders = {}
         self._tables_dir = folder
         if not (folder / "datasets.pqt").exists():
+            recorded = self.store.latest_tables(str(self.cache_dir))
+            if recorded is not None:
+                _log.info(f"No cache tables in {folder}: answering from the tables that remote queries "
+                          f"brought into this cache folder (query {recorded})")
+                self._catalog = Catalog(self.store, recorded)
+                self._saved_query = None
+                return dt.datetime.now()
             _warn(f"No cache tables found in {folder}", UserWarning)
             self._catalog = Catalog(self.store, None)
             return None
         self._catalog = Catalog(self.store, self.store.import_cache(folder).query_id)
         self._saved_query = self._catalog.query_id
         return dt.datetime.now()
+
+    def _load_remote_cache(self, tables_dir: Any, clobber: bool, tag: str | None) -> Any:
+        """``load_cache`` in remote mode (see :meth:`load_cache`)."""
+        import one
+        import packaging.version
+        import requests
+
+        folder = Path(tables_dir).expanduser().absolute() if tables_dir else (
+            self.cache_dir / tag if tag else self._tables_dir)
+        local = self._tables_metadata(folder)
+        try:
+            info = self._source.alyx.get(f"cache/info/{tag or ''}".strip("/"), expires=True)
+            if tag is not None and tag not in info.get("database_tags", []):
+                raise BadInputError(f"tag {tag!r} is not a data-release tag of {self._source.base_url}")
+            needed = packaging.version.parse(info.get("min_api_version", "0.0.0"))
+            if packaging.version.parse(one.__version__) < needed:
+                _warn(f"Newer cache tables require ONE version {needed} or greater", UserWarning)
+                return None
+            created = dt.datetime.fromisoformat(info["date_created"])
+            fresh = (local.get("date_created") is not None
+                     and abs(created - local["date_created"]) < dt.timedelta(minutes=1)
+                     and info.get("origin") in local.get("origins", ())
+                     and (tag or None) == local.get("tag"))
+            if clobber or not fresh:
+                remote.download_tables(self._source, info.get("location"), folder)
+        except requests.HTTPError as exc:
+            _log.error(f"HTTPError: Failed to load the remote cache file ({exc})")
+            return None
+        except (ConnectionError, requests.ConnectionError) as exc:
+            self._go_offline(exc)
+            return self.load_cache(folder if (folder / "datasets.pqt").exists() else None)
+        self._tables_dir = folder
+        result = self.store.import_cache(folder, run_id=self._recorder.run(), origin={
+            "base_url": self._source.base_url, "cache_info": info, "tag": tag})
+        self._use_tables(result.query_id)
+        self._saved_query = result.query_id
+        return dt.datetime.now()
+
+    @staticmethod
+    def _tables_metadata(folder: Path) -> dict[str, Any]:
+        """The creation date, origins and tag of the cache tables in ``folder`` (empty without tables)."""
+        from ..tables import read_metadata
+
+        path = folder / "datasets.pqt"
+        if not path.exists():
+            return {}
+        meta = read_metadata(path)
+        created = meta.get("date_created")
+        tags = alf.ensure_list(meta.get("database_tags") or [])
+        return {"date_created": dt.datetime.fromisoformat(created) if created else None,
+                "origins": set(alf.ensure_list(meta.get("origin") or [])), "tag": tags[0] if tags else None}
+
+    def _go_offline(self, error: BaseException) -> None:
+        """The server cannot be reached: answer from what is recorded (local mode), and say so once."""
+        if self.mode != "local":
+            _warn(f"cannot reach {self._source.base_url} ({type(error).__name__}): working offline, from the "
+                  "tables and files recorded in this cache folder", UserWarning)
+        self.mode = "local"
+        if self._catalog.query_id is None:
+            recorded = self.store.latest_tables(str(self.cache_dir))
+            if recorded is not None:
+                self._use_tables(recorded)
 
     def reset_cache(self) -> None:
         """Forget the loaded tables (the client then sees nothing); records and the list remain."""
@@ -250,8 +367,8 @@ class ONE(ConversionMixin):
         query = self._catalog.query_id
         if query is None or (query == self._saved_query and not clobber):
             return {}
-        written = export.export_cache(self.store, Path(save_dir or self.cache_dir), query=query,
-                                      clobber=clobber, origin=None)
+        written = export.export_cache(self.store, Path(save_dir or self.cache_dir), query=query, clobber=clobber,
+                                      origin=None if self._remote is None else self._source.base_url)
         self._saved_query = query
         return written
 
@@ -352,19 +469,28 @@ class ONE(ConversionMixin):
         if not alf.UUID_RE.match(str(eid).lower()):
             raise ValueError(f"{eid} is not a valid eID/UUID string")
         session = self._catalog.session(str(eid).lower())
+        if session is None and self._remote_call(query_type):
+            self._remote.sessions_page({"id": str(eid)}, self._source.rest("sessions", "list", id=str(eid)))
+            session = self._catalog.session(str(eid).lower())
         return None if session is None else ALFPath(self._source.session_folder(session))
 
     @_with_tables
-    def path2eid(self, path_obj: Any) -> uuid.UUID | list | None:
-        """The eid of the session whose folder ``path_obj`` is (or is inside)."""
+    def path2eid(self, path_obj: Any, query_type: str | None = None) -> uuid.UUID | list | None:
+        """The eid of the session whose folder ``path_obj`` is (or is inside); in remote mode, when
+        the tables do not know it, searched in Alyx."""
         if isinstance(path_obj, (list, tuple)):
-            return [self.path2eid(p) for p in path_obj]
+            return [self.path2eid(p, query_type) for p in path_obj]
         session_path = get_session_path(path_obj)
         if session_path is None:
             return None
         subject, date, number = session_path.parts[-3:]
         found = self._catalog.find_session(subject, date, int(number))
-        return uuid.UUID(found[0]) if len(found) == 1 else None
+        if len(found) == 1:
+            return uuid.UUID(found[0])
+        if not found and self._remote_call(query_type):
+            eids = self.search(subject=subject, date_range=date, number=number, query_type="remote")
+            return eids[0] if len(eids) else None
+        return None
 
     @_with_tables
     def path2record(self, path: Any) -> pd.Series | None:
@@ -405,9 +531,6 @@ class ONE(ConversionMixin):
 
     # -- searching and listing --------------------------------------------------------------
 
-    def search_terms(self, query_type: str | None = None) -> tuple[str, ...]:
-        return self._search_terms
-
     @_with_tables
     def search(self, details: bool = False, query_type: str | None = None, **kwargs: Any):
         """Sessions matching every term, newest first: a list of eids (UUID), and their records if asked.
@@ -415,6 +538,12 @@ class ONE(ConversionMixin):
         Terms: subject, lab, projects, task_protocol (partial matches, regexes), date_range, number,
         datasets (names all present), dataset_qc_lte. Unique prefixes of term names are accepted.
         """
+        if self._remote_call(query_type):
+            import requests
+            try:
+                return self._search_remote(details, kwargs)
+            except requests.ConnectionError as exc:
+                self._go_offline(exc)
         started = time.perf_counter()
         terms = {autocomplete(k): v for k, v in kwargs.items()}
         with _gc_paused():
@@ -432,6 +561,67 @@ class ONE(ConversionMixin):
             return [], None
         records = session_frame(found.rows).reset_index(drop=True).to_dict("records", into=Bunch)
         return eids, records
+
+    def search_terms(self, query_type: str | None = None) -> tuple[str, ...]:
+        """The search terms: one-api's local ones, and in remote mode the ``/sessions`` list filters."""
+        if not self._remote_call(query_type):
+            return self._search_terms
+        fields = self._source.alyx.rest_schemes.field_names("sessions", "list")
+        return tuple(dict.fromkeys([*self._search_terms, *fields, "django"]))
+
+    def _search_remote(self, details: bool, kwargs: dict[str, Any]):
+        """``search`` through ``GET /sessions``: each page of the answer recorded and merged as it
+        arrives (later pages lazily, as one-api fetches them)."""
+        from one.util import LazyId
+
+        started = time.perf_counter()
+        params = remote.rest_search_params(dict(kwargs), self.search_terms("remote"))
+        answer = self._source.rest("sessions", "list", **params)
+
+        def record(page: list[dict], offset: int = 0) -> None:
+            self._remote.sessions_page(params, page)
+            eids = [str(r.get("id") or r["url"][-36:]) for r in page]
+            records = self._catalog.sessions(ids=eids)["record_id"].tolist() if eids else []
+            self._record_query("search", {**params, "details": details, "offset": offset}, started, sessions=records)
+
+        if isinstance(answer, list):
+            record(answer)
+            eids = LazyId.ses2eid(answer)
+        else:
+            record(answer._cache[:answer.limit])
+            pages = {"next": answer.limit}
+
+            def later(page: list[dict]) -> None:
+                record(page, pages["next"])
+                pages["next"] += len(page)
+            self._later_pages = later   # (one-api keeps callbacks as weak references)
+            answer.add_callback(later)
+            eids = LazyId(answer)
+        if not details:
+            return eids
+
+        def with_date(records: Any) -> Any:
+            for record_ in alf.ensure_list(records):
+                record_["date"] = dt.datetime.fromisoformat(record_["start_time"]).date()
+            return records
+        return eids, (with_date(answer) if isinstance(answer, list) else LazyId(answer, func=with_date))
+
+    def _refresh(self, eid: str | None, query_type: str | None) -> None:
+        """In remote mode, read a session and its datasets from Alyx into the tables first (as
+        one-api's remote ``list_datasets`` does before every list and load)."""
+        if eid and self._remote_call(query_type):
+            import requests
+            try:
+                self._remote.session(eid)
+            except requests.ConnectionError as exc:
+                self._go_offline(exc)
+                return
+            for refused in self._remote.refused:
+                self._recorder.record_events([self._event(
+                    "list_datasets", "refused", session_id=eid, rel_path=refused.get("data_url"),
+                    detail=f"record refused: {refused['problem']}")])
+                _warn(f"dataset {refused.get('id')} of session {eid} refused: its path {refused['problem']}",
+                      UserWarning)
 
     @_with_tables
     def list_subjects(self) -> list[str]:
@@ -471,6 +661,12 @@ class ONE(ConversionMixin):
                       default_revisions_only: bool = False, keep_eid_index: bool = False):
         """The datasets of a session (or of every session): sorted rel_paths, or a table with ``details``."""
         started = time.perf_counter()
+        if self._remote_call(query_type):
+            if eid is None or eid == "":
+                _warn("Unable to list all remote datasets", UserWarning)
+            else:
+                self._refresh(self._eid_or_none(eid), query_type)
+            default_revisions_only = False   # (one-api ignores it for a remote list)
         with _gc_paused():
             eid, rows, frame = self._list(eid, filename, collection, revision, qc, ignore_qc_not_set,
                                           default_revisions_only, table=details)
@@ -486,17 +682,20 @@ class ONE(ConversionMixin):
     def list_collections(self, eid: Any = None, filename=None, collection=None, revision=None,
                          details: bool = False, query_type: str | None = None):
         """The collections of a session's datasets (a dict of tables with ``details``)."""
-        return self._list_by("collection", eid, filename, collection, revision, details)
+        return self._list_by("collection", eid, filename, collection, revision, details, query_type)
 
     @_with_tables
     def list_revisions(self, eid: Any = None, filename=None, collection=None, revision=None,
                        details: bool = False, query_type: str | None = None):
         """The revisions of a session's datasets ('' for unrevised; a dict of tables with ``details``)."""
-        return self._list_by("revision", eid, filename, collection, revision, details)
+        return self._list_by("revision", eid, filename, collection, revision, details, query_type)
 
-    def _list_by(self, column: str, eid: Any, filename, collection, revision, details: bool):
+    def _list_by(self, column: str, eid: Any, filename, collection, revision, details: bool,
+                 query_type: str | None = None):
         """``list_collections``/``list_revisions``: the distinct values of ``column``, recorded."""
         started = time.perf_counter()
+        if eid is not None and eid != "":
+            self._refresh(self._eid_or_none(eid), query_type)
         with _gc_paused():
             eid, rows, frame = self._list(eid, filename, collection, revision, table=details)
             self._record_query(f"list_{column}s", {"eid": eid, "filename": filename, "collection": collection,
@@ -507,8 +706,15 @@ class ONE(ConversionMixin):
         return list(dict.fromkeys(getattr(r, column) for r in rows))
 
     @_with_tables
-    def get_details(self, eid: Any, full: bool = False):
-        """A session's record (a Series named with its eid); with ``full``, its datasets joined with it."""
+    def get_details(self, eid: Any, full: bool = False, query_type: str | None = None):
+        """A session's record (a Series named with its eid); with ``full``, its datasets joined with it.
+
+        In remote mode, as one-api: the session's REST record (a dict; a list for a list of ids),
+        with ``full`` the whole ``/sessions/<eid>`` record, else the fields of a search result and
+        ``local_path``.
+        """
+        if self._remote_call(query_type):
+            return self._details_remote(eid, full)
         eid = self._eid(eid)
         rows = self._catalog.sessions(ids=[eid])
         if rows.empty:
@@ -520,6 +726,34 @@ class ONE(ConversionMixin):
         for key, value in record.items():
             table[key] = value
         return table.set_index(["eid", "id"])
+
+    def _details_remote(self, eid: Any, full: bool) -> Any:
+        from one.converters import session_record2path
+
+        eids = [self._eid(e) for e in eid] if isinstance(eid, (list, tuple)) else [self._eid(eid)]
+        unique = list(dict.fromkeys(eids))
+        found: dict[str, Any] = {}
+        if full:
+            found = {e: self._remote.session(e) for e in unique}
+        else:
+            for start in range(0, len(unique), 50):   # (as one-api: 50 ids per request)
+                batch = tuple(unique[start:start + 50])
+                page = list(self._source.rest("sessions", "list", django=f"pk__in,{batch}"))
+                self._remote.sessions_page({"django": f"pk__in,{batch}"}, page)
+                found.update({str(d["id"]): d for d in page})
+        missing = [e for e in eids if found.get(e) is None]
+        if missing:
+            raise ALFObjectNotFound(f"session {missing[0]} not found on {self._source.base_url}")
+
+        def summary(record: dict) -> dict:
+            keep = ("subject", "start_time", "number", "lab", "projects", "url", "task_protocol")
+            out = {k: v for k, v in record.items() if k in keep}
+            out["projects"] = ",".join(out.get("projects") or [])
+            out["date"] = dt.datetime.fromisoformat(out["start_time"]).date()
+            out["local_path"] = session_record2path(out, self.cache_dir)
+            return out
+        details = [dict(found[e]) if full else summary(found[e]) for e in eids]
+        return details if isinstance(eid, (list, tuple)) else details[0]
 
     # -- loading ----------------------------------------------------------------------------
 
@@ -546,16 +780,28 @@ class ONE(ConversionMixin):
                requested_revision: str | None) -> list[ALFPath | None]:
         """Ask the source for each chosen file, record one event per dataset (one transaction),
         return the paths (None for a file that cannot be loaded)."""
-        fetched = self._source.fetch(rows, self._folder, check_hash=check_hash)
-        events = []
+        if isinstance(self._source, AlyxSource) and not self.offline:
+            fetched = self._source.fetch(rows, self._folder, self._catalog.session, check_hash=check_hash,
+                                         uuid_names=bool(self.uuid_filenames))
+        else:
+            fetched = self._source.fetch(rows, self._folder, check_hash=check_hash, uuid_names=bool(self.uuid_filenames))
+        events = [self._download_event(row, got.download) for row, got in zip(rows, fetched) if got.download]
         for row, got in zip(rows, fetched):
             outcome = ("download_only" if download_only else "loaded") if got.ok else got.status
             events.append(self._event(method, outcome, row, requested_revision=requested_revision, path=got.path))
             if got.status.endswith("mismatch"):
                 _warn(f"{got.status.replace('_', ' ')} on dataset {row.rel_path} ({got.path}): not loaded")
+            elif got.download is not None and got.status == "download_failed":
+                _warn(f"dataset {row.rel_path} could not be downloaded: {got.download.detail}")
         if events:
             self._recorder.record_events(events)
         return [ALFPath(got.path) if got.ok else None for got in fetched]
+
+    def _download_event(self, row: Any, done: Any) -> dict[str, Any]:
+        """A download as an access event: its outcome, bytes, seconds and URL."""
+        detail = {"url": done.url, "seconds": round(done.seconds, 6), **({"error": done.detail} if done.detail else {})}
+        return self._recorder.event("download", "downloaded" if done.status == "ok" else done.status, row,
+                                    listed=False, detail=json.dumps(detail), size=done.bytes)
 
     def _refuse(self, method: str, outcome: str, eid: str | None, request: str, revision: str | None,
                 error: ALFError) -> None:
@@ -569,6 +815,7 @@ class ONE(ConversionMixin):
                      query_type: str | None = None, download_only: bool = False, check_hash: bool = True) -> Any:
         """Load one dataset of a session: its content, or its path with ``download_only``."""
         eid = self._eid(eid)
+        self._refresh(eid, query_type)
         name = dataset
         if self.wildcards and isinstance(name, str) and len(name.split(".")) == 2:
             name += ".*"
@@ -600,6 +847,7 @@ class ONE(ConversionMixin):
                     **kwargs: Any):
         """Load every attribute of an ALF object: an ``AlfBunch``, or the list of paths with ``download_only``."""
         eid = self._eid(eid)
+        self._refresh(eid, query_type)
         revision = self._requested_revision(revision)
         rows = self._select(eid, {"object": obj, **kwargs}, collection, revision, unique=False, strict=False)
         if len(rows) == 0:
@@ -625,6 +873,7 @@ class ONE(ConversionMixin):
         if isinstance(datasets, str):
             raise TypeError("`datasets` must be a non-string iterable")
         eid = self._eid(eid)
+        self._refresh(eid, query_type)
         is_frame = isinstance(datasets, pd.DataFrame)
         datasets = datasets["rel_path"].tolist() if is_frame else list(datasets)
         rel_paths = is_frame or any(isinstance(d, str) and "/" in d for d in datasets)
@@ -705,6 +954,7 @@ class ONE(ConversionMixin):
         Unlike one-api 3.6.1, ``revision`` selects a revision (ONE passes it as the collection filter).
         """
         eid = self._eid(eid)
+        self._refresh(eid, query_type)
         revision = self._requested_revision(revision)
         if not self._list(eid, collection=collection)[1]:
             self._refuse("load_collection", "not_found", eid, f"{collection}/{object or '*'}", revision,

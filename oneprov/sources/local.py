@@ -29,6 +29,7 @@ class Fetched:
 
     path: Path
     status: str
+    download: Any = None   # what downloading it did (an :class:`oneprov.sources.alyx.Download`), if it was
 
     @property
     def ok(self) -> bool:
@@ -57,12 +58,14 @@ class LocalSource:
             raise BadInputError(f"session {session.id} has a path outside the cache folder: {folder}")
         return folder
 
-    def fetch(self, rows: Sequence[Any], folder_of: Callable[[str], Path], *, check_hash: bool = True) -> list[Fetched]:
+    def fetch(self, rows: Sequence[Any], folder_of: Callable[[str], Path], *, check_hash: bool = True,
+              uuid_names: bool = False) -> list[Fetched]:
         """Each row's file in its session folder (``folder_of(session_id)``), checked against the row's
-        size and md5 (the md5 only with ``check_hash``; a null size or hash is not checked)."""
+        size and md5 (the md5 only with ``check_hash``; a null size or hash is not checked). With
+        ``uuid_names`` the file's name carries the dataset UUID (one-api's ``uuid_filenames``)."""
         out = []
         for row in rows:
-            path = folder_of(row.session_id) / row.rel_path
+            path = folder_of(row.session_id) / (alf.with_uuid(row.rel_path, row.id) if uuid_names else row.rel_path)
             self._inside(path, row)
             out.append(Fetched(path, files.check_file(path, row.file_size, row.hash, check_hash=check_hash)))
         return out

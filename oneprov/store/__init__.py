@@ -9,6 +9,8 @@ the face of this package; each method is one function of a module here:
   ``migrate.py``: the schema version; ``schema.py``: the tables;
 - ``runs.py``: runs and their marks; ``recording.py``: queries, load events, exports;
   ``ingest.py``: rows from any source as one recorded query (a cache-tables folder is one);
+  ``answers.py``: a REST answer's few rows in one short transaction;
+  ``merging.py``: a remote client's tables, grown by the REST answers it is given;
 - ``catalog.py``: what one client sees; ``revisions.py``: ONE's revision choice in SQL;
   ``loaded.py``: the loaded-ids list; ``sql.py``: read-only ad-hoc SQL;
   ``roles.py``: client and auditor roles on a shared PostgreSQL.
@@ -88,6 +90,8 @@ class Store(Database):
     from .runs import finish_run, mark, resolve_run, retire_run, start_run, list_runs as runs
     from .recording import record_access, record_exports, record_query
     from .ingest import import_cache, ingest_rows as ingest
+    from .merging import latest_tables, merge_tables
+    from .answers import record_answer
     from .revisions import datasets_last_before
     from .loaded import loaded_ids
 

@@ -164,6 +164,10 @@ def is_driver_error(exc: BaseException) -> bool:
     return isinstance(exc, _DRIVER_ERRORS) or type(exc).__module__.startswith("psycopg")
 
 
+#: SQLite's result codes for memory it could not get: NOMEM, IOERR_NOMEM, IOERR_SHMMAP, IOERR_MMAP.
+_SQLITE_NO_MEMORY = {7, 3082, 4618, 6154}
+
+
 @contextmanager
 def mapped_errors(where: str, doing: str = "use database") -> Iterator[None]:
     """Turn a driver error raised inside the block into ``DatabaseError("cannot <doing> <where>: ...")``.
@@ -183,6 +187,10 @@ def mapped_errors(where: str, doing: str = "use database") -> Iterator[None]:
                 raise cause from None
             exc = cause
         message = first_line(exc)
+        code = getattr(getattr(exc, "orig", exc), "sqlite_errorcode", None)
+        if code in _SQLITE_NO_MEMORY:   # (SQLite says "disk I/O error" when it cannot map or allocate memory)
+            raise DatabaseError(f"out of memory while using {where} ({message}): the machine, or this process's "
+                                "limit, has no memory left for it") from None
         if "malformed" in message:     # SQLite's SQLITE_CORRUPT: refuse before writing into a damaged file
             raise DatabaseError(f"database {where} is damaged ({message}): nothing was written or read; "
                                 "`oneprov db check` lists the problems; restore it from a backup") from None

@@ -65,6 +65,8 @@ from .schema import dataset_records, queries, query_datasets, query_sessions, re
 IMPORT_BATCH = 100_000
 #: How long one write transaction of an import may hold the write lock, in seconds: others wait that long.
 WRITE_SECONDS = 0.3
+#: Rows ingested in one transaction (a REST answer, an edit of the tables in memory), read once.
+SMALL_ROWS = 20_000
 #: An import of the same tables by a process on another host counts as alive while it wrote a row this recently.
 STALE_IMPORT_S = 120.0
 
@@ -107,26 +109,33 @@ class ImportResult:
 
 
 def import_cache(db: Database, tables_dir: str | os.PathLike, *, run_id: str | None = None,
-                 progress: bool | None = None, batch_size: int = IMPORT_BATCH, force: bool = False) -> ImportResult:
+                 progress: bool | None = None, batch_size: int = IMPORT_BATCH, force: bool = False,
+                 origin: dict[str, Any] | None = None) -> ImportResult:
     """Ingest ONE cache tables (``sessions.pqt``, ``datasets.pqt``) as one recorded query.
 
+    ``origin`` (recorded with the query's parameters, mode 'remote') says where downloaded tables
+    came from: the Alyx base URL, its ``cache/info`` answer and the data-release tag.
     Importing tables identical to an earlier import into this database writes nothing and
     returns that import (unless ``force``). A row repeating an earlier row (the same dataset id in
     the same session at the same path) is left out with a warning. The datasets table streams in
     batches, with progress bars on a terminal (``progress``).
     """
     folder = Folder.open(tables_dir)
-    source = RowSource("import_cache", str(folder.path), folder.checksum(), {"tables_dir": str(folder.path)}, "local")
+    source = RowSource("import_cache", str(folder.path), folder.checksum(),
+                       {"tables_dir": str(folder.path), **({"origin": origin} if origin else {})},
+                       "remote" if origin else "local")
     return ingest(db, source, folder, run_id=run_id, progress=progress, batch_size=batch_size, reuse=not force,
                   name=str(folder.files["datasets"]))
 
 
 def ingest_rows(db: Database, rows: Rows, *, method: str, location: str, run_id: str | None = None,
-                params: dict[str, Any] | None = None, mode: str = "local", progress: bool | None = None) -> ImportResult:
+                params: dict[str, Any] | None = None, mode: str = "local", progress: bool | None = None,
+                checksum: str | None = None) -> ImportResult:
     """Record rows that no file holds (tables in memory, a REST answer) as one query of ``method``
-    from ``location`` (a description: an Alyx URL, "in-memory edit of query 3" ...)."""
-    return ingest(db, RowSource(method, location, None, params or {}, mode), rows, run_id=run_id, progress=progress,
-                  reuse=False)
+    from ``location`` (a description: an Alyx URL, "in-memory edit of query 3" ...). With a
+    ``checksum`` of what was received, the same rows from the same location are written once."""
+    return ingest(db, RowSource(method, location, checksum, params or {}, mode), rows, run_id=run_id,
+                  progress=progress, reuse=checksum is not None)
 
 
 def ingest(db: Database, source: RowSource, rows: Rows, *, run_id: str | None = None, progress: bool | None = None,
@@ -148,6 +157,8 @@ def ingest(db: Database, source: RowSource, rows: Rows, *, run_id: str | None = 
     if sessions["id"].duplicated().any():
         raise DuplicateIdError(f"{name}: duplicate session id "
                                f"{sessions['id'][sessions['id'].duplicated()].iloc[0]!r} in the sessions table")
+    if (rows.count_datasets() or SMALL_ROWS + 1) <= SMALL_ROWS:
+        return _ingest_small(db, source, rows, sessions, run_id=run_id, reuse=reuse, name=name)
     n_rows, repeats = _check(rows, batch_size, show)
     # One connection for the whole import: its page cache stays warm. One transaction per step.
     failure: BaseException | None = None
@@ -190,6 +201,38 @@ def ingest(db: Database, source: RowSource, rows: Rows, *, run_id: str | None = 
         _abandon(db, qid, failure)
         with mapped_errors(db.where):
             raise failure
+    return ImportResult(qid, len(sessions), n_datasets, changed, False)
+
+
+def _ingest_small(db: Database, source: RowSource, rows: Rows, sessions: pd.DataFrame, *, run_id: str | None,
+                  reuse: bool, name: str) -> ImportResult:
+    """:func:`ingest` of a few rows (a REST answer, an edit): read and checked once, then written
+    and completed in one short transaction, which holds the write lock for milliseconds."""
+    frames = list(rows.datasets(SMALL_ROWS))   # (the reader raises on a bad row: nothing written yet)
+    hashes = np.concatenate([_identity_hashes(f) for f in frames]) if frames else np.empty(0, dtype=np.uint64)
+    hashes.sort()
+    repeats = set(hashes[1:][hashes[1:] == hashes[:-1]].tolist())
+    repeated: list[str] = []
+    started = time.perf_counter()
+    params = {**source.params, "metadata": rows.metadata()}
+    with db.writing() as conn:
+        if reuse and source.checksum is not None:
+            other = _earlier(conn, source)
+            if other is not None and other.completed_at is not None:
+                return ImportResult(other.id, other.n_sessions, other.n_datasets, 0, True)
+        qid = new_query(conn, run_id, source.method, params, source=source.location, checksum=source.checksum,
+                        mode=source.mode)
+        _ingest_sessions(db, conn, qid, sessions)
+        changed = sum(_ingest_datasets(db, conn, qid, values, name)
+                      for values in _prepared(iter(frames), repeats, repeated) if len(values[0]))
+        n_datasets = sum(len(f) for f in frames) - len(repeated)
+        rows.verify()
+        conn.execute(queries.update().where(queries.c.id == qid).values(
+            n_sessions=len(sessions), n_datasets=n_datasets, duration_s=time.perf_counter() - started,
+            completed_at=utcnow()))
+    if repeated:
+        warnings.warn(f"{name}: {len(repeated)} row(s) repeat the dataset id, session and path of an earlier row "
+                      f"(first: {repeated[0]}); the first of each was imported", UserWarning, stacklevel=3)
     return ImportResult(qid, len(sessions), n_datasets, changed, False)
 
 
