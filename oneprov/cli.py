@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -201,8 +202,9 @@ def _since(text: str) -> datetime.datetime:
 
 @main.command("show")
 @click.argument("run")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
-              help="table for a person; json: the documented shape (run, tables, queries, outcomes, exports, marks).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "ndjson"]), default="table", show_default=True,
+              help="table for a person; json (ndjson: on one line): one object of the documented shape: run, "
+                   "tables, queries, outcomes, exports, marks.")
 @db_option
 @friendly_errors
 def show_cmd(run: str, fmt: str, db: str | None) -> None:
@@ -213,8 +215,8 @@ def show_cmd(run: str, fmt: str, db: str | None) -> None:
 
     with open_store(db, create=False, upgrade=False) as store:
         shown = show(store, store.resolve_run(run))
-    if fmt == "json":
-        _print_records([shown], "ndjson")
+    if fmt != "table":
+        _print_object(shown, fmt)
         return
     info = shown["run"]
     for key in ("id", "project", "label", "status", "started_at", "finished_at", "user_name", "host", "pid",
@@ -227,6 +229,68 @@ def show_cmd(run: str, fmt: str, db: str | None) -> None:
                         ("marks", shown["marks"])):
         click.echo(f"\n{title}:")
         _print_frame(pd.DataFrame(rows), "table") if rows else click.echo("(none)")
+
+
+@main.command("schema")
+@format_option
+@friendly_errors
+def schema_cmd(fmt: str) -> None:
+    """The public views and the tables, with their columns and what one row of each is."""
+    from .store.schema import public_schema
+
+    rows = public_schema()
+    if fmt in ("json", "ndjson"):
+        _print_records(rows, fmt)
+        return
+    _print_frame(pd.DataFrame([{**r, "columns": ", ".join(r["columns"])} for r in rows]), fmt)
+
+
+@main.command("diff")
+@click.argument("run_a")
+@click.argument("run_b")
+@format_option
+@db_option
+@friendly_errors
+def diff_cmd(run_a: str, run_b: str, fmt: str, db: str | None) -> None:
+    """What changed between RUN_A and RUN_B, dataset by dataset, and why: loaded by one only, another
+    revision (the cutoff, the default flag, QC, the tables), another hash, size or QC, another id;
+    and searches with the same parameters that returned other sessions."""
+    from .audit import diff
+
+    with open_store(db, create=False, upgrade=False) as store:
+        found = diff(store, store.resolve_run(run_a), store.resolve_run(run_b))
+    _print_frame(found, fmt)
+
+
+@main.command("cutoff")
+@click.argument("run")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "ndjson"]), default="table", show_default=True,
+              help="table for a person; json (ndjson: on one line): one object: run_id, reproducible, from, "
+                   "before, proposed, loads, unexplained, default_not_last.")
+@db_option
+@friendly_errors
+def cutoff_cmd(run: str, fmt: str, db: str | None) -> None:
+    """The ONE_REVISION_LAST_BEFORE dates that reproduce every revision RUN loaded; when no date
+    does, the cutoff that reproduces most loads and the loads it does not; and the loads whose
+    default revision a later revision would replace under any cutoff."""
+    from .audit import cutoff
+
+    with open_store(db, create=False, upgrade=False) as store:
+        found = cutoff(store, store.resolve_run(run))
+    if fmt != "table":
+        _print_object(found, fmt)
+        return
+    if found["reproducible"]:
+        span = f"from {found['from'] or 'any date'}" + (f", before {found['before']}" if found["before"] else "")
+        click.echo(f"every revision of the {found['loads']} load(s) is reproduced by ONE_REVISION_LAST_BEFORE {span}"
+                   + (f"; e.g. {found['proposed']}" if found["proposed"] else " (or none)"))
+    else:
+        click.echo(f"no single date reproduces every load; ONE_REVISION_LAST_BEFORE={found['proposed']} reproduces "
+                   f"{found['loads'] - len(found['unexplained'])} of {found['loads']}; not these:")
+        _print_frame(pd.DataFrame(found["unexplained"]), "table")
+    if found["default_not_last"]:
+        click.echo("loads of a default revision that a cutoff would replace by a later one:")
+        _print_frame(pd.DataFrame(found["default_not_last"]), "table")
 
 
 @main.command("stale")
@@ -360,20 +424,42 @@ def _plain(frame: pd.DataFrame) -> pd.DataFrame:
             changed[c] = column.map(lambda v: None if v is None or pd.isna(v) else _iso(v)).astype(object)
         elif column.dtype == object and column.map(lambda v: isinstance(v, (bytes, bytearray, memoryview))).any():
             changed[c] = column.map(_printable)
+        elif _stored_times(column):   # (SQLite returns its times as text to raw SQL)
+            changed[c] = column.map(lambda v: None if v is None or pd.isna(v) else v.replace(" ", "T") + "Z")
     frame = frame.assign(**changed) if changed else frame
     return frame.astype(object).where(frame.notna(), None)
 
 
+_STORED_TIME = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:\.\d+)?$")
+
+
+def _stored_times(column: pd.Series) -> bool:
+    """Whether a column holds times as SQLite stores them ('2026-12-01 21:19:54.784403'), and nothing else."""
+    values = column.dropna()
+    return len(values) > 0 and values.map(lambda v: isinstance(v, str) and _STORED_TIME.match(v) is not None).all()
+
+
+def _json_default(value: object) -> str:
+    """What JSON cannot hold as it is: times as ISO 8601 with 'Z', anything else as text."""
+    value = _iso(value)
+    return value if isinstance(value, str) else str(value)
+
+
 def _print_records(records: list[dict], fmt: str) -> None:
     """Print JSON-ready dicts (a command's documented shape) as json or ndjson."""
-    def default(value: object) -> object:
-        value = _iso(value)
-        return value if isinstance(value, str) else str(value)
     if fmt == "ndjson":
         for record in records:
-            click.echo(json.dumps(record, default=default))
+            click.echo(json.dumps(record, default=_json_default))
     else:
-        click.echo(json.dumps(records, indent=1, default=default))
+        click.echo(json.dumps(records, indent=1, default=_json_default))
+
+
+def _print_object(value: dict, fmt: str) -> None:
+    """One JSON object (a command's documented shape): indented (json) or on one line (ndjson)."""
+    if fmt == "ndjson":
+        _print_records([value], "ndjson")
+    else:
+        click.echo(json.dumps(value, indent=1, default=_json_default))
 
 
 def _print_frame(frame: pd.DataFrame, fmt: str) -> None:
@@ -384,9 +470,9 @@ def _print_frame(frame: pd.DataFrame, fmt: str) -> None:
         _print_records([{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
                         for row in frame.to_dict("records")], fmt)
     elif frame.empty:
+        if len(frame.columns):   # (the header, then that there are no rows: both on stdout)
+            click.echo(" ".join(frame.columns))
         click.echo("(no rows)" if len(frame.columns) else "")
-        if len(frame.columns):
-            click.echo(" ".join(frame.columns), err=True)
     else:
         with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,
                                "display.max_colwidth", 60):

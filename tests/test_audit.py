@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 import oneprov
-from oneprov.audit import show, stale
+from oneprov.audit import cutoff, diff, show, stale
 from oneprov.synthetic import REVISION, SORTING, make_repository
 from oneprov.tables import read_metadata, write_datasets, write_sessions
 
@@ -183,3 +183,142 @@ def test_save_cache_files_carry_their_run(tmp_path):
     assert read_metadata(written["datasets"])["oneprov_run"] == one.run_id
     shown = show(one.store, one.run_id)
     assert sorted(e["kind"] for e in shown["exports"]) == ["datasets_table", "sessions_table"]
+
+
+def loaded_paths_with_cutoff(repo, monkeypatch, cutoff_date, requests):
+    """What one-api loads with ONE_REVISION_LAST_BEFORE=cutoff_date (its own filter_revision_last_before)."""
+    import one.api
+    from one.api import One
+
+    monkeypatch.setattr(one.api, "REVISION_LAST_BEFORE", cutoff_date)
+    theirs = One(cache_dir=repo.root, mode="local")
+    return [theirs.load_dataset(eid, name, collection=collection, download_only=True).relative_to(
+        repo.session_dir(eid)).as_posix() for eid, name, collection in requests]
+
+
+def test_cutoff_gives_a_date_with_which_one_api_loads_the_same_revisions(tmp_path, monkeypatch):
+    repo = make_repository(tmp_path / "alf")
+    db = tmp_path / "p.sqlite"
+    requests = [(repo.eid, "spikes.times.npy", SORTING), (repo.eids[1], "spikes.clusters.npy", SORTING),
+                (repo.eid, "trials.intervals.npy", "alf")]
+    one = oneprov.ONE(cache_dir=repo.root, mode="local", db=db, label="defaults")
+    loaded = [one.load_dataset(e, n, collection=c, download_only=True).relative_to(repo.session_dir(e)).as_posix()
+              for e, n, c in requests]
+    one.close()
+    found = json.loads(cli("cutoff", "defaults", "--db", db, "--format", "json").stdout)
+    assert found["reproducible"] and found["from"] == REVISION and found["before"] is None
+    assert loaded_paths_with_cutoff(repo, monkeypatch, found["proposed"], requests) == loaded
+    # the unrevised spikes, as an old analysis loaded them: reproduced by a date before the revision
+    monkeypatch.setenv("ONE_REVISION_LAST_BEFORE", "2024-01-01")
+    old = oneprov.ONE(cache_dir=repo.root, mode="local", db=db, label="old")
+    loaded = [old.load_dataset(e, n, collection=c, download_only=True).relative_to(repo.session_dir(e)).as_posix()
+              for e, n, c in requests]
+    old.close()
+    found = cutoff(oneprov.open_store(db), oneprov.open_store(db).resolve_run("old"))
+    assert found["reproducible"] and found["from"] is None and found["before"] == REVISION
+    assert loaded_paths_with_cutoff(repo, monkeypatch, found["proposed"], requests) == loaded
+    assert "#" not in "".join(loaded)
+
+
+def test_cutoff_names_the_loads_no_date_explains(tmp_path):
+    repo = make_repository(tmp_path / "alf")
+    db = tmp_path / "p.sqlite"
+    one = oneprov.ONE(cache_dir=repo.root, mode="local", db=db, label="mixed")
+    one.load_dataset(repo.eid, "spikes.times.npy", collection=SORTING)                   # the revised default
+    one.load_dataset(repo.eid, "spikes.clusters.npy", collection=SORTING, revision="")   # the unrevised file
+    one.close()
+    found = cutoff(one.store, one.run_id)
+    assert not found["reproducible"] and found["loads"] == 2 and len(found["unexplained"]) == 1
+    table = cli("cutoff", "mixed", "--db", db).stdout
+    assert "no single date reproduces every load" in table
+
+
+ANALYSIS_STEPS = [("trials.intervals.npy", "alf"), ("trials.choice.npy", "alf"), ("trials.feedbackType.npy", "alf"),
+                  ("spikes.times.npy", SORTING), ("spikes.clusters.npy", SORTING)]
+
+
+def analysis(repo, db, label, cutoff_date=None, monkeypatch=None):
+    """The same analysis: a search and five loads (each allowed to fail)."""
+    from one.alf.exceptions import ALFObjectNotFound
+
+    if cutoff_date and monkeypatch:
+        monkeypatch.setenv("ONE_REVISION_LAST_BEFORE", cutoff_date)
+    one = oneprov.ONE(cache_dir=repo.root, mode="local", db=db, label=label)
+    one.search(lab="lab")
+    for name, collection in ANALYSIS_STEPS:
+        try:
+            one.load_dataset(repo.eid, name, collection=collection)
+        except ALFObjectNotFound:
+            pass
+    one.close()
+    if monkeypatch:
+        monkeypatch.delenv("ONE_REVISION_LAST_BEFORE", raising=False)
+    return one.run_id
+
+
+def test_diff_explains_each_difference_of_two_runs(tmp_path, db_url, monkeypatch):
+    repo = make_repository(tmp_path / "alf")
+    before = analysis(repo, db_url, "before")
+    d = repo.datasets.copy()
+    at = lambda rel: (d["eid"] == repo.eid) & (d["rel_path"] == rel)   # noqa: E731
+    d.loc[at("alf/trials.intervals.npy"), "qc"] = "CRITICAL"           # dropped by ONE's filter: not loaded
+    choice = repo.dataset_path(d.loc[at("alf/trials.choice.npy"), "id"].iloc[0])
+    import numpy as np
+    np.save(choice, np.arange(7))                                        # same id, another file: hash and size
+    d.loc[at("alf/trials.choice.npy"), "hash"] = hashlib.md5(choice.read_bytes()).hexdigest()
+    d.loc[at("alf/trials.choice.npy"), "file_size"] = choice.stat().st_size
+    d.loc[at(f"{SORTING}/#{REVISION}#/spikes.times.npy"), "default_revision"] = False
+    d.loc[at(f"{SORTING}/spikes.times.npy"), "default_revision"] = True   # the default moves to the old file
+    sessions = repo.sessions[repo.sessions["id"] != repo.eids[-1]]        # a session left out
+    d = d[d["eid"] != repo.eids[-1]]
+    write_datasets(d, repo.datasets_table, {"origin": "oneprov.synthetic", "version": 2})
+    write_sessions(sessions, repo.sessions_table, {"origin": "oneprov.synthetic", "version": 2})
+    after = analysis(repo, db_url, "after")
+    found = diff(oneprov.open_store(db_url), before, after)
+    changes = {(r.change, r.name, r.cause) for r in found.itertuples()}
+    assert ("only in A", "trials.intervals.npy", None) in changes
+    assert ("other revision", "spikes.times.npy", "default flag") in changes
+    assert {("hash changed", "trials.choice.npy", None), ("size changed", "trials.choice.npy", None)} <= changes
+    assert ("search", None, '{"details": false, "laboratory": "lab"}') in changes
+    assert len(changes) == 5
+    assert not any(r.name == "spikes.clusters.npy" for r in found.itertuples())   # the same load both times
+    rows = json.loads(cli("diff", before, after, "--db", db_url, "--format", "json").stdout)
+    assert {r["change"] for r in rows} == {c for c, _, _ in changes} and set(rows[0]) == set(found.columns)
+    # the cutoff as the cause
+    old = analysis(repo, db_url, "old", cutoff_date="2024-01-01", monkeypatch=monkeypatch)
+    causes = {r.cause for r in diff(oneprov.open_store(db_url), after, old).itertuples() if r.change == "other revision"}
+    assert causes == {"cutoff (none / 2024-01-01)"}
+
+
+def test_schema_lists_the_public_views_and_tables_as_the_readme_does():
+    from oneprov.store.schema import PUBLIC_VIEWS, metadata, public_schema
+
+    rows = json.loads(cli("schema", "--format", "json").stdout)
+    assert rows == json.loads(json.dumps(public_schema()))
+    assert {r["name"] for r in rows} == {*PUBLIC_VIEWS, "sessions", "datasets", *metadata.tables}
+    readme = (__import__("pathlib").Path(__file__).parent.parent / "README.md").read_text()
+    for r in rows:
+        assert f"| `{r['name']}` | {r['kind']} | `{', '.join(r['columns'])}` | {r['description']} |" in readme, r["name"]
+
+
+def test_every_tabular_command_prints_one_json_shape(tmp_path):
+    repo = make_repository(tmp_path / "alf")
+    db = tmp_path / "p.sqlite"
+    one = oneprov.ONE(cache_dir=repo.root, mode="local", db=db, label="shape")
+    one.load_dataset(repo.eid, "trials.intervals.npy")
+    one.close()
+    runs = json.loads(cli("runs", "--db", db, "--format", "json").stdout)
+    assert set(runs[0]) == {"run_id", "project", "label", "status", "started_at", "finished_at", "user_name", "host",
+                            "pid", "loads", "queries", "retired", "script_path", "git_commit", "git_dirty"}
+    assert runs[0]["started_at"].endswith("Z") and runs[0]["finished_at"].endswith("Z")
+    assert json.loads(cli("runs", "--db", db, "--status", "failed", "--format", "json").stdout) == []
+    assert len(json.loads(cli("runs", "--db", db, "--label", "shape", "--since", "2020-01-01", "--format",
+                              "json").stdout)) == 1
+    rows = [json.loads(line) for line in cli("sql", "SELECT event_time, dataset_uuid, requested_revision FROM access_log",
+                                             "--db", db, "--format", "ndjson").stdout.splitlines()]
+    assert rows[0]["event_time"].endswith("Z") and rows[0]["requested_revision"] is None
+    table = cli("sql", "SELECT requested_revision FROM access_log", "--db", db).stdout
+    assert "NULL" in table
+    empty = cli("stale", "--db", db).stdout
+    assert empty.splitlines()[0].split() == ["run_id", "label", "project", "dataset_id", "session_id", "rel_path",
+                                             "reason", "seen", "now", "source", "loaded_at"]
