@@ -111,6 +111,13 @@ def changed(tmp_path, db_url):
     one.load_dataset(repo.eids[1], "trials.intervals.npy")               # unchanged below
     before = one.run_id
     one.close()
+    os.environ["ONE_REVISION_LAST_BEFORE"] = "2030-01-01"              # a run with a cutoff
+    try:
+        frozen = oneprov.ONE(cache_dir=repo.root, mode="local", db=db_url, label="frozen")
+        frozen.load_dataset(repo.eids[1], "spikes.clusters.npy", collection=SORTING)   # the last before 2030
+        frozen.close()
+    finally:
+        del os.environ["ONE_REVISION_LAST_BEFORE"]
     d = repo.datasets.copy()
     row = {n: (d["eid"] == eid) & (d["rel_path"] == f"alf/{n}") for n in names}
     d.loc[row["trials.intervals.npy"], "qc"] = "CRITICAL"
@@ -121,6 +128,10 @@ def changed(tmp_path, db_url):
     revised = (d["eid"] == eid) & (d["rel_path"] == f"{SORTING}/#{REVISION}#/spikes.times.npy")
     d.loc[revised, "default_revision"] = False                         # the default flag moves to the old file
     d.loc[(d["eid"] == eid) & (d["rel_path"] == f"{SORTING}/spikes.times.npy"), "default_revision"] = True
+    newer = d[(d["eid"] == repo.eids[1]) & (d["rel_path"] == f"{SORTING}/#{REVISION}#/spikes.clusters.npy")].copy()
+    newer["id"] = "0badc0de-0000-4000-8000-000000000001"
+    newer["rel_path"] = f"{SORTING}/#2025-01-01#/spikes.clusters.npy"   # a newer revision, before the cutoff
+    d = pd.concat([d, newer], ignore_index=True)
     write_datasets(d, repo.datasets_table, {"origin": "oneprov.synthetic", "version": 2})
     write_sessions(repo.sessions, repo.sessions_table, {"origin": "oneprov.synthetic", "version": 2})
     oneprov.ONE(cache_dir=repo.root, mode="local", db=db_url).close()   # the newer import
@@ -132,6 +143,7 @@ def test_stale_lists_exactly_the_changed_loads_with_their_reasons(changed):
     found = stale(oneprov.open_store(db_url))
     got = sorted(zip(found["rel_path"], found["reason"]))
     assert got == sorted([
+        (f"{SORTING}/#{REVISION}#/spikes.clusters.npy", "another revision now chosen"),
         ("alf/trials.intervals.npy", "now CRITICAL"),
         ("alf/trials.choice.npy", "hash changed"),
         ("alf/trials.feedbackType.npy", "size changed"),
@@ -140,26 +152,30 @@ def test_stale_lists_exactly_the_changed_loads_with_their_reasons(changed):
         (f"{SORTING}/#{REVISION}#/spikes.times.npy", "no longer the default revision"),
         (f"{SORTING}/#{REVISION}#/spikes.times.npy", "another revision now chosen"),
     ])
-    assert set(found["run_id"]) == {before} and set(found["label"]) == {"before"}
-    chosen = found[found["reason"] == "another revision now chosen"].iloc[0]
+    assert set(found["label"]) == {"before", "frozen"}
+    chosen = found[(found["reason"] == "another revision now chosen") & (found["label"] == "before")].iloc[0]
     assert (chosen["seen"], chosen["now"]) == (REVISION, "")
+    frozen = found[found["label"] == "frozen"]
+    assert frozen[["rel_path", "reason", "seen", "now"]].values.tolist() == [
+        [f"{SORTING}/#{REVISION}#/spikes.clusters.npy", "another revision now chosen", REVISION, "2025-01-01"]]
 
 
 def test_stale_on_the_command_line_fails_a_paper_ci(changed, tmp_path):
     repo, db_url, before = changed
     done = cli("stale", "--db", db_url, "--fail-on-stale", "--format", "json", check=False)
-    assert done.returncode == 3 and "7 stale load(s) in 1 run(s)" in done.stderr
+    assert done.returncode == 3 and "8 stale load(s) in 2 run(s)" in done.stderr
     rows = json.loads(done.stdout)
-    assert len(rows) == 7 and set(rows[0]) == {"run_id", "label", "project", "dataset_id", "session_id", "rel_path",
+    assert len(rows) == 8 and set(rows[0]) == {"run_id", "label", "project", "dataset_id", "session_id", "rel_path",
                                                "reason", "seen", "now", "source", "loaded_at"}
     assert rows[0]["loaded_at"].endswith("Z")
     ndjson = cli("stale", "--db", db_url, "--format", "ndjson").stdout.splitlines()
     assert [json.loads(line) for line in ndjson] == rows
     csv = pd.read_csv(__import__("io").StringIO(cli("stale", "--db", db_url, "--format", "csv").stdout))
-    assert len(csv) == 7
+    assert len(csv) == 8
     cli("retire", before, "--reason", "superseded", "--db", db_url)
+    cli("retire", "frozen", "--reason", "superseded", "--db", db_url)
     assert cli("stale", "--db", db_url, "--fail-on-stale").returncode == 0          # retired runs left out
-    assert len(json.loads(cli("stale", "--db", db_url, "--include-retired", "--format", "json").stdout)) == 7
+    assert len(json.loads(cli("stale", "--db", db_url, "--include-retired", "--format", "json").stdout)) == 8
 
 
 def test_another_cache_sharing_the_database_makes_nothing_stale(tmp_path, db_url):
@@ -206,6 +222,8 @@ def test_cutoff_gives_a_date_with_which_one_api_loads_the_same_revisions(tmp_pat
               for e, n, c in requests]
     one.close()
     found = json.loads(cli("cutoff", "defaults", "--db", db, "--format", "json").stdout)
+    assert set(found) == {"run_id", "reproducible", "from", "before", "proposed", "loads", "unexplained",
+                          "default_not_last"}
     assert found["reproducible"] and found["from"] == REVISION and found["before"] is None
     assert loaded_paths_with_cutoff(repo, monkeypatch, found["proposed"], requests) == loaded
     # the unrevised spikes, as an old analysis loaded them: reproduced by a date before the revision

@@ -74,6 +74,7 @@ def _loads(store: Store, run_id: str) -> dict[tuple, dict]:
                   d.rel_path, d.revision, d.hash, d.file_size, d.qc, d.default_revision)
         .join(dataset_records, d.id == e.record_id)
         .where(e.run_id == run_id, e.outcome.in_(SUCCESS_OUTCOMES)).order_by(e.id))
+    frame = frame.astype(object).where(frame.notna(), None)   # (a missing value is None, never a truthy NaN)
     return {(r["session_uuid"], r["collection"], r["name"]): r for r in frame.to_dict("records")}
 
 

@@ -81,6 +81,7 @@ def _loads(store: Store, project: str | None, run: str | None, since: Any, inclu
     if not include_retired:
         stmt = stmt.where(~sa.exists().where(run_marks.c.run_id == runs.c.id, run_marks.c.kind == "retired"))
     frame = store.frame(stmt)
+    frame = frame.astype(object).where(frame.notna(), None)   # (a missing value is None, never a truthy NaN)
     # the latest load of each (run, dataset row) is what the run used last
     return frame.sort_values("event_time").drop_duplicates(["run_id", "record_id"], keep="last")
 
