@@ -5,8 +5,10 @@ with status 1; they never print a traceback.
 """
 from __future__ import annotations
 
+import datetime
 import functools
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -50,6 +52,16 @@ def friendly_errors(func):
             click.echo(INTERRUPTED.get(func.__name__, "interrupted"), err=True)
             sys.exit(130)
     return wrapper
+
+
+#: Every command's output formats: a table for a person, CSV, a JSON array, one JSON object a line.
+FORMATS = ["table", "csv", "json", "ndjson"]
+
+
+def format_option(func):
+    return click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+                        help="table, csv, json (an array of objects) or ndjson (one object a line); times in "
+                             "ISO 8601 UTC with 'Z'; NULL is empty (csv), null (json) or NULL (table).")(func)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
@@ -161,13 +173,149 @@ def import_cache(tables_dir: Path, force: bool, db: str | None) -> None:
 
 @main.command("runs")
 @click.option("--project", help="Only this project's runs.")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--since", help="Only runs started at or after this date or time (ISO 8601, UTC).")
+@click.option("--status", type=click.Choice(["running", "finished", "failed", "interrupted"]), help="Only runs in this state.")
+@click.option("--label", help="Only runs with this label.")
+@format_option
 @db_option
 @friendly_errors
-def runs_cmd(project: str | None, fmt: str, db: str | None) -> None:
-    """List the recorded runs, newest first, with their counts of loads and queries."""
+def runs_cmd(project: str | None, since: str | None, status: str | None, label: str | None, fmt: str,
+             db: str | None) -> None:
+    """List the recorded runs, newest first, with their script, commit and counts of loads and queries."""
     with open_store(db, create=False, upgrade=False) as store:
-        _print_frame(store.runs(project), fmt)
+        frame = store.runs(project)
+    if since:
+        frame = frame[frame["started_at"] >= pd.Timestamp(_since(since))]
+    if status:
+        frame = frame[frame["status"] == status]
+    if label:
+        frame = frame[frame["label"] == label]
+    _print_frame(frame, fmt)
+
+
+def _since(text: str) -> datetime.datetime:
+    try:
+        return datetime.datetime.fromisoformat(text.replace("Z", ""))
+    except ValueError:
+        raise OneprovError(f"--since {text!r}: expected a date or time like 2026-12-01 or 2026-12-01T10:00") from None
+
+
+@main.command("show")
+@click.argument("run")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "ndjson"]), default="table", show_default=True,
+              help="table for a person; json (ndjson: on one line): one object of the documented shape: run, "
+                   "tables, queries, outcomes, exports, marks.")
+@db_option
+@friendly_errors
+def show_cmd(run: str, fmt: str, db: str | None) -> None:
+    """Everything RUN (an id, a unique prefix, a label or 'last') recorded about itself: its script,
+    git state, settings and versions, the tables it worked from, its loads per scope and outcome,
+    and the files it exported."""
+    from .audit import show
+
+    with open_store(db, create=False, upgrade=False) as store:
+        shown = show(store, store.resolve_run(run))
+    if fmt != "table":
+        _print_object(shown, fmt)
+        return
+    info = shown["run"]
+    for key in ("id", "project", "label", "status", "started_at", "finished_at", "user_name", "host", "pid",
+                "script_path", "script_sha256", "git_commit", "git_dirty", "git_remote", "cwd", "argv", "command",
+                "cache_dir", "base_url", "revision_cutoff", "versions", "settings", "db_role", "error"):
+        value = info.get(key)
+        click.echo(f"{key:>16}: {'NULL' if value is None else _iso(value) if not isinstance(value, (dict, list)) else json.dumps(value)}")
+    click.echo(f"{'queries':>16}: {shown['queries']}")
+    for title, rows in (("tables", shown["tables"]), ("loads", shown["outcomes"]), ("exports", shown["exports"]),
+                        ("marks", shown["marks"])):
+        click.echo(f"\n{title}:")
+        _print_frame(pd.DataFrame(rows), "table") if rows else click.echo("(none)")
+
+
+@main.command("schema")
+@format_option
+@friendly_errors
+def schema_cmd(fmt: str) -> None:
+    """The public views and the tables, with their columns and what one row of each is."""
+    from .store.schema import public_schema
+
+    rows = public_schema()
+    if fmt in ("json", "ndjson"):
+        _print_records(rows, fmt)
+        return
+    _print_frame(pd.DataFrame([{**r, "columns": ", ".join(r["columns"])} for r in rows]), fmt)
+
+
+@main.command("diff")
+@click.argument("run_a")
+@click.argument("run_b")
+@format_option
+@db_option
+@friendly_errors
+def diff_cmd(run_a: str, run_b: str, fmt: str, db: str | None) -> None:
+    """What changed between RUN_A and RUN_B, dataset by dataset, and why: loaded by one only, another
+    revision (the cutoff, the default flag, QC, the tables), another hash, size or QC, another id;
+    and searches with the same parameters that returned other sessions."""
+    from .audit import diff
+
+    with open_store(db, create=False, upgrade=False) as store:
+        found = diff(store, store.resolve_run(run_a), store.resolve_run(run_b))
+    _print_frame(found, fmt)
+
+
+@main.command("cutoff")
+@click.argument("run")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "ndjson"]), default="table", show_default=True,
+              help="table for a person; json (ndjson: on one line): one object: run_id, reproducible, from, "
+                   "before, proposed, loads, unexplained, default_not_last.")
+@db_option
+@friendly_errors
+def cutoff_cmd(run: str, fmt: str, db: str | None) -> None:
+    """The ONE_REVISION_LAST_BEFORE dates that reproduce every revision RUN loaded; when no date
+    does, the cutoff that reproduces most loads and the loads it does not; and the loads whose
+    default revision a later revision would replace under any cutoff."""
+    from .audit import cutoff
+
+    with open_store(db, create=False, upgrade=False) as store:
+        found = cutoff(store, store.resolve_run(run))
+    if fmt != "table":
+        _print_object(found, fmt)
+        return
+    if found["reproducible"]:
+        span = f"from {found['from'] or 'any date'}" + (f", before {found['before']}" if found["before"] else "")
+        click.echo(f"every revision of the {found['loads']} load(s) is reproduced by ONE_REVISION_LAST_BEFORE {span}"
+                   + (f"; e.g. {found['proposed']}" if found["proposed"] else " (or none)"))
+    else:
+        click.echo(f"no single date reproduces every load; ONE_REVISION_LAST_BEFORE={found['proposed']} reproduces "
+                   f"{found['loads'] - len(found['unexplained'])} of {found['loads']}; not these:")
+        _print_frame(pd.DataFrame(found["unexplained"]), "table")
+    if found["default_not_last"]:
+        click.echo("loads of a default revision that a cutoff would replace by a later one:")
+        _print_frame(pd.DataFrame(found["default_not_last"]), "table")
+
+
+@main.command("stale")
+@click.option("--project", help="Only this project's runs.")
+@click.option("--run", help="Only this run (an id, a unique prefix, a label or 'last').")
+@click.option("--since", help="Only runs started at or after this date or time (ISO 8601, UTC).")
+@click.option("--include-retired", is_flag=True, help="Also judge retired runs.")
+@click.option("--fail-on-stale", is_flag=True, help="Exit with status 3 when anything is stale (for a paper's CI).")
+@format_option
+@db_option
+@friendly_errors
+def stale_cmd(project, run, since, include_retired, fail_on_stale, fmt, db) -> None:
+    """Every (run, dataset) whose state in the latest tables of its source differs from what the run
+    loaded, with the reason: removed, no longer exists, now CRITICAL or FAIL, no longer the default
+    revision, another revision now chosen (by the run's own cutoff), hash or size changed."""
+    from .audit import stale
+
+    with open_store(db, create=False, upgrade=False) as store:
+        run_id = store.resolve_run(run, project) if run else None
+        found = stale(store, project=project, run=run_id, since=_since(since) if since else None,
+                      include_retired=include_retired)
+    _print_frame(found, fmt)
+    if fail_on_stale and len(found):
+        click.echo(f"{len(found)} stale load(s) in {found['run_id'].nunique()} run(s)", err=True)
+        sys.exit(3)
 
 
 @main.command("retire")
@@ -236,7 +384,7 @@ def export_cache(out_dir: Path, run: str | None, clobber: bool, db: str | None) 
 
 @main.command("sql")
 @click.argument("query")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@format_option
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop the query if it runs longer than this (default: no limit; Ctrl-C stops it too).")
 @db_option
@@ -259,23 +407,76 @@ def _printable(value: object) -> object:
     return "\\x" + value.hex() if isinstance(value, (bytes, bytearray)) else value
 
 
+def _iso(value: object) -> object:
+    """A time as ISO 8601 UTC with 'Z' (the store keeps UTC); anything else as it is."""
+    if isinstance(value, (pd.Timestamp, datetime.datetime)) and not pd.isna(value):
+        return value.replace(tzinfo=None).isoformat() + "Z"
+    return value
+
+
+def _plain(frame: pd.DataFrame) -> pd.DataFrame:
+    """Cells as every format prints them: BLOBs as hex, times as ISO 8601 with 'Z', NULLs as None."""
+    changed = {}
+    for c in frame.columns:
+        column = frame[c]
+        if pd.api.types.is_datetime64_any_dtype(column) or column.map(
+                lambda v: isinstance(v, (datetime.datetime, pd.Timestamp))).any():
+            changed[c] = column.map(lambda v: None if v is None or pd.isna(v) else _iso(v)).astype(object)
+        elif column.dtype == object and column.map(lambda v: isinstance(v, (bytes, bytearray, memoryview))).any():
+            changed[c] = column.map(_printable)
+        elif _stored_times(column):   # (SQLite returns its times as text to raw SQL)
+            changed[c] = column.map(lambda v: None if v is None or pd.isna(v) else v.replace(" ", "T") + "Z")
+    frame = frame.assign(**changed) if changed else frame
+    return frame.astype(object).where(frame.notna(), None)
+
+
+_STORED_TIME = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:\.\d+)?$")
+
+
+def _stored_times(column: pd.Series) -> bool:
+    """Whether a column holds times as SQLite stores them ('2026-12-01 21:19:54.784403'), and nothing else."""
+    values = column.dropna()
+    return len(values) > 0 and values.map(lambda v: isinstance(v, str) and _STORED_TIME.match(v) is not None).all()
+
+
+def _json_default(value: object) -> str:
+    """What JSON cannot hold as it is: times as ISO 8601 with 'Z', anything else as text."""
+    value = _iso(value)
+    return value if isinstance(value, str) else str(value)
+
+
+def _print_records(records: list[dict], fmt: str) -> None:
+    """Print JSON-ready dicts (a command's documented shape) as json or ndjson."""
+    if fmt == "ndjson":
+        for record in records:
+            click.echo(json.dumps(record, default=_json_default))
+    else:
+        click.echo(json.dumps(records, indent=1, default=_json_default))
+
+
+def _print_object(value: dict, fmt: str) -> None:
+    """One JSON object (a command's documented shape): indented (json) or on one line (ndjson)."""
+    if fmt == "ndjson":
+        _print_records([value], "ndjson")
+    else:
+        click.echo(json.dumps(value, indent=1, default=_json_default))
+
+
 def _print_frame(frame: pd.DataFrame, fmt: str) -> None:
-    binary = [c for c in frame.columns if frame[c].dtype == object and
-              frame[c].map(lambda v: isinstance(v, (bytes, bytearray, memoryview))).any()]
-    if binary:
-        frame = frame.assign(**{c: frame[c].map(_printable) for c in binary})
+    frame = _plain(frame)
     if fmt == "csv":
         click.echo(frame.to_csv(index=False), nl=False)
-    elif fmt == "json":
-        click.echo(json.dumps(json.loads(frame.to_json(orient="records", date_format="iso")), indent=1))
+    elif fmt in ("json", "ndjson"):
+        _print_records([{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+                        for row in frame.to_dict("records")], fmt)
     elif frame.empty:
+        if len(frame.columns):   # (the header, then that there are no rows: both on stdout)
+            click.echo(" ".join(frame.columns))
         click.echo("(no rows)" if len(frame.columns) else "")
-        if len(frame.columns):
-            click.echo(" ".join(frame.columns), err=True)
     else:
         with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,
                                "display.max_colwidth", 60):
-            click.echo(frame.to_string(index=False))
+            click.echo(frame.fillna("NULL").to_string(index=False))
 
 
 # -- demo -------------------------------------------------------------------------------------

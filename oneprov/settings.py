@@ -5,6 +5,8 @@
 - ``ONE_CACHE_DIR``: ONE's cache folder when a client is given none.
 - ``ONE_REVISION_LAST_BEFORE``: ONE's revision cutoff; one-api reads it once, at import, oneprov at
   every call, and records it with the run and each event.
+- ``ONE_HTTP_DL_THREADS``: parallel downloads in remote mode (one-api's variable; default 4).
+- every other ``ONE_*``/``ONEPROV_*`` setting whose name suggests no secret: recorded with a run.
 
 >>> import os
 >>> os.environ["ONEPROV_PROJECT"] = "paper1"
@@ -17,6 +19,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 from .errors import BadInputError
 
@@ -66,3 +69,13 @@ def download_threads() -> int:
         return max(1, int(value)) if value else DEFAULT_DOWNLOAD_THREADS
     except ValueError:
         raise BadInputError(f"${DOWNLOAD_THREADS_ENV}={value!r}: expected a number of parallel downloads") from None
+
+
+_SECRET_NAME = re.compile(r"(?i)pass|pwd|token|secret|key|auth|credential")
+
+
+def in_force() -> dict[str, str]:
+    """The ``ONE_*`` and ``ONEPROV_*`` environment settings in force (a run records them), but none
+    whose name suggests a secret."""
+    return {k: v for k, v in sorted(os.environ.items())
+            if k.startswith(("ONE_", "ONEPROV_")) and not _SECRET_NAME.search(k)}

@@ -1,7 +1,8 @@
 """The layout's rules, read from the package's own source (README "Layout").
 
 - Data flows one way: client -> catalog/source -> recorder/store -> exports. ``store/`` imports no
-  client, source or export module; ``sources/`` no client or export; ``export/`` no client or source.
+  client, source or export module; ``sources/`` no client or export; ``export/`` no client or source;
+  ``audit/`` (reads the store) no client, source or export.
 - Every statement that differs between SQLite and PostgreSQL is in ``store/dialects.py``: nowhere
   else does code compare a dialect's or back end's name, except engine creation (``store/engine.py``)
   and the PostgreSQL-only roles (``store/roles.py``).
@@ -55,6 +56,7 @@ FORBIDDEN = {  # a folder: the folders (and top modules) it must not import
     "store": ("client", "sources", "export", "cli", "demo"),
     "sources": ("client", "export", "cli", "demo"),
     "export": ("client", "sources", "cli", "demo"),
+    "audit": ("client", "sources", "export", "cli", "demo"),
 }
 
 

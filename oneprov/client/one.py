@@ -180,6 +180,17 @@ class ONE(ConversionMixin):
             raise AttributeError("a local-mode client has no Alyx connection")
         return self._source.alyx
 
+    @property
+    def _catalog(self) -> Catalog:
+        """What the client answers from (the rows of one query); each change is told to the recorder."""
+        return self.__dict__["_answering"]
+
+    @_catalog.setter
+    def _catalog(self, catalog: Catalog) -> None:
+        self.__dict__["_answering"] = catalog
+        if "_recorder" in self.__dict__:
+            self._recorder.use_tables(catalog.query_id)
+
     def _remote_call(self, query_type: str | None) -> bool:
         """Whether a call with this ``query_type`` goes to Alyx (the one place the mode is decided)."""
         if query_type is not None and query_type not in remote.MODES:
@@ -368,7 +379,8 @@ class ONE(ConversionMixin):
         if query is None or (query == self._saved_query and not clobber):
             return {}
         written = export.export_cache(self.store, Path(save_dir or self.cache_dir), query=query, clobber=clobber,
-                                      origin=None if self._remote is None else self._source.base_url)
+                                      origin=None if self._remote is None else self._source.base_url,
+                                      by_run=self._recorder.run())
         self._saved_query = query
         return written
 

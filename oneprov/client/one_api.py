@@ -116,6 +116,7 @@ class Recording:
         self._source = f"one-api tables of {Path(one.cache_dir)}"
         self._originals: dict[str, Any] = {}
         self._tables = self._guard(self._ingest_tables, default=None)()
+        self.recorder.use_tables(self._tables)
         self._install()
 
     # -- the run ------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from .. import settings
+from ..context import run_context
 from ..store import Store
 
 
@@ -42,6 +43,8 @@ class Recorder:
         self.base_url = base_url
         self.run_id: str | None = None
         self.scope_name: str | None = None
+        self.tables: int | None = None          # the query whose tables the client answers from
+        self._marked_tables: int | None = None
         self._lock = threading.RLock()
 
     def run(self) -> str:
@@ -49,10 +52,25 @@ class Recorder:
         with self._lock:
             if self.run_id is None:
                 self.run_id = self.store.start_run(self.project, label=self.label, cache_dir=self.cache_dir,
-                                                   base_url=self.base_url, revision_cutoff=settings.revision_cutoff())
+                                                   base_url=self.base_url, revision_cutoff=settings.revision_cutoff(),
+                                                   context=run_context())
                 _open_runs[self.run_id] = weakref.ref(self)
                 _install_exit_hooks()
+                self._mark_tables()
         return self.run_id
+
+    def use_tables(self, query_id: int | None) -> None:
+        """The client now answers from the tables of ``query_id``: a run that has started records it
+        (a mark 'tables' naming the query), so that the run says which tables it worked from."""
+        with self._lock:
+            self.tables = query_id
+            if self.run_id is not None:
+                self._mark_tables()
+
+    def _mark_tables(self) -> None:
+        if self.tables is not None and self.tables != self._marked_tables:
+            self._marked_tables = self.tables
+            self.store.mark(self.run_id, "tables", scope=self.scope_name, detail=str(self.tables))
 
     def close(self, error: BaseException | None = None) -> None:
         """Close the run, if one was started: 'finished', or 'failed' with ``error``."""

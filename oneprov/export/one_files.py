@@ -235,6 +235,7 @@ def export_cache(
     clobber: bool = False,
     origin: str | None = "oneprov",
     record: bool = True,
+    by_run: str | None = None,
 ) -> dict[str, Path]:
     """Write ONE-format ``sessions.pqt`` and ``datasets.pqt`` into ``out_dir``; return their paths.
 
@@ -244,7 +245,8 @@ def export_cache(
     Otherwise the rows stream from the database to the file in batches, in bounded memory.
     With ``origin=None`` the tables keep the metadata of the tables ``query`` imported (their
     ``origin`` and ``date_created``), as one-api's ``save_cache`` keeps its tables' own. Each file
-    is recorded in ``exports`` (unless not ``record``).
+    is recorded in ``exports`` (unless not ``record``), with the run that wrote it (``by_run``, as
+    ``save_cache`` writes; else ``run``), which the tables' metadata names too (``oneprov_run``).
     """
     folder = Path(out_dir).expanduser().absolute()
     if not folder.is_dir():
@@ -260,6 +262,8 @@ def export_cache(
                 target = folder / f"{name}.pqt"
                 staged = files.temporary_name(target)   # both tables are written, then moved in together
                 meta = {**imported.get(name, {}), "date_modified": now} if origin is None else {"origin": origin}
+                if by_run:
+                    meta["oneprov_run"] = by_run
                 if clobber or not target.exists():
                     # (closed here: its cursor, before the rollback)
                     with closing(_store_batches(conn, store.dialect, stmt, name, target)) as batches:
@@ -283,7 +287,7 @@ def export_cache(
     finally:
         # Recorded once the read transaction is over: an in-memory store has a single connection.
         if record and written:
-            store.record_exports([ExportedFile(f"{result.path.stem}_table", result.path, result.rows, run,
+            store.record_exports([ExportedFile(f"{result.path.stem}_table", result.path, result.rows, by_run or run,
                                                {"clobber": clobber}) for result in written.values()])
     return {name: result.path for name, result in written.items()}
 

@@ -41,14 +41,20 @@ def start_run(
     base_url: str | None = None,
     revision_cutoff: str | None = None,
     versions: dict[str, str] | None = None,
+    context: dict[str, Any] | None = None,
 ) -> str:
     """Record a new run (status 'running') and return its id, a new UUID.
 
-    ``project`` defaults to ``$ONEPROV_PROJECT``, else "default".
+    ``project`` defaults to ``$ONEPROV_PROJECT``, else "default". ``context`` is what the run
+    records about itself (:func:`oneprov.context.run_context`: script, git state, cwd, argv,
+    settings, versions), already free of secrets.
     """
     project = settings.project(project)
     run_id = str(uuid.uuid4())
-    versions = {"python": platform.python_version(), "oneprov": _version(), **(versions or {})}
+    context = dict(context or {})
+    versions = {"python": platform.python_version(), "oneprov": _version(), **context.pop("versions", {}),
+                **(versions or {})}
+    columns = {k: v for k, v in context.items() if k in _CONTEXT_COLUMNS}
     with db.writing() as conn:
         project_id = _project_id(db, conn, project)
         conn.execute(runs.insert().values(
@@ -57,9 +63,13 @@ def start_run(
             command=scrub_argv(sys.argv)[:4000], versions=json.dumps(versions),
             cache_dir=str(cache_dir) if cache_dir is not None else None,
             base_url=scrub(base_url) if base_url else None, revision_cutoff=revision_cutoff,
-            db_role=db.dialect.current_role(conn),
+            db_role=db.dialect.current_role(conn), **columns,
         ))
     return run_id
+
+
+#: The ``runs`` columns of a run's context (schema 0008).
+_CONTEXT_COLUMNS = ("script_path", "script_sha256", "git_commit", "git_dirty", "git_remote", "cwd", "argv", "settings")
 
 
 def _project_id(db: Database, conn: Connection, name: str) -> int:
@@ -101,7 +111,8 @@ def retire_run(db: Database, run_id: str, reason: str) -> None:
 
 
 def list_runs(db: Database, project: str | None = None) -> pd.DataFrame:
-    """Every run, newest first, with its project, counts of loads and queries, and whether it was retired.
+    """Every run, newest first, with its project, counts of loads and queries, whether it was retired,
+    and its script and git commit (and whether the working tree differed from it).
 
     ``status`` is running, finished or failed as recorded, or 'interrupted' for a run still
     'running' whose process (on this host) no longer exists: it was killed.
@@ -114,7 +125,7 @@ def list_runs(db: Database, project: str | None = None) -> pd.DataFrame:
     stmt = (sa.select(runs.c.id.label("run_id"), projects.c.name.label("project"), runs.c.label,
                       runs.c.status, runs.c.started_at, runs.c.finished_at, runs.c.user_name,
                       runs.c.host, runs.c.pid, loads.label("loads"), n_queries.label("queries"),
-                      retired.label("retired"))
+                      retired.label("retired"), runs.c.script_path, runs.c.git_commit, runs.c.git_dirty)
             .join(projects, projects.c.id == runs.c.project_id)
             .order_by(runs.c.started_at.desc(), runs.c.id))
     if project is not None:

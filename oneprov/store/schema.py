@@ -255,3 +255,36 @@ CURRENT_VIEWS: dict[str, list[str]] = {
     "datasets": ["id", "session_id", "rel_path", "collection", "revision", "name", "file_size", "hash", "exists",
                  "qc", "default_revision", "record_id", "first_seen_at"],
 }
+
+
+#: One line on each public view and table (``oneprov schema`` prints them; the README's table is
+#: checked against them): what one row is.
+DESCRIPTIONS: dict[str, str] = {
+    "access_log": "a load attempt; outcome loaded or download_only for a success, else why not (missing, "
+                  "size_mismatch, hash_mismatch, not_found, ambiguous, failed, refused, download_failed)",
+    "loaded_datasets": "a dataset successfully loaded in a run",
+    "loaded_sessions": "a session with a loaded dataset, per run",
+    "sessions": "a session row's current state: its latest record among complete queries",
+    "datasets": "a dataset row's current state: its latest record among complete queries",
+    "projects": "a project, by name",
+    "runs": "a run: who, where, which script and commit, settings, versions, status, error",
+    "session_records": "a state a session row was seen in",
+    "dataset_records": "a state a dataset row (a UUID in a session at a path) was seen in",
+    "revisions": "a revision name, when first seen",
+    "queries": "a search, list, import, REST answer or merge of tables, with its parameters and source",
+    "query_sessions": "a session record a query returned",
+    "query_datasets": "a dataset record a query returned",
+    "access_events": "a load or download attempt, with the record it loaded and its outcome",
+    "run_marks": "a mark on a run: a cleared list, a retirement, the tables it worked from",
+    "exports": "a file written from the store, with its rows, bytes, sha256 and run",
+}
+
+
+def public_schema() -> list[dict[str, object]]:
+    """The public views, then the tables: ``name``, ``kind``, ``columns``, ``description``."""
+    out: list[dict[str, object]] = []
+    for views in (PUBLIC_VIEWS, CURRENT_VIEWS):
+        out += [{"name": n, "kind": "view", "columns": list(c), "description": DESCRIPTIONS[n]} for n, c in views.items()]
+    out += [{"name": t.name, "kind": "table", "columns": [c.name for c in t.columns], "description": DESCRIPTIONS[t.name]}
+            for t in metadata.sorted_tables]
+    return out
