@@ -380,6 +380,47 @@ def export_cache(out_dir: Path, run: str | None, clobber: bool, db: str | None) 
         click.echo(f"wrote {path}")
 
 
+def _selection_options(func):
+    for option in reversed([
+            click.option("--run", help="One run (an id, a unique prefix, a label or 'last')."),
+            click.option("--scope", help="The loads made inside this named scope (e.g. figure3), in every run."),
+            click.option("--label", help="Every run with this label (e.g. one paper)."),
+            click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+                         help="The file (prov) or folder (rocrate) to write.")]):
+        func = option(func)
+    return func
+
+
+@export.command("prov")
+@_selection_options
+@db_option
+@friendly_errors
+def export_prov_cmd(run, scope, label, output, db) -> None:
+    """Write W3C PROV-JSON of a run, a scope or a label: runs as activities, people and hosts as
+    agents, scripts as plans, datasets as seen as entities, loads as 'used', exports as generated."""
+    from .export.prov_json import export_prov
+
+    with open_store(db, create=False, upgrade=False) as store:
+        run_id = store.resolve_run(run) if run else None
+        path = export_prov(store, output, run=run_id, scope=scope, label=label)
+    click.echo(f"wrote {path}")
+
+
+@export.command("rocrate")
+@_selection_options
+@db_option
+@friendly_errors
+def export_rocrate_cmd(run, scope, label, output, db) -> None:
+    """Write an RO-Crate 1.1 (Process Run Crate) folder of a run, a scope or a label: each run a
+    CreateAction over the datasets it loaded, with ONE's loaded-ids CSVs inside the crate."""
+    from .export.rocrate import export_rocrate
+
+    with open_store(db, create=False) as store:
+        run_id = store.resolve_run(run) if run else None
+        path = export_rocrate(store, output, run=run_id, scope=scope, label=label)
+    click.echo(f"wrote {path / 'ro-crate-metadata.json'}")
+
+
 # -- sql --------------------------------------------------------------------------------------
 
 @main.command("sql")
