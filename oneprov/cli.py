@@ -520,6 +520,26 @@ def _print_frame(frame: pd.DataFrame, fmt: str) -> None:
             click.echo(frame.fillna("NULL").to_string(index=False))
 
 
+# -- web --------------------------------------------------------------------------------------
+
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (127.0.0.1: this machine only).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8001, show_default=True, help="Port (0: any free one).")
+@db_option
+@friendly_errors
+def serve_cmd(host: str, port: int, db: str | None) -> None:
+    """Browse the database in Datasette, read-only: every view and table described, canned queries
+    for the audit questions (runs that used data now CRITICAL, revisions used per dataset, loads per
+    project per month). SQLite files only; needs `pip install 'oneprov[web]'`."""
+    from .store.engine import database_url, sqlite_path
+    from .web import serve
+
+    path = sqlite_path(database_url(db or settings.database()))
+    if path is None:
+        raise OneprovError("oneprov serve shows SQLite files; for PostgreSQL, point Datasette at a SQLite export")
+    sys.exit(serve(path, host=host, port=port))
+
+
 # -- demo -------------------------------------------------------------------------------------
 
 @main.command("demo")

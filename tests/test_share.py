@@ -102,3 +102,44 @@ def test_exactly_one_selection_is_required(paper, tmp_path):
                            "-o", tmp_path / "x.json", "--db", db], capture_output=True, text=True)
     assert done.returncode == 1 and "exactly one of --run, --scope or --label" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "x.json").exists()
+
+
+def test_serve_runs_datasette_read_only_with_the_schema_and_canned_queries(paper, tmp_path):
+    import re
+    import time
+
+    import requests
+
+    from oneprov.store.schema import DESCRIPTIONS
+
+    repo, db = paper
+    before = db.read_bytes()
+    server = subprocess.Popen([sys.executable, "-m", "oneprov", "serve", "--db", db, "--port", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url, deadline = None, time.monotonic() + 60
+        while url is None and time.monotonic() < deadline:
+            line = server.stdout.readline()
+            found = re.search(r"http://127\.0\.0\.1:\d+", line)
+            url = found.group(0) if found else None
+        assert url, "Datasette did not start"
+        name = db.stem
+        page = requests.get(f"{url}/{name}/loaded_datasets.json?_shape=array", timeout=10)
+        assert page.ok and len(page.json()) == oneprov.open_store(db).sql(
+            "SELECT count(*) AS n FROM loaded_datasets")["n"].iloc[0]
+        meta = requests.get(f"{url}/-/metadata.json", timeout=10).json()["databases"][name]
+        assert meta["tables"]["access_log"]["description"] == "view: one row is " + DESCRIPTIONS["access_log"]
+        counts = requests.get(f"{url}/{name}/loads_per_project_per_month.json?_shape=array", timeout=10).json()
+        assert sum(r["loads"] for r in counts) == oneprov.open_store(db).sql(
+            "SELECT count(*) AS n FROM access_log WHERE outcome IN ('loaded', 'download_only')")["n"].iloc[0]
+        critical = requests.get(f"{url}/{name}/runs_that_used_data_now_critical.json?_shape=array", timeout=10)
+        assert critical.ok and critical.json() == []
+        assert requests.get(f"{url}/{name}/revisions_used_per_dataset.json?_shape=array", timeout=10).json()
+        refused = requests.get(f"{url}/{name}.json", params={"sql": "DELETE FROM runs"}, timeout=10)
+        assert refused.status_code == 400 and "SELECT" in refused.text
+        refused = requests.get(f"{url}/{name}.json", params={"sql": "UPDATE runs SET label = 'x'"}, timeout=10)
+        assert refused.status_code == 400
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert db.read_bytes() == before
