@@ -520,6 +520,25 @@ def _print_frame(frame: pd.DataFrame, fmt: str) -> None:
             click.echo(frame.fillna("NULL").to_string(index=False))
 
 
+@main.command("report")
+@click.option("--project", help="Every run of this project.")
+@click.option("--run", help="One run (an id, a unique prefix, a label or 'last').")
+@click.option("--label", help="Every run with this label.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The HTML file to write.")
+@db_option
+@friendly_errors
+def report_cmd(project, run, label, output, db) -> None:
+    """Write one self-contained HTML report (plots inline, no network needed to view it): the runs,
+    loads over time per project, the QC and revision mix each run saw against today's state, the
+    datasets per scope and the exports written."""
+    from .export.report import write_report
+
+    with open_store(db, create=False, upgrade=False) as store:
+        run_id = store.resolve_run(run, project) if run else None
+        path = write_report(store, output, project=project, run=run_id, label=label)
+    click.echo(f"wrote {path}")
+
+
 # -- web --------------------------------------------------------------------------------------
 
 @main.command("serve")

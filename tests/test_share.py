@@ -143,3 +143,41 @@ def test_serve_runs_datasette_read_only_with_the_schema_and_canned_queries(paper
         server.terminate()
         server.wait(10)
     assert db.read_bytes() == before
+
+
+def chromium() -> str:
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    raise AssertionError("no Chromium: .ci/run installs it (apt-get install chromium)")
+
+
+def test_the_report_renders_in_a_real_browser_with_the_store_s_numbers(paper, tmp_path):
+    import re
+
+    repo, db = paper
+    out = tmp_path / "report.html"
+    cli("report", "--label", "paper", "-o", out, "--db", db)
+    text = out.read_text()
+    # nothing to fetch: no stylesheet, script or image from elsewhere (namespaces are names, not fetched)
+    assert not re.search(r"""(?:src|href)\s*=\s*["']https?://""", text) and "<link" not in text
+    done = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                           "--virtual-time-budget=5000", "--dump-dom", out.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    dom = done.stdout
+    assert "<svg" in dom, done.stderr[-2000:]
+    body = re.search(r"<body([^>]*)>", dom).group(1)
+    assert 'data-plots-drawn="3"' in body and "data-error" not in body
+    store = oneprov.open_store(db)
+
+    def count(name):
+        return int(re.search(rf'data-count="{name}">(\d+)<', dom).group(1))
+    paper_runs = store.sql("SELECT id FROM runs WHERE label = 'paper'")["id"].tolist()
+    loads = store.sql("SELECT count(*) AS n FROM access_events e JOIN runs r ON r.id = e.run_id "
+                      "WHERE r.label = 'paper' AND e.outcome IN ('loaded', 'download_only')")["n"].iloc[0]
+    assert count("runs") == len(paper_runs) == count("runs-rows") == 2
+    assert count("loads") == loads
+    assert count("stale") == 0 and count("exports-rows") == 2
+    assert count("scopes-rows") == 2   # fig3 and (no scope)
