@@ -64,6 +64,12 @@ def format_option(func):
                              "ISO 8601 UTC with 'Z'; NULL is empty (csv), null (json) or NULL (table).")(func)
 
 
+def object_format_option(shape: str):
+    """``--format`` of a command that prints one object (its keys: ``shape``)."""
+    return click.option("--format", "fmt", type=click.Choice(["table", "json", "ndjson"]), default="table",
+                        show_default=True, help=f"table for a person; json (ndjson: on one line): one object: {shape}.")
+
+
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
@@ -202,9 +208,7 @@ def _since(text: str) -> datetime.datetime:
 
 @main.command("show")
 @click.argument("run")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "ndjson"]), default="table", show_default=True,
-              help="table for a person; json (ndjson: on one line): one object of the documented shape: run, "
-                   "tables, queries, outcomes, exports, marks.")
+@object_format_option("run, tables, queries, outcomes, exports, marks")
 @db_option
 @friendly_errors
 def show_cmd(run: str, fmt: str, db: str | None) -> None:
@@ -264,9 +268,7 @@ def diff_cmd(run_a: str, run_b: str, fmt: str, db: str | None) -> None:
 
 @main.command("cutoff")
 @click.argument("run")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "ndjson"]), default="table", show_default=True,
-              help="table for a person; json (ndjson: on one line): one object: run_id, reproducible, from, "
-                   "before, proposed, loads, unexplained, default_not_last.")
+@object_format_option("run_id, reproducible, from, before, proposed, loads, unexplained, default_not_last")
 @db_option
 @friendly_errors
 def cutoff_cmd(run: str, fmt: str, db: str | None) -> None:
