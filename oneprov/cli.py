@@ -64,6 +64,12 @@ def format_option(func):
                              "ISO 8601 UTC with 'Z'; NULL is empty (csv), null (json) or NULL (table).")(func)
 
 
+def object_format_option(shape: str):
+    """``--format`` of a command that prints one object (its keys: ``shape``)."""
+    return click.option("--format", "fmt", type=click.Choice(["table", "json", "ndjson"]), default="table",
+                        show_default=True, help=f"table for a person; json (ndjson: on one line): one object: {shape}.")
+
+
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
@@ -202,9 +208,7 @@ def _since(text: str) -> datetime.datetime:
 
 @main.command("show")
 @click.argument("run")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "ndjson"]), default="table", show_default=True,
-              help="table for a person; json (ndjson: on one line): one object of the documented shape: run, "
-                   "tables, queries, outcomes, exports, marks.")
+@object_format_option("run, tables, queries, outcomes, exports, marks")
 @db_option
 @friendly_errors
 def show_cmd(run: str, fmt: str, db: str | None) -> None:
@@ -264,9 +268,7 @@ def diff_cmd(run_a: str, run_b: str, fmt: str, db: str | None) -> None:
 
 @main.command("cutoff")
 @click.argument("run")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "ndjson"]), default="table", show_default=True,
-              help="table for a person; json (ndjson: on one line): one object: run_id, reproducible, from, "
-                   "before, proposed, loads, unexplained, default_not_last.")
+@object_format_option("run_id, reproducible, from, before, proposed, loads, unexplained, default_not_last")
 @db_option
 @friendly_errors
 def cutoff_cmd(run: str, fmt: str, db: str | None) -> None:
@@ -380,6 +382,47 @@ def export_cache(out_dir: Path, run: str | None, clobber: bool, db: str | None) 
         click.echo(f"wrote {path}")
 
 
+def _selection_options(func):
+    for option in reversed([
+            click.option("--run", help="One run (an id, a unique prefix, a label or 'last')."),
+            click.option("--scope", help="The loads made inside this named scope (e.g. figure3), in every run."),
+            click.option("--label", help="Every run with this label (e.g. one paper)."),
+            click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+                         help="The file (prov) or folder (rocrate) to write.")]):
+        func = option(func)
+    return func
+
+
+@export.command("prov")
+@_selection_options
+@db_option
+@friendly_errors
+def export_prov_cmd(run, scope, label, output, db) -> None:
+    """Write W3C PROV-JSON of a run, a scope or a label: runs as activities, people and hosts as
+    agents, scripts as plans, datasets as seen as entities, loads as 'used', exports as generated."""
+    from .export.prov_json import export_prov
+
+    with open_store(db, create=False, upgrade=False) as store:
+        run_id = store.resolve_run(run) if run else None
+        path = export_prov(store, output, run=run_id, scope=scope, label=label)
+    click.echo(f"wrote {path}")
+
+
+@export.command("rocrate")
+@_selection_options
+@db_option
+@friendly_errors
+def export_rocrate_cmd(run, scope, label, output, db) -> None:
+    """Write an RO-Crate 1.1 (Process Run Crate) folder of a run, a scope or a label: each run a
+    CreateAction over the datasets it loaded, with ONE's loaded-ids CSVs inside the crate."""
+    from .export.rocrate import export_rocrate
+
+    with open_store(db, create=False) as store:
+        run_id = store.resolve_run(run) if run else None
+        path = export_rocrate(store, output, run=run_id, scope=scope, label=label)
+    click.echo(f"wrote {path / 'ro-crate-metadata.json'}")
+
+
 # -- sql --------------------------------------------------------------------------------------
 
 @main.command("sql")
@@ -477,6 +520,45 @@ def _print_frame(frame: pd.DataFrame, fmt: str) -> None:
         with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,
                                "display.max_colwidth", 60):
             click.echo(frame.fillna("NULL").to_string(index=False))
+
+
+@main.command("report")
+@click.option("--project", help="Every run of this project.")
+@click.option("--run", help="One run (an id, a unique prefix, a label or 'last').")
+@click.option("--label", help="Every run with this label.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The HTML file to write.")
+@db_option
+@friendly_errors
+def report_cmd(project, run, label, output, db) -> None:
+    """Write one self-contained HTML report (plots inline, no network needed to view it): the runs,
+    loads over time per project, the QC and revision mix each run saw against today's state, the
+    datasets per scope and the exports written."""
+    from .export.report import write_report
+
+    with open_store(db, create=False, upgrade=False) as store:
+        run_id = store.resolve_run(run, project) if run else None
+        path = write_report(store, output, project=project, run=run_id, label=label)
+    click.echo(f"wrote {path}")
+
+
+# -- web --------------------------------------------------------------------------------------
+
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (127.0.0.1: this machine only).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8001, show_default=True, help="Port (0: any free one).")
+@db_option
+@friendly_errors
+def serve_cmd(host: str, port: int, db: str | None) -> None:
+    """Browse the database in Datasette, read-only: every view and table described, canned queries
+    for the audit questions (runs that used data now CRITICAL, revisions used per dataset, loads per
+    project per month). SQLite files only; needs `pip install 'oneprov[web]'`."""
+    from .store.engine import database_url, sqlite_path
+    from .web import serve
+
+    path = sqlite_path(database_url(db or settings.database()))
+    if path is None:
+        raise OneprovError("oneprov serve shows SQLite files; for PostgreSQL, point Datasette at a SQLite export")
+    sys.exit(serve(path, host=host, port=port))
 
 
 # -- demo -------------------------------------------------------------------------------------
