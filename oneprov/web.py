@@ -2,7 +2,7 @@
 
 Datasette (``pip install oneprov[web]``) serves the SQLite file with metadata made here from the one
 description of the public views and tables (:data:`oneprov.store.schema.DESCRIPTIONS`, the text
-``oneprov schema`` prints) and canned queries for the audit questions. It only reads: its SQL
+``oneprov schema`` prints) and of every column of the public views (``COLUMN_DESCRIPTIONS``) and canned queries for the audit questions. It only reads: its SQL
 console takes SELECT statements only, and no canned query writes.
 
 >>> sorted(metadata("provenance")["databases"]["provenance"]["queries"])
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadInputError
-from .store.schema import public_schema
+from .store.schema import COLUMN_DESCRIPTIONS, public_schema
 
 #: The audit questions, as canned queries: (name, title, SQL).
 CANNED = [
@@ -42,7 +42,9 @@ def metadata(name: str) -> dict[str, Any]:
     """Datasette's metadata for the database called ``name`` (its file's stem)."""
     tables = {}
     for entry in public_schema():
-        tables[entry["name"]] = {"description": f"{entry['kind']}: one row is {entry['description']}"}
+        described = {c: COLUMN_DESCRIPTIONS[c] for c in entry["columns"] if entry["kind"] == "view"}
+        tables[entry["name"]] = {"description": f"{entry['kind']}: one row is {entry['description']}",
+                                 **({"columns": described} if described else {})}
     return {"title": "oneprov provenance", "description":
             "Which ONE datasets, and which revision of each, analyses loaded: read-only.",
             "databases": {name: {"tables": tables, "queries": {

@@ -421,3 +421,16 @@ def test_a_download_refused_by_the_server_is_a_clear_error(alyx, tmp_path):
     with pytest.warns(Warning, match=r"could not be downloaded: HTTP 403 from http://127\.0\.0\.1"):
         with pytest.raises(ALFObjectNotFound):
             ours.load_dataset(alyx.repo.eid, "trials.choice.npy")
+
+
+def test_retries_are_logged_for_diagnostics(alyx, tmp_path, caplog, monkeypatch):
+    import logging
+
+    import oneprov.sources.alyx as source_module
+
+    monkeypatch.setattr(source_module, "BACKOFF_S", 0.01)
+    _, ours = clients(alyx, tmp_path)
+    alyx.fault("/data/*trials.intervals*", "status", status=503)
+    with caplog.at_level(logging.INFO, logger="oneprov.remote"):
+        assert ours.load_dataset(alyx.repo.eid, "trials.intervals.npy") is not None
+    assert any("retrying" in r.getMessage() and "HTTP 503" in r.getMessage() for r in caplog.records)

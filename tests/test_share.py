@@ -114,14 +114,15 @@ def test_serve_runs_datasette_read_only_with_the_schema_and_canned_queries(paper
 
     repo, db = paper
     before = db.read_bytes()
+    log = tmp_path / "datasette.log"   # (a file, not a pipe: a full pipe would stall the server's logging)
     server = subprocess.Popen([sys.executable, "-m", "oneprov", "serve", "--db", db, "--port", "0"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
     try:
         url, deadline = None, time.monotonic() + 60
         while url is None and time.monotonic() < deadline:
-            line = server.stdout.readline()
-            found = re.search(r"http://127\.0\.0\.1:\d+", line)
+            found = re.search(r"http://127\.0\.0\.1:\d+", log.read_text())
             url = found.group(0) if found else None
+            time.sleep(0.1)
         assert url, "Datasette did not start"
         name = db.stem
         page = requests.get(f"{url}/{name}/loaded_datasets.json?_shape=array", timeout=10)
@@ -129,6 +130,9 @@ def test_serve_runs_datasette_read_only_with_the_schema_and_canned_queries(paper
             "SELECT count(*) AS n FROM loaded_datasets")["n"].iloc[0]
         meta = requests.get(f"{url}/-/metadata.json", timeout=10).json()["databases"][name]
         assert meta["tables"]["access_log"]["description"] == "view: one row is " + DESCRIPTIONS["access_log"]
+        from oneprov.store.schema import PUBLIC_VIEWS
+        for view, columns in PUBLIC_VIEWS.items():   # every column of every public view is described
+            assert set(meta["tables"][view]["columns"]) == set(columns)
         counts = requests.get(f"{url}/{name}/loads_per_project_per_month.json?_shape=array", timeout=10).json()
         assert sum(r["loads"] for r in counts) == oneprov.open_store(db).sql(
             "SELECT count(*) AS n FROM access_log WHERE outcome IN ('loaded', 'download_only')")["n"].iloc[0]

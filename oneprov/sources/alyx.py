@@ -16,6 +16,7 @@ with timeouts and retries with backoff on connection errors and 5xx answers; a 4
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -33,6 +34,8 @@ TIMEOUT_S = (10.0, 60.0)
 #: Attempts of one download (connection errors, timeouts, 5xx, a wrong size or md5), and the first backoff.
 ATTEMPTS, BACKOFF_S = 3, 0.5
 _CHUNK = 1 << 20
+#: Library diagnostics (retries, what was downloaded); what a user must see is a warning of the client.
+_log = logging.getLogger("oneprov.remote")
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,7 @@ class AlyxSource:
         detail = None
         for attempt in range(ATTEMPTS):
             if attempt:
+                _log.info("retrying %s (attempt %d of %d) after %s", url, attempt + 1, ATTEMPTS, detail or last)
                 time.sleep(BACKOFF_S * 2 ** (attempt - 1))
             try:
                 result = self._stream(quoted, path, size, md5, bar, headers)
@@ -162,6 +166,7 @@ class AlyxSource:
                 detail = f"{type(exc).__name__} from {url}"
                 continue
             if isinstance(result, int):
+                _log.debug("downloaded %s: %d bytes in %.3f s", url, result, time.perf_counter() - started)
                 return Download(url, "ok", result, time.perf_counter() - started)
             last, detail = result, f"{result.replace('_', ' ')} after downloading {url}"
         return Download(url, last, 0, time.perf_counter() - started, detail)

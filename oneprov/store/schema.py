@@ -280,6 +280,25 @@ DESCRIPTIONS: dict[str, str] = {
 }
 
 
+#: What each column of the public views holds (a column's meaning is the same in every view).
+COLUMN_DESCRIPTIONS: dict[str, str] = {
+    "event_id": "the access event's id", "event_time": "when the attempt was recorded (UTC)",
+    "project": "the run's project", "run_id": "the run (UUID)", "method": "the ONE method (load_dataset, ...)",
+    "outcome": "loaded, download_only, or why the attempt failed", "dataset_uuid": "the dataset's UUID",
+    "session_uuid": "the session's UUID (eid)", "rel_path": "the path in the session folder",
+    "collection": "the ALF collection ('' for none)", "revision": "the revision ('' when unrevised)",
+    "requested_revision": "the revision asked for, or the cutoff in force",
+    "first_loaded_at": "the run's first successful load of it (UTC)",
+    "id": "the row's UUID", "session_id": "the session's UUID (eid)", "lab": "the lab",
+    "subject": "the subject's nickname", "date": "the session's date", "number": "the session's number that day",
+    "task_protocol": "the task protocol", "projects": "the session's projects, comma-separated",
+    "record_id": "the record (state) shown", "first_seen_at": "when this state was first recorded (UTC)",
+    "name": "the file name", "file_size": "bytes (NULL: unknown)", "hash": "md5 (NULL: unknown)",
+    "exists": "whether the file exists, as the tables say", "qc": "the QC level",
+    "default_revision": "whether this is the default revision (NULL: the tables did not say)",
+}
+
+
 def public_schema() -> list[dict[str, object]]:
     """The public views, then the tables: ``name``, ``kind``, ``columns``, ``description``."""
     out: list[dict[str, object]] = []
