@@ -20,7 +20,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import IO, Callable
+from typing import Any, IO, Callable
 
 import pandas as pd
 
@@ -122,16 +122,23 @@ def _fsync_folder(folder: Path) -> None:
         pass
 
 
+def process_alive(pid: Any) -> bool:
+    """Whether a process with this id exists on this host (an unknown pid counts as alive)."""
+    if pid is None or pid != pid:   # (None, or a NaN from a frame)
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
 def _writer_alive(pid: int, host: str) -> bool:
     if host != socket.gethostname():
         return True          # (cannot tell: another machine's writer counts as alive)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
+    return process_alive(pid)
 
 
 def replace_together(moves: list[tuple[Path, Path]]) -> None:

@@ -51,6 +51,7 @@ from sqlalchemy.engine import Connection
 from tqdm.auto import tqdm
 
 from ..errors import BadInputError, DuplicateIdError
+from ..files import process_alive
 from ..secrets import scrub
 from ..tables import DATASETS_COLUMNS, SESSIONS_COLUMNS, STATE_COLUMNS, Folder
 from . import dialects
@@ -58,7 +59,6 @@ from .engine import Database, mapped_errors
 from .migrate import BULK_INDEXES, missing_indexes
 from .records import ROW_KEY
 from .recording import new_query
-from .runs import process_alive
 from .schema import dataset_records, queries, query_datasets, query_sessions, revisions, session_records, utcnow
 
 #: Rows read from a datasets table and prepared at a time.

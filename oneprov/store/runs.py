@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .. import settings
+from ..files import process_alive
 from ..errors import BadInputError
 from ..secrets import scrub, scrub_argv
 from .engine import Database
@@ -169,19 +170,6 @@ def resolve_run(db: Database, run: str, project: str | None = None) -> str:
         raise BadInputError(f"{run!r} is ambiguous: the ids of {len(found)} runs{where} start with it: {names}{more}; "
                             "give more characters of the id")
     return found[0].id
-
-
-def process_alive(pid: Any) -> bool:
-    """Whether a process with this id exists on this host (an unknown pid counts as alive)."""
-    if pid is None or pd.isna(pid):
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True
-    return True
 
 
 def _user() -> str | None:
