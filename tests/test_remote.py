@@ -434,3 +434,14 @@ def test_retries_are_logged_for_diagnostics(alyx, tmp_path, caplog, monkeypatch)
     with caplog.at_level(logging.INFO, logger="oneprov.remote"):
         assert ours.load_dataset(alyx.repo.eid, "trials.intervals.npy") is not None
     assert any("retrying" in r.getMessage() and "HTTP 503" in r.getMessage() for r in caplog.records)
+
+
+def test_a_client_that_goes_offline_mid_session_loads_what_it_downloaded(alyx, tmp_path):
+    ours = oneprov.ONE(base_url=alyx.url, silent=True, cache_dir=tmp_path / "cache", db=tmp_path / "p.sqlite",
+                       cache_rest=None, **CREDENTIALS)
+    eid = alyx.repo.eid
+    first = ours.load_dataset(eid, "trials.intervals.npy")
+    alyx.stop()
+    with pytest.warns(UserWarning, match="cannot reach"):
+        again = ours.load_dataset(eid, "trials.intervals.npy")
+    assert ours.mode == "local" and np.array_equal(first, again)

@@ -792,11 +792,9 @@ class ONE(ConversionMixin):
                requested_revision: str | None) -> list[ALFPath | None]:
         """Ask the source for each chosen file, record one event per dataset (one transaction),
         return the paths (None for a file that cannot be loaded)."""
-        if isinstance(self._source, AlyxSource) and not self.offline:
-            fetched = self._source.fetch(rows, self._folder, self._catalog.session, check_hash=check_hash,
-                                         uuid_names=bool(self.uuid_filenames))
-        else:
-            fetched = self._source.fetch(rows, self._folder, check_hash=check_hash, uuid_names=bool(self.uuid_filenames))
+        source = self._source.local if self.offline and isinstance(self._source, AlyxSource) else self._source
+        fetched = source.fetch(rows, self._folder, self._catalog.session, check_hash=check_hash,
+                               uuid_names=bool(self.uuid_filenames))
         events = [self._download_event(row, got.download) for row, got in zip(rows, fetched) if got.download]
         for row, got in zip(rows, fetched):
             outcome = ("download_only" if download_only else "loaded") if got.ok else got.status

@@ -58,11 +58,12 @@ class LocalSource:
             raise BadInputError(f"session {session.id} has a path outside the cache folder: {folder}")
         return folder
 
-    def fetch(self, rows: Sequence[Any], folder_of: Callable[[str], Path], *, check_hash: bool = True,
-              uuid_names: bool = False) -> list[Fetched]:
+    def fetch(self, rows: Sequence[Any], folder_of: Callable[[str], Path], session_of: Callable[[str], Any] = None, *,
+              check_hash: bool = True, uuid_names: bool = False) -> list[Fetched]:
         """Each row's file in its session folder (``folder_of(session_id)``), checked against the row's
         size and md5 (the md5 only with ``check_hash``; a null size or hash is not checked). With
-        ``uuid_names`` the file's name carries the dataset UUID (one-api's ``uuid_filenames``)."""
+        ``uuid_names`` the file's name carries the dataset UUID (one-api's ``uuid_filenames``).
+        (``session_of`` is the Alyx source's: a local source needs only the folders.)"""
         out = []
         for row in rows:
             path = folder_of(row.session_id) / (alf.with_uuid(row.rel_path, row.id) if uuid_names else row.rel_path)
