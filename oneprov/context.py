@@ -92,7 +92,7 @@ def run_context() -> dict[str, Any]:
     path = script()
     git = git_state(path.parent if path else Path.cwd())
     return {"script_path": str(path) if path else None, "script_sha256": _sha256(path) if path else None, **git,
-            "cwd": os.getcwd(), "argv": json.dumps([scrub(a) for a in scrub_argv_list(sys.argv)]),
+            "cwd": os.getcwd(), "argv": json.dumps(scrub_argv_list(sys.argv)),
             "settings": json.dumps({k: scrub(v) for k, v in settings.in_force().items()}, sort_keys=True), "versions": versions()}
 
 
