@@ -249,13 +249,43 @@ def test_sql_timeout_and_ctrl_c_stop_a_long_query(backend, db, request):
     assert time.monotonic() - started < 20
     child = subprocess.Popen([sys.executable, "-m", "oneprov", "sql", LONG_QUERY[backend], "--db", str(target)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)                                   # started, and running the query
-    assert child.poll() is None
+    _wait_until_running(child, backend, target)
     stop = time.monotonic()
     child.send_signal(signal.SIGINT)
     out, err = child.communicate(timeout=30)
     assert child.returncode == 130 and err.strip() == "interrupted", err
     assert time.monotonic() - stop < 5
+
+
+def _wait_until_running(child: subprocess.Popen, backend: str, target) -> None:
+    """Until ``child`` runs its query (not merely starting Python): it has the SQLite file open, or
+    the PostgreSQL server shows its statement."""
+    import os
+    import time
+
+    import sqlalchemy as sa
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert child.poll() is None, child.communicate()
+        if backend == "sqlite":
+            fds = f"/proc/{child.pid}/fd"
+            try:
+                running = any(os.path.realpath(os.path.join(fds, fd)) == os.path.realpath(target)
+                              for fd in os.listdir(fds))
+            except OSError:
+                running = False
+        else:
+            engine = sa.create_engine(target)
+            with engine.connect() as conn:
+                running = bool(conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity "
+                                                    "WHERE query LIKE 'SELECT pg_sleep%'")).scalar())
+            engine.dispose()
+        if running:
+            time.sleep(0.3)                         # (from open to the statement: a few milliseconds)
+            return
+        time.sleep(0.05)
+    raise AssertionError("the query did not start within 60 s")
 
 
 def test_sql_result_too_large_for_memory_is_one_line(db):

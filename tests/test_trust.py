@@ -22,8 +22,21 @@ LOCKER = textwrap.dedent("""
     con = sqlite3.connect(sys.argv[1], isolation_level=None)
     con.execute("BEGIN IMMEDIATE")
     print("locked", flush=True)
-    time.sleep(float(sys.argv[2]))
+    sys.stdin.readline()                      # held until the test says so
     con.rollback()
+""")
+
+# The real CLI, with one line printed once the tables are hashed (so the test knows when to replace them).
+HASHING_IMPORTER = textwrap.dedent("""
+    import sys
+    from oneprov import cli, tables
+    checksum = tables.Folder.checksum
+    def announced(self):
+        value = checksum(self)
+        print("hashed", flush=True)
+        return value
+    tables.Folder.checksum = announced
+    cli.main(sys.argv[1:])
 """)
 
 
@@ -35,14 +48,18 @@ def test_tables_replaced_during_an_import_are_not_recorded_under_the_old_checksu
     other = make_repository(tmp_path / "other", seed=7, write_files=False).root
     db = tmp_path / "p.sqlite"
     open_store(db).close()
-    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(db), "4"], stdout=subprocess.PIPE, text=True)
+    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(db)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
     assert locker.stdout.readline().strip() == "locked"
-    importer = subprocess.Popen([sys.executable, "-m", "oneprov", "import-cache", str(tables), "--db", str(db)],
+    importer = subprocess.Popen([sys.executable, "-c", HASHING_IMPORTER, "import-cache", str(tables), "--db", str(db)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)                                       # the importer has hashed and read, and waits
+    assert importer.stdout.readline().strip() == "hashed"  # it has hashed the tables; the lock is still held
+    time.sleep(0.5)                                         # (and it is waiting for it, most likely)
     replacement = tables / "datasets.pqt.new"
     replacement.write_bytes((other / "datasets.pqt").read_bytes())
     os.replace(replacement, tables / "datasets.pqt")
+    locker.stdin.write("release\n")
+    locker.stdin.flush()
     out, err = importer.communicate(timeout=120)
     locker.wait(timeout=30)
     assert importer.returncode != 0 and "Traceback" not in err, err
