@@ -16,6 +16,7 @@ True
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 from pathlib import Path
@@ -28,10 +29,36 @@ from .selection import Selection, select
 
 RO_CRATE = "https://w3id.org/ro/crate/1.1"
 PROCESS_RUN_CRATE = "https://w3id.org/ro/wfrun/process/0.5"
+ONEPROV_URL = "https://pypi.org/project/oneprov/"
 
 
 def _time(value: Any) -> str | None:
-    return None if value is None else value.replace(tzinfo=None).isoformat() + "Z"
+    """ISO 8601 in UTC to the millisecond, with an explicit offset: the form the Process Run Crate
+    profile checks (``2024-05-01T12:00:00.123+00:00``)."""
+    return None if value is None else value.replace(tzinfo=None).isoformat(timespec="milliseconds") + "+00:00"
+
+
+def _one(values: list[dict]) -> dict | list[dict]:
+    """A single value rather than a singleton list (RO-Crate 1.1's JSON-LD recommendation)."""
+    return values[0] if len(values) == 1 else values
+
+
+def _instrument(run: dict) -> dict:
+    """The script a run ran, as a ``SoftwareApplication`` whose id names its content (RFC 6920
+    ``ni:`` URI of its sha256); without a script file, oneprov itself (an interactive session)."""
+    version = (run.get("versions") or {}).get("oneprov") if isinstance(run.get("versions"), dict) else None
+    sha = run.get("script_sha256")
+    if not sha:
+        return {"@id": ONEPROV_URL, "@type": "SoftwareApplication", "name": "oneprov", "url": ONEPROV_URL,
+                **({"softwareVersion": version} if version else {}),
+                "description": "an interactive session (no script file), recorded by oneprov"}
+    digest = base64.urlsafe_b64encode(bytes.fromhex(sha)).decode().rstrip("=")
+    git = f", git {run['git_commit']}{' (uncommitted changes)' if run.get('git_dirty') else ''}" if run.get("git_commit") else ""
+    return {"@id": f"ni:///sha-256;{digest}", "@type": "SoftwareApplication",
+            "name": os.path.basename(run.get("script_path") or "") or "script",
+            "softwareVersion": run.get("git_commit") or f"sha256 {sha}",
+            **({"url": run["git_remote"]} if run.get("git_remote") else {}),
+            "description": f"{run.get('script_path')} (sha256 {sha}{git})"}
 
 
 def export_rocrate(store: Store, folder: str | os.PathLike, *, run: str | None = None, scope: str | None = None,
@@ -70,44 +97,45 @@ def _graph(selection: Selection, csvs: list[tuple[str, int, bool]]) -> list[dict
     results = [{"@id": name, "@type": "File", "name": name, "encodingFormat": "text/csv",
                 "description": f"{n} {'session' if sessions else 'dataset'} UUIDs loaded (ONE's loaded-ids CSV)"}
                for name, n, sessions in csvs]
+    root = {"@id": "./", "@type": "Dataset", "name": f"oneprov provenance of {selection.what}",
+            "description": "Which ONE datasets, and which revision of each, these analysis runs loaded.",
+            "datePublished": _time(max((r["started_at"] for r in selection.runs), default=None)),
+            "license": {"@id": "https://spdx.org/licenses/CC-BY-4.0"},
+            "conformsTo": {"@id": PROCESS_RUN_CRATE},
+            "hasPart": [{"@id": x["@id"]} for x in (*results, *datasets.values())],   # (every data entity)
+            "mentions": _one([{"@id": f"#run-{r['id']}"} for r in selection.runs])}
     graph: list[dict] = [
         {"@id": "ro-crate-metadata.json", "@type": "CreativeWork", "about": {"@id": "./"},
          "conformsTo": {"@id": RO_CRATE}},
-        {"@id": "./", "@type": "Dataset", "name": f"oneprov provenance of {selection.what}",
-         "description": "Which ONE datasets, and which revision of each, these analysis runs loaded.",
-         "datePublished": _time(max((r["started_at"] for r in selection.runs), default=None)),
-         "license": {"@id": "https://spdx.org/licenses/CC-BY-4.0"},
-         "conformsTo": [{"@id": PROCESS_RUN_CRATE}],
-         "hasPart": [{"@id": x["@id"]} for x in results],
-         "mentions": [{"@id": f"#run-{r['id']}"} for r in selection.runs]},
+        root,
         {"@id": PROCESS_RUN_CRATE, "@type": "CreativeWork", "name": "Process Run Crate", "version": "0.5"},
         {"@id": "https://spdx.org/licenses/CC-BY-4.0", "@type": "CreativeWork", "name": "CC BY 4.0"},
         *results, *datasets.values(),
     ]
-    seen_agents: set[str] = set()
+    agents: dict[str, dict] = {}
+    instruments: dict[str, dict] = {}
     for r in selection.runs:
         agent = f"#person-{r.get('user_name') or 'unknown'}"
-        if agent not in seen_agents:
-            graph.append({"@id": agent, "@type": "Person", "name": r.get("user_name") or "unknown"})
-            seen_agents.add(agent)
-        instrument = f"#script-{r['script_sha256']}" if r.get("script_sha256") else "#oneprov"
-        if not any(node["@id"] == instrument for node in graph):
-            graph.append({"@id": instrument, "@type": "SoftwareApplication",
-                          "name": os.path.basename(r.get("script_path") or "") or "oneprov",
-                          **({"description": f"{r['script_path']} (sha256 {r['script_sha256']}"
-                              + (f", git {r['git_commit']}{' dirty' if r.get('git_dirty') else ''}" if r.get("git_commit") else "")
-                              + ")"} if r.get("script_sha256") else {"description": "an interactive session (no script file)"})})
+        agents.setdefault(agent, {"@id": agent, "@type": "Person", "name": r.get("user_name") or "unknown"})
+        instrument = _instrument(r)
+        instruments.setdefault(instrument["@id"], instrument)
         objects = sorted({_dataset_id(l, base_urls) for l in selection.loads if l["run_id"] == r["id"]})
         action = {"@id": f"#run-{r['id']}", "@type": "CreateAction", "name": f"run {r.get('label') or r['id']}",
                   "identifier": r["id"], "startTime": _time(r["started_at"]), "agent": {"@id": agent},
-                  "instrument": {"@id": instrument}, "object": [{"@id": o} for o in objects],
+                  "description": f"{r['status']} run {r['id']} of project {r.get('project')}"
+                                 + (f" on {r['host']}" if r.get("host") else "")
+                                 + f": {len(objects)} dataset(s) loaded",
+                  "instrument": {"@id": instrument["@id"]}, "object": [{"@id": o} for o in objects],
                   "result": [{"@id": x["@id"]} for x in results],
-                  "actionStatus": {"@id": "http://schema.org/CompletedActionStatus" if r["status"] == "finished"
-                                   else "http://schema.org/FailedActionStatus" if r["status"] == "failed"
-                                   else "http://schema.org/ActiveActionStatus"}}
+                  # (a plain string, as the profile's examples and its validator have it)
+                  "actionStatus": "http://schema.org/CompletedActionStatus" if r["status"] == "finished"
+                                  else "http://schema.org/FailedActionStatus" if r["status"] == "failed"
+                                  else "http://schema.org/ActiveActionStatus"}
         if r["finished_at"]:
             action["endTime"] = _time(r["finished_at"])
         graph.append(action)
+    root["author"] = _one([{"@id": a} for a in agents])
+    graph.extend([*agents.values(), *instruments.values()])
     return graph
 
 
