@@ -2,8 +2,10 @@
 
 Datasette (``pip install oneprov[web]``) serves the SQLite file with metadata made here from the one
 description of the public views and tables (:data:`oneprov.store.schema.DESCRIPTIONS`, the text
-``oneprov schema`` prints) and of every column of the public views (``COLUMN_DESCRIPTIONS``) and canned queries for the audit questions. It only reads: its SQL
-console takes SELECT statements only, and no canned query writes.
+``oneprov schema`` prints) and of each of their columns, links from a value to the row it names
+(:data:`oneprov.store.schema.LINKS`, rendered by the plugin in ``datasette_plugins``), and canned
+queries for the audit questions. It only reads: its SQL console takes SELECT statements only, and
+no canned query writes.
 
 >>> sorted(metadata("provenance")["databases"]["provenance"]["queries"])
 ['loads_per_project_per_month', 'revisions_used_per_dataset', 'runs_that_used_data_now_critical']
@@ -19,7 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadInputError
-from .store.schema import COLUMN_DESCRIPTIONS, public_schema
+from .store.schema import LINKS, column_description, public_schema
+
+#: What names a row of a table in Datasette's links to it (instead of its id).
+LABELS = {"projects": "name", "runs": "label"}
+#: The Datasette plugins of ``oneprov serve`` (links between views and tables).
+PLUGINS = Path(__file__).parent / "datasette_plugins"
 
 #: The audit questions, as canned queries: (name, title, SQL).
 CANNED = [
@@ -42,9 +49,13 @@ def metadata(name: str) -> dict[str, Any]:
     """Datasette's metadata for the database called ``name`` (its file's stem)."""
     tables = {}
     for entry in public_schema():
-        described = {c: COLUMN_DESCRIPTIONS[c] for c in entry["columns"] if entry["kind"] == "view"}
-        tables[entry["name"]] = {"description": f"{entry['kind']}: one row is {entry['description']}",
-                                 **({"columns": described} if described else {})}
+        table = entry["name"]
+        tables[table] = {"description": f"{entry['kind']}: one row is {entry['description']}",
+                         "columns": {c: column_description(table, c) for c in entry["columns"]}}
+        if table in LABELS:
+            tables[table]["label_column"] = LABELS[table]
+        if table in LINKS:
+            tables[table]["plugins"] = {"oneprov-links": {"links": LINKS[table]}}
     return {"title": "oneprov provenance", "description":
             "Which ONE datasets, and which revision of each, analyses loaded: read-only.",
             "databases": {name: {"tables": tables, "queries": {
@@ -54,7 +65,8 @@ def metadata(name: str) -> dict[str, Any]:
 def serve_command(db: str | os.PathLike, metadata_file: Path, *, host: str, port: int) -> list[str]:
     """The Datasette command line that serves ``db``."""
     return [sys.executable, "-m", "datasette", "serve", str(db), "--metadata", str(metadata_file), "--host", host,
-            "--port", str(port), "--setting", "sql_time_limit_ms", "5000", "--setting", "allow_download", "off"]
+            "--port", str(port), "--plugins-dir", str(PLUGINS),
+            "--setting", "sql_time_limit_ms", "5000", "--setting", "allow_download", "off"]
 
 
 def serve(db: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8001) -> int:

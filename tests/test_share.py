@@ -209,9 +209,25 @@ def test_serve_runs_datasette_read_only_with_the_schema_and_canned_queries(paper
             "SELECT count(*) AS n FROM loaded_datasets")["n"].iloc[0]
         meta = requests.get(f"{url}/-/metadata.json", timeout=10).json()["databases"][name]
         assert meta["tables"]["access_log"]["description"] == "view: one row is " + DESCRIPTIONS["access_log"]
-        from oneprov.store.schema import PUBLIC_VIEWS
-        for view, columns in PUBLIC_VIEWS.items():   # every column of every public view is described
-            assert set(meta["tables"][view]["columns"]) == set(columns)
+        from oneprov.store.schema import public_schema
+        for entry in public_schema():                 # every column of every view and table is described
+            assert set(meta["tables"][entry["name"]]["columns"]) == set(entry["columns"])
+            assert all(meta["tables"][entry["name"]]["columns"].values())
+        # a view's value that names a row of another view or table is a link to that row
+        store = oneprov.open_store(db)
+        run = store.sql("SELECT run_id FROM loaded_datasets LIMIT 1")["run_id"].iloc[0]
+        html = requests.get(f"{url}/{name}/loaded_datasets", params={"run_id": run}, timeout=10).text
+        link = f'href="/{name}/runs?id={run}"'
+        assert link in html, html[:2000]
+        target = requests.get(f"{url}/{name}/runs.json?_shape=array&id={run}", timeout=10).json()
+        assert [r["id"] for r in target] == [run]
+        uuid = store.sql("SELECT dataset_uuid FROM loaded_datasets LIMIT 1")["dataset_uuid"].iloc[0]
+        html = requests.get(f"{url}/{name}/loaded_datasets", params={"dataset_uuid": uuid}, timeout=10).text
+        assert f'href="/{name}/datasets?id={uuid}"' in html
+        assert requests.get(f"{url}/{name}/datasets.json?_shape=array&id={uuid}", timeout=10).json()
+        # and a table's foreign key too (Datasette's own), labelled with the run's label
+        html = requests.get(f"{url}/{name}/access_events", params={"run_id": run}, timeout=10).text
+        assert f'href="/{name}/runs/{run}"' in html
         counts = requests.get(f"{url}/{name}/loads_per_project_per_month.json?_shape=array", timeout=10).json()
         assert sum(r["loads"] for r in counts) == oneprov.open_store(db).sql(
             "SELECT count(*) AS n FROM access_log WHERE outcome IN ('loaded', 'download_only')")["n"].iloc[0]
@@ -264,3 +280,13 @@ def test_the_report_renders_in_a_real_browser_with_the_store_s_numbers(paper, tm
     assert count("loads") == loads
     assert count("stale") == 0 and count("exports-rows") == 2
     assert count("scopes-rows") == 2   # fig3 and (no scope)
+
+
+def test_every_link_names_real_columns():
+    """Each link of the web view goes from a column of a view or table to a column of another."""
+    from oneprov.store.schema import LINKS, public_schema
+
+    columns = {entry["name"]: set(entry["columns"]) for entry in public_schema()}
+    for source, links in LINKS.items():
+        for column, (target, key) in links.items():
+            assert column in columns[source] and key in columns[target], (source, column, target, key)

@@ -299,6 +299,76 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
 }
 
 
+#: What the columns of the tables hold, where a name alone does not say it (or says another thing
+#: than in the views); every other column is described by :data:`COLUMN_DESCRIPTIONS`.
+TABLE_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
+    "projects": {"id": "the project's id", "name": "the project's name", "created_at": "when it was created (UTC)"},
+    "revisions": {"name": "the revision name"},
+    "runs": {
+        "id": "the run's id (UUID)", "project_id": "the run's project (projects.id)", "label": "the run's label",
+        "status": "running, finished or failed", "started_at": "when it started (UTC)",
+        "finished_at": "when it ended (UTC; NULL while running)", "user_name": "the user who ran it",
+        "host": "the machine it ran on", "pid": "its process id", "command": "its command line (secrets hidden)",
+        "versions": "JSON: the versions of Python, oneprov, one-api and the libraries it imported",
+        "cache_dir": "the ONE cache folder", "base_url": "the Alyx URL in remote mode",
+        "revision_cutoff": "ONE_REVISION_LAST_BEFORE when it started", "error": "why it failed",
+        "script_path": "the script it ran", "script_sha256": "the script's sha256",
+        "git_commit": "the commit of the script's repository", "git_dirty": "uncommitted changes in that repository",
+        "git_remote": "that repository's origin URL (credentials removed)", "cwd": "the working directory",
+        "argv": "JSON: its arguments (secrets hidden)", "settings": "JSON: the non-secret ONE_* settings in force",
+        "db_role": "the database role that started it"},
+    "session_records": {"id": "the record's id", "uuid": "the session's UUID (eid)",
+                        "query_id": "the query that first showed this state"},
+    "dataset_records": {"id": "the record's id", "uuid": "the dataset's UUID",
+                        "query_id": "the query that first showed this state"},
+    "queries": {
+        "id": "the query's id", "run_id": "the run that made it (NULL: an import outside a run)",
+        "method": "search, list_datasets, import_cache, a REST call ...", "params": "JSON: its parameters",
+        "source": "where the rows came from: a tables folder, an Alyx URL", "checksum": "the digest of what was read",
+        "mode": "local or remote", "revision_cutoff": "ONE_REVISION_LAST_BEFORE in force",
+        "scope": "the run's scope at the time", "started_at": "when it started (UTC)",
+        "duration_s": "how long it took (s)", "n_sessions": "session rows returned", "n_datasets": "dataset rows returned",
+        "error": "why it failed (it then answers nothing)", "completed_at": "when all its rows were recorded (UTC)"},
+    "query_sessions": {"query_id": "the query", "record_id": "a session record it returned"},
+    "query_datasets": {"query_id": "the query", "record_id": "a dataset record it returned"},
+    "access_events": {
+        "id": "the event's id", "dataset_id": "the dataset's UUID (NULL: the request matched none)",
+        "revision_cutoff": "ONE_REVISION_LAST_BEFORE in force", "scope": "the run's scope at the time",
+        "record_id": "the dataset record it was answered from", "path": "the local file",
+        "bytes": "the file's size", "detail": "what went wrong, in words",
+        "listed": "counts in the run's loaded-ids list (ONE's record_loaded was on)"},
+    "run_marks": {"id": "the mark's id", "marked_at": "when (UTC)",
+                  "kind": "clear_list (the loaded-ids list cleared), retired, tables (the tables worked from)",
+                  "scope": "the run's scope at the time", "detail": "what it says"},
+    "exports": {"id": "the export's id", "run_id": "the run it belongs to", "kind": "what was written (loaded_dataset_ids, datasets_table ...)",
+                "path": "where", "rows": "rows written", "bytes": "its size", "sha256": "its sha256",
+                "params": "JSON: how it was selected", "created_at": "when (UTC)"},
+}
+
+
+#: Which row a column's value names, where the database does not say it with a foreign key (the
+#: views have none): view or table -> column -> (the table or view it names, its column there).
+#: ``oneprov serve`` turns these values into links.
+LINKS: dict[str, dict[str, tuple[str, str]]] = {
+    "access_log": {"event_id": ("access_events", "id"), "project": ("projects", "name"), "run_id": ("runs", "id"),
+                   "dataset_uuid": ("datasets", "id"), "session_uuid": ("sessions", "id")},
+    "loaded_datasets": {"project": ("projects", "name"), "run_id": ("runs", "id"), "dataset_uuid": ("datasets", "id"),
+                        "session_uuid": ("sessions", "id")},
+    "loaded_sessions": {"project": ("projects", "name"), "run_id": ("runs", "id"), "session_uuid": ("sessions", "id")},
+    "sessions": {"record_id": ("session_records", "id")},
+    "datasets": {"session_id": ("sessions", "id"), "record_id": ("dataset_records", "id")},
+    "access_events": {"dataset_id": ("datasets", "id"), "session_id": ("sessions", "id"),
+                      "record_id": ("dataset_records", "id")},
+    "session_records": {"uuid": ("sessions", "id")},
+    "dataset_records": {"uuid": ("datasets", "id"), "session_uuid": ("sessions", "id")},
+}
+
+
+def column_description(table: str, column: str) -> str:
+    """What ``column`` of the public view or table ``table`` holds."""
+    return TABLE_COLUMN_DESCRIPTIONS.get(table, {}).get(column) or COLUMN_DESCRIPTIONS[column]
+
+
 def public_schema() -> list[dict[str, object]]:
     """The public views, then the tables: ``name``, ``kind``, ``columns``, ``description``."""
     out: list[dict[str, object]] = []
