@@ -18,7 +18,7 @@ import pandas as pd
 
 from . import settings
 from .export import one_files
-from .errors import OneprovError
+from .errors import BadInputError, OneprovError
 from .store import migrate, open_store, roles
 from .store.engine import create_engine
 from .store.sql import read_only_query
@@ -236,13 +236,28 @@ def show_cmd(run: str, fmt: str, db: str | None) -> None:
 
 
 @main.command("schema")
+@click.argument("name", required=False)
 @format_option
 @friendly_errors
-def schema_cmd(fmt: str) -> None:
-    """The public views and the tables, with their columns and what one row of each is."""
-    from .store.schema import public_schema
+def schema_cmd(name: str | None, fmt: str) -> None:
+    """The public views and the tables, with their columns and what one row of each is; with NAME
+    (a view or table), each of its columns and what it holds.
+
+    \b
+    Examples:
+      oneprov schema
+      oneprov schema loaded_datasets --format csv
+    """
+    from .store.schema import column_description, public_schema
 
     rows = public_schema()
+    if name is not None:
+        entry = next((r for r in rows if r["name"] == name), None)
+        if entry is None:
+            raise BadInputError(f"no public view or table {name!r}; they are: {', '.join(r['name'] for r in rows)}")
+        rows = [{"column": c, "description": column_description(name, c)} for c in entry["columns"]]
+        _print_records(rows, fmt) if fmt in ("json", "ndjson") else _print_frame(pd.DataFrame(rows), fmt)
+        return
     if fmt in ("json", "ndjson"):
         _print_records(rows, fmt)
         return

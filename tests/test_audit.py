@@ -319,6 +319,17 @@ def test_schema_lists_the_public_views_and_tables_as_the_readme_does():
         assert f"| `{r['name']}` | {r['kind']} | `{', '.join(r['columns'])}` | {r['description']} |" in readme, r["name"]
 
 
+def test_schema_of_one_view_describes_each_column_and_a_wrong_name_is_one_line():
+    from oneprov.store.schema import PUBLIC_VIEWS
+
+    rows = json.loads(cli("schema", "loaded_datasets", "--format", "json").stdout)
+    assert [r["column"] for r in rows] == PUBLIC_VIEWS["loaded_datasets"] and all(r["description"] for r in rows)
+    assert "the run's label" in cli("schema", "runs").stdout
+    wrong = subprocess.run([sys.executable, "-m", "oneprov", "schema", "load_datasets"], capture_output=True, text=True)
+    assert wrong.returncode == 1 and "Traceback" not in wrong.stderr
+    assert wrong.stderr.startswith("Error: no public view or table 'load_datasets'; they are: access_log")
+
+
 def test_every_tabular_command_prints_one_json_shape(tmp_path):
     repo = make_repository(tmp_path / "alf")
     db = tmp_path / "p.sqlite"
