@@ -373,3 +373,27 @@ def test_run_names_resolve_by_one_rule(store, tmp_path):
     assert all(r in str(caught.value) for r in runs if r.startswith(shared))
     with pytest.raises(BadInputError, match="no run in project 'other'"):
         store.resolve_run(first, project="other")
+
+
+def test_a_small_first_import_builds_its_indexes_after_the_rows_in_its_transaction(tmp_path):
+    """Into an empty database, a few thousand rows are written before the indexes are built, in one
+    transaction: after it every index is there, and after a failed one too (rolled back whole)."""
+    from oneprov.store.migrate import missing_indexes
+    from oneprov.synthetic import make_repository
+
+    repo = make_repository(tmp_path / "alf", n_sessions=150, datasets_per_session=20, write_files=False)
+    bad = copy_tables(repo, tmp_path / "bad")
+    rewrite_datasets(bad, lambda df: df.reset_index().assign(
+        id=lambda d: d["id"].where(d.index < len(d) - 1, "not-a-uuid")).set_index(["eid", "id"]))
+    store = open_store(tmp_path / "p.sqlite")
+    with pytest.raises(BadInputError, match="not-a-uuid"):
+        store.import_cache(bad)
+    with store.reading() as conn:
+        assert missing_indexes(conn) == []
+    result = store.import_cache(repo.root)
+    assert result.datasets == len(repo.datasets) > 1000
+    with store.reading() as conn:
+        assert missing_indexes(conn) == []
+        plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN SELECT id FROM dataset_records WHERE uuid = 'x'").fetchall()
+    assert "ix_dataset_records_uuid_session_uuid_rel_path" in str(plan)
+    store.close()

@@ -86,7 +86,40 @@ def check_one_api(one: Any) -> None:
 def record(one: Any, db: Any = None, project: str | None = None, label: str | None = None) -> "Recording":
     """Record every search, list and load of the one-api instance ``one`` (``One`` or ``OneAlyx``)
     into the store ``db`` (default ``$ONEPROV_DB``, else ``<cache_dir>/provenance.sqlite``), as a run
-    of ``project`` named ``label``. Recording an instance that is being recorded returns its handle."""
+    of ``project`` named ``label``. Recording an instance that is being recorded returns its handle.
+
+    The instance's cache tables are recorded at once (as one query), and the run starts then.
+
+    Parameters
+    ----------
+    one : one.api.One or one.api.OneAlyx
+        The one-api instance (one-api 3.4 to 3.6). Only this instance is changed, not its class.
+    db : str, os.PathLike or sqlalchemy.engine.URL, optional
+        The provenance database (see :func:`oneprov.open_store`). Default None: ``$ONEPROV_DB``,
+        else ``<cache_dir>/provenance.sqlite`` of the instance.
+    project : str, optional
+        The run's project. Default None: ``$ONEPROV_PROJECT``, else "default".
+    label : str, optional
+        The run's label. Default None.
+
+    Returns
+    -------
+    Recording
+        The handle: its run, scopes, and a count of what could not be recorded. For an instance
+        already being recorded, that recording (``db``, ``project`` and ``label`` are then ignored).
+
+    Raises
+    ------
+    UnsupportedOneApi
+        The instance's internals are not those this module observes (another one-api version), or
+        it has no cache tables. A :class:`~oneprov.OneprovError` and a ``RuntimeError``.
+    BadInputError
+        ``project`` is blank.
+    SchemaVersionError
+        The database's schema is newer than this oneprov knows.
+    DatabaseError
+        The database cannot be opened or created.
+    """
     existing = _recordings.get(one)
     if existing is not None and not existing.stopped:
         return existing
@@ -100,7 +133,35 @@ def record(one: Any, db: Any = None, project: str | None = None, label: str | No
 
 
 class Recording:
-    """The recording of one one-api instance: its run, scopes, and what could not be recorded."""
+    """The recording of one one-api instance: its run, scopes, and what could not be recorded.
+
+    Made by :func:`record`, which checks the instance first. Making one records the instance's
+    tables and replaces the instance's public methods with recording ones.
+
+    Parameters
+    ----------
+    one : one.api.One or one.api.OneAlyx
+        The one-api instance.
+    store : Store
+        The store to record into.
+    project : str or None
+        The run's project (None: ``$ONEPROV_PROJECT``, else "default").
+    label : str or None
+        The run's label.
+
+    Attributes
+    ----------
+    one : one.api.One or one.api.OneAlyx
+        The instance recorded.
+    store : Store
+        The store recorded into.
+    base_url : str or None
+        The Alyx base URL of a remote instance; None in local mode.
+    unrecorded : int
+        How many calls could not be recorded (the analysis went on; a warning was given once).
+    stopped : bool
+        Whether :meth:`stop` was called.
+    """
 
     def __init__(self, one: Any, store: Store, project: str | None, label: str | None):
         self.one = one
@@ -123,16 +184,47 @@ class Recording:
 
     @property
     def run_id(self) -> str | None:
+        """The id of the recording's run, once it started (else None)."""
         return self.recorder.run_id
 
     @contextlib.contextmanager
     def scope(self, name: str) -> Iterator["Recording"]:
-        """Record every search and load inside the block under a scope name (e.g. a figure)."""
+        """Record every search and load inside the block under a scope name (e.g. a figure).
+
+        Parameters
+        ----------
+        name : str
+            The scope's name (e.g. "figure3"); scopes nest, the innermost is recorded.
+
+        Yields
+        ------
+        Recording
+            This recording.
+        """
         with self.recorder.scope(name):
             yield self
 
     def stop(self, error: BaseException | None = None) -> None:
-        """Stop recording (the instance's methods are restored) and close the run."""
+        """Stop recording (the instance's methods are restored) and close the run.
+
+        A second call does nothing. A run still open at exit is closed then (see
+        :mod:`oneprov.client.recorder`).
+
+        Parameters
+        ----------
+        error : BaseException, optional
+            The error that ended the analysis: the run is closed 'failed' with it. Default None:
+            'finished'.
+
+        Returns
+        -------
+        None
+
+        Raises
+        ------
+        DatabaseError
+            The run cannot be closed (the database cannot be written).
+        """
         if self.stopped:
             return
         for name, original in self._originals.items():

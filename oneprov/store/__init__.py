@@ -49,6 +49,34 @@ def open_store(db: str | os.PathLike | URL | None = None, *, upgrade: bool = Tru
     With ``upgrade=False`` an out-of-date schema is refused instead of upgraded; with
     ``create=False`` a database that does not exist, or holds no oneprov schema, is refused and
     nothing is created (commands that only read, or add to what exists).
+
+    Parameters
+    ----------
+    db : str, os.PathLike, sqlalchemy.engine.URL or None, optional
+        The database. A path (or any text without ``://``) is a SQLite file; ``":memory:"`` an
+        in-memory SQLite database; other text a SQLAlchemy URL (``postgresql+psycopg://...``).
+        Default None: ``$ONEPROV_DB``.
+    upgrade : bool, optional
+        Migrate an older schema to the newest (default True). With False, an out-of-date schema
+        is refused.
+    create : bool, optional
+        Create the database and its schema when they do not exist (default True). With False, a
+        missing SQLite file or a database without a oneprov schema is refused.
+
+    Returns
+    -------
+    Store
+        The open store. Release its connections with :meth:`Store.close`, or use it in a
+        ``with`` block.
+
+    Raises
+    ------
+    SchemaVersionError
+        The schema is newer than this oneprov knows. Nothing was changed.
+    DatabaseError
+        No database was given and ``$ONEPROV_DB`` is unset; the URL is invalid or of an unsupported
+        back end; the database cannot be opened, created or migrated; it holds tables but no oneprov
+        schema; it is out of date with ``upgrade=False``; or it does not exist with ``create=False``.
     """
     url = database_url(db)
     path = sqlite_path(url)
@@ -80,10 +108,12 @@ class Store(Database):
 
     @property
     def schema_version(self) -> str | None:
+        """The database's schema version (an Alembic revision id, text), read now; None without a schema."""
         return schema_status(self.engine).current
 
     @property
     def head_version(self) -> str:
+        """The newest schema version this oneprov knows (an Alembic revision id, text)."""
         return head_revision()
 
     # The functions that take a store first, as its methods:
@@ -99,5 +129,28 @@ class Store(Database):
         """Run one read-only SQL query and return its rows; writes are refused.
 
         Named parameters (``:name``) are bound from ``params``, never formatted into the SQL.
+        The query runs on a new read-only connection to the store's database (for an in-memory
+        store that is another, empty database).
+
+        Parameters
+        ----------
+        query : str
+            One SQL statement that returns rows (a SELECT, or ``WITH ... SELECT``).
+        params : dict of str to object, optional
+            The values of the query's named parameters (``:name``). Default None: no parameters.
+
+        Returns
+        -------
+        pandas.DataFrame
+            The rows, one column per result column, in the order the query returns them.
+
+        Raises
+        ------
+        ReadOnlyError
+            The statement tries to change the database, is more than one statement, or is not a query.
+            A :class:`~oneprov.DatabaseError`.
+        DatabaseError
+            The query fails (a syntax error, an unknown table or column, a missing parameter), or
+            the database cannot be opened.
         """
         return sql.read_only_query(self.engine.url, query, params)

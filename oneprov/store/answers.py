@@ -64,6 +64,41 @@ def record_answer(db: Database, *, location: str, sessions: Sequence[dict[str, A
     ``datasets`` of ``uuid, session_uuid, rel_path, collection, revision, name, file_size, hash,
     exists, qc, default_revision``. With a ``checksum`` of what was received, an answer recorded
     before from the same location is that query: nothing is written.
+
+    Parameters
+    ----------
+    db : Store
+        The store (``self`` when called as ``store.record_answer(...)``).
+    location : str
+        Where the answer came from (e.g. "https://alyx.example.org/sessions"); the query's source.
+    sessions : sequence of dict
+        The session rows, with the keys above, checked and normalised (UUIDs lowercase; ``date`` a
+        ``datetime.date``).
+    datasets : sequence of dict
+        The dataset rows, with the keys above, checked and normalised (``file_size`` in bytes;
+        ``qc`` a QC name; ``revision`` '' when unrevised).
+    method : str, optional
+        The query's method. Default 'rest'.
+    params : dict of str to object, optional
+        The query's parameters (e.g. the request), stored as JSON with credentials hidden. Default None.
+    checksum : str, optional
+        A digest of the answer as received. Default None: the answer is always written.
+    run_id : str, optional
+        The run that received the answer. Default None.
+    mode : str, optional
+        'local' or 'remote'. Default 'remote'.
+
+    Returns
+    -------
+    int
+        The id of the query (a new one, or the earlier one of the same answer).
+
+    Raises
+    ------
+    KeyError
+        A row lacks one of the keys above. Nothing was written.
+    DatabaseError
+        The database cannot be written (e.g. a value too long for its column on PostgreSQL).
     """
     started = time.perf_counter()
     with db.writing() as conn:

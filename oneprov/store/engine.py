@@ -217,7 +217,12 @@ class Database:
         return f"{type(self).__name__}({self.where!r})"
 
     def close(self) -> None:
-        """Release the database connections."""
+        """Release the database connections.
+
+        Returns
+        -------
+        None
+        """
         self.engine.dispose()
 
     def __enter__(self):
@@ -228,20 +233,54 @@ class Database:
 
     @contextmanager
     def writing(self) -> Iterator[Connection]:
-        """A write transaction: committed when the block ends, rolled back if it raises."""
+        """A write transaction: committed when the block ends, rolled back if it raises.
+
+        Yields
+        ------
+        sqlalchemy.engine.Connection
+            The connection, inside the transaction (``BEGIN IMMEDIATE`` on SQLite).
+
+        Raises
+        ------
+        DatabaseError
+            A driver error inside the block (a lock not granted in time, a read-only database, a
+            broken constraint...), in one line naming the database.
+        """
         with mapped_errors(self.where), self.engine.begin() as conn:
             yield conn
 
     @contextmanager
     def reading(self) -> Iterator[Connection]:
-        """A read transaction that never takes the write lock (rolled back at the end)."""
+        """A read transaction that never takes the write lock (rolled back at the end).
+
+        Yields
+        ------
+        sqlalchemy.engine.Connection
+            The connection, inside the transaction.
+
+        Raises
+        ------
+        DatabaseError
+            A driver error inside the block, in one line naming the database.
+        """
         with mapped_errors(self.where), self._reader.connect() as conn:
             yield conn
             conn.rollback()
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
-        """One connection for a series of write transactions, each ``with conn.begin():``."""
+        """One connection for a series of write transactions, each ``with conn.begin():``.
+
+        Yields
+        ------
+        sqlalchemy.engine.Connection
+            The connection, outside any transaction.
+
+        Raises
+        ------
+        DatabaseError
+            A driver error inside the block, in one line naming the database.
+        """
         with mapped_errors(self.where), self.engine.connect() as conn:
             yield conn
 
@@ -251,6 +290,16 @@ class Database:
 
         The same transaction as :meth:`writing` without SQLAlchemy's execution machinery, which
         costs several times what SQLite needs to commit one small row.
+
+        Yields
+        ------
+        object
+            The driver's cursor (``sqlite3.Cursor`` or ``psycopg.Cursor``), inside the transaction.
+
+        Raises
+        ------
+        DatabaseError
+            A driver error inside the block, in one line naming the database.
         """
         with mapped_errors(self.where):
             fairy = self.engine.raw_connection()
@@ -270,7 +319,25 @@ class Database:
                 fairy.close()
 
     def frame(self, stmt: sa.Executable, params: dict | None = None) -> pd.DataFrame:
-        """The rows of one SELECT as a DataFrame, read in a read transaction."""
+        """The rows of one SELECT as a DataFrame, read in a read transaction.
+
+        Parameters
+        ----------
+        stmt : sqlalchemy.sql.expression.Executable
+            The statement (a SQLAlchemy SELECT, or ``sqlalchemy.text``).
+        params : dict, optional
+            Values of the statement's bound parameters. Default None.
+
+        Returns
+        -------
+        pandas.DataFrame
+            The rows, one column per selected column.
+
+        Raises
+        ------
+        DatabaseError
+            The statement fails, or the database cannot be read.
+        """
         with self.reading() as conn:
             return result_frame(conn.execute(stmt, params or {}))
 

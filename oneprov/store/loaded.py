@@ -43,6 +43,35 @@ def loaded_ids(
     :data:`LOADED_IDS_CHUNK`: a million rows fetched one by one through the driver would cost
     more than the query. A run's loads are read from its index on access_events alone, in id
     order, duplicates skipped as they come.
+
+    Parameters
+    ----------
+    db : Store
+        The store (``self`` when called as ``store.loaded_ids(...)``).
+    run : str, optional
+        Only the loads of this run (a run id). Default None: every run.
+    project : str, optional
+        Only the loads of runs of this project. Default None.
+    label : str, optional
+        Only the loads of runs with this label. Default None.
+    scope : str, optional
+        Only the loads made in this scope. Default None.
+    sessions_only : bool, optional
+        Return the sessions' UUIDs instead of the datasets'. Default False.
+    since_clear : bool, optional
+        Only the loads after each run's latest 'clear_list' mark. Default False.
+    listed_only : bool, optional
+        Only the loads made with ``record_loaded`` on. Default False.
+
+    Returns
+    -------
+    LoadedIds
+        The sorted, distinct UUIDs (a list of str); its ``text`` holds them one per line.
+
+    Raises
+    ------
+    DatabaseError
+        The database cannot be read.
     """
     e = access_events.c
     column = e.session_id if sessions_only else e.dataset_id   # (a load event names its dataset's session)

@@ -53,7 +53,33 @@ def merge_tables(db: Database, tables: int | None, answer: int | None, run_id: s
     """The query of ``tables`` (a query id, or None for no tables yet) merged with the rows of
     ``answer`` (a query id): ``tables`` itself when the answer adds or changes nothing, else a new
     complete query (method 'merge_tables', from ``source``). A session row is keyed by its UUID; a
-    dataset row by its UUID and session, as one-api's merge keys them by ``(eid, id)``."""
+    dataset row by its UUID and session, as one-api's merge keys them by ``(eid, id)``.
+
+    Parameters
+    ----------
+    db : Store
+        The store (``self`` when called as ``store.merge_tables(...)``).
+    tables : int or None
+        The query id of the client's tables; None before it has any.
+    answer : int or None
+        The query id of the answer's rows (e.g. from :func:`oneprov.store.answers.record_answer`);
+        None: nothing to merge.
+    run_id : str or None
+        The run the merge is recorded in.
+    source : str, optional
+        The merged query's source: the client's cache folder (see :func:`latest_tables`). Default None.
+
+    Returns
+    -------
+    int or None
+        The query id of the merged tables: ``tables`` when ``answer`` is None, equal to ``tables``,
+        or adds and changes nothing; else a new query's id.
+
+    Raises
+    ------
+    DatabaseError
+        The database cannot be written.
+    """
     if answer is None or answer == tables:
         return tables
     with db.writing() as conn:
@@ -70,7 +96,25 @@ def merge_tables(db: Database, tables: int | None, answer: int | None, run_id: s
 
 def latest_tables(db: Database, source: str) -> int | None:
     """The newest complete tables that remote answers made for ``source`` (a cache folder), or None:
-    what a client of that folder answers from offline."""
+    what a client of that folder answers from offline.
+
+    Parameters
+    ----------
+    db : Store
+        The store (``self`` when called as ``store.latest_tables(...)``).
+    source : str
+        The cache folder, as the merges recorded it (an absolute path, as text).
+
+    Returns
+    -------
+    int or None
+        The id of the newest complete, error-free 'merge_tables' query of ``source``; None if there is none.
+
+    Raises
+    ------
+    DatabaseError
+        The database cannot be read.
+    """
     q = queries.c
     with db.reading() as conn:
         return conn.execute(sa.select(q.id).where(q.method == "merge_tables", q.source == source,

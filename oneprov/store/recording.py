@@ -70,6 +70,45 @@ def record_query(
     record ids, as a catalog returns them: the client's hot path), or by UUID (``session_ids``,
     ``dataset_ids``: each then linked with its current record). The links are written in bulk, a
     few statements whatever their number.
+
+    Parameters
+    ----------
+    db : Store
+        The store (``self`` when called as ``store.record_query(...)``).
+    run_id : str or None
+        The run that made the query; None for a query of no run.
+    method : str
+        The method that made it (e.g. "search", "list_datasets").
+    params : dict of str to object, optional
+        Its parameters, stored as JSON (non-JSON values as text; credentials hidden). Default None.
+    session_records, dataset_records : iterable of int, optional
+        The records (ids in ``session_records``/``dataset_records``) of the sessions and datasets it
+        returned. Default: none.
+    session_ids, dataset_ids : iterable of str, optional
+        The UUIDs of the sessions and datasets it returned, each linked with its current record (a
+        UUID without one is left out). Default: none.
+    mode : str, optional
+        'local' or 'remote'. Default None.
+    revision_cutoff : str, optional
+        The revision cutoff in force. Default None.
+    scope : str, optional
+        The scope in force. Default None.
+    duration_s : float, optional
+        How long the query took, in seconds. Default None.
+    error : str, optional
+        Why the query failed; secrets in it are hidden. Default None.
+
+    Returns
+    -------
+    int
+        The id of the new query (in ``queries``).
+
+    Raises
+    ------
+    BadInputError
+        A value of ``session_ids`` or ``dataset_ids`` is not a UUID. Nothing was written.
+    DatabaseError
+        The database cannot be written (e.g. ``run_id`` names no run).
     """
     sids = sorted({check_uuid(s, "session id") for s in session_ids})
     dids = sorted({check_uuid(d, "dataset id") for d in dataset_ids})
@@ -102,6 +141,31 @@ def record_access(db: Database, run_id: str, events: Sequence[dict[str, Any]]) -
     ``record_id`` (the dataset record the load was answered from; default: the dataset's current
     record), ``path``, ``bytes``, ``detail``, ``event_time`` (default: now) and ``listed``
     (default True: the load counts in the run's loaded-ids list).
+
+    Parameters
+    ----------
+    db : Store
+        The store (``self`` when called as ``store.record_access(...)``).
+    run_id : str
+        The run that made the load attempts.
+    events : sequence of dict
+        The load attempts, with the keys above. ``outcome`` is e.g. 'loaded', 'download_only'
+        (both successful loads), 'missing', 'not_found', 'ambiguous' or 'failed'; ``dataset_id`` and
+        ``session_id`` are UUIDs (any case); ``bytes`` is the file's size in bytes; ``event_time`` a
+        UTC datetime without a time zone; ``detail`` free text (secrets hidden).
+
+    Returns
+    -------
+    list of int
+        The new events' ids, in the order of ``events`` (empty, and nothing written, without events).
+
+    Raises
+    ------
+    BadInputError
+        An event has no ``method`` or ``outcome``, has a key not listed above, or a malformed
+        ``dataset_id`` or ``session_id``. Nothing was written.
+    DatabaseError
+        The database cannot be written (e.g. ``run_id`` names no run).
     """
     rows = _event_rows(events, utcnow())
     if any(row[3] is not None and (row[9] is None or row[4] is None) for row in rows):
@@ -159,7 +223,27 @@ class ExportedFile:
 
 
 def record_exports(db: Database, files: Sequence[ExportedFile]) -> None:
-    """Record files written from the store, with their size and sha256, in one transaction."""
+    """Record files written from the store, with their size and sha256, in one transaction.
+
+    Parameters
+    ----------
+    db : Store
+        The store (``self`` when called as ``store.record_exports(...)``).
+    files : sequence of ExportedFile
+        The files, each with its kind, path, number of rows, run and parameters. Each file must
+        exist: its size (bytes) and sha256 are read now. Empty: nothing is written.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    OSError
+        A file cannot be read (e.g. it does not exist). Nothing was written.
+    DatabaseError
+        The database cannot be written (e.g. a file's ``run_id`` names no run).
+    """
     if not files:
         return
     values = [{"run_id": f.run_id, "kind": f.kind, "path": str(f.path), "rows": f.rows, "bytes": f.path.stat().st_size,

@@ -316,6 +316,46 @@ def datasets_last_before(
     ``within_query`` among the records an earlier query (e.g. an import: a client's tables)
     returned; ``ids`` restricts it to these dataset UUIDs. One SQL statement; the rows come in no
     particular order.
+
+    Parameters
+    ----------
+    db : Store
+        The store (``self`` when called as ``store.datasets_last_before(...)``).
+    revision : str, optional
+        The revision cutoff (e.g. '2024-04-01'), compared with revisions as plain text. Default None:
+        each dataset's default revision.
+    eid : str or iterable of str, optional
+        A session UUID, or several. Default None: every session.
+    qc : str or int, optional
+        The highest QC kept: a name (any case: NOT_SET, PASS, WARNING, FAIL, CRITICAL) or its value
+        (0, 10, 30, 40, 50). Default 'FAIL', as ONE's.
+    ignore_qc_not_set : bool, optional
+        Leave out datasets whose QC is NOT_SET. Default False.
+    within_query : int, optional
+        Choose among the records this query returned. Default None: the current records.
+    ids : iterable of str, optional
+        Only these dataset UUIDs. Default None: every dataset.
+    strict : bool, optional
+        Refuse a dataset with several default revisions, as ONE does. Default True. With False,
+        its greatest revision is chosen.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per dataset chosen, with the columns :data:`COLUMNS` (``dataset_uuid``,
+        ``session_uuid``, ``rel_path``, ``collection``, ``revision`` ('' when unrevised), ``name``,
+        ``qc``, ``default_revision``, ``file_size`` (bytes), ``hash`` (md5), ``exists``,
+        ``record_id``).
+
+    Raises
+    ------
+    BadInputError
+        ``eid`` or ``ids`` holds a malformed UUID, or ``qc`` is not a QC name or value.
+    ALFMultipleRevisionsFound
+        With ``revision=None`` and ``strict``, a dataset has several default revisions (one-api's
+        exception; the message names them).
+    DatabaseError
+        The database cannot be read.
     """
     where, session = [], None
     if isinstance(eid, str):

@@ -46,9 +46,42 @@ def start_run(
 ) -> str:
     """Record a new run (status 'running') and return its id, a new UUID.
 
-    ``project`` defaults to ``$ONEPROV_PROJECT``, else "default". ``context`` is what the run
-    records about itself (:func:`oneprov.context.run_context`: script, git state, cwd, argv,
-    settings, versions), already free of secrets.
+    The run also records its user, host, process id, command line (secrets hidden) and start time.
+
+    Parameters
+    ----------
+    db : Store
+        The store (``self`` when called as ``store.start_run(...)``).
+    project : str, optional
+        The run's project, created on first use. Default None: ``$ONEPROV_PROJECT``, else "default".
+    label : str, optional
+        A name for the run (e.g. "fig1"); :func:`resolve_run` finds a run by it. Labels need not be
+        unique. Default None.
+    cache_dir : str or os.PathLike, optional
+        The ONE cache folder the run reads from. Default None.
+    base_url : str, optional
+        The Alyx base URL of a remote client (a password in it is hidden). Default None.
+    revision_cutoff : str, optional
+        The revision cutoff in force (``$ONE_REVISION_LAST_BEFORE``, e.g. "2024-04-01"). Default None.
+    versions : dict of str to str, optional
+        Package versions to record, added to those of Python and oneprov (and of ``context``);
+        these win. Default None.
+    context : dict of str to object, optional
+        What the run records about itself (:func:`oneprov.context.run_context`: script path and
+        sha256, git commit, dirty flag and remote, cwd, argv, settings, versions), already free of
+        secrets. Keys other than these are ignored. Default None.
+
+    Returns
+    -------
+    str
+        The new run's id, a lowercase UUID.
+
+    Raises
+    ------
+    BadInputError
+        ``project`` is blank.
+    DatabaseError
+        The database cannot be written.
     """
     project = settings.project(project)
     run_id = str(uuid.uuid4())
@@ -80,7 +113,31 @@ def _project_id(db: Database, conn: Connection, name: str) -> int:
 
 
 def finish_run(db: Database, run_id: str, status: str = "finished", error: str | None = None) -> None:
-    """Close a run: 'finished', or 'failed' with the error that ended it."""
+    """Close a run: 'finished', or 'failed' with the error that ended it.
+
+    Parameters
+    ----------
+    db : Store
+        The store (``self`` when called as ``store.finish_run(...)``).
+    run_id : str
+        The id of a run that is still 'running'.
+    status : {'finished', 'failed'}, optional
+        How the run ended. Default 'finished'.
+    error : str, optional
+        The error that ended it (e.g. "RuntimeError: message"); secrets in it are hidden. Default None.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    BadInputError
+        ``status`` is neither 'finished' nor 'failed', or no run ``run_id`` is 'running' (it does
+        not exist, or was closed already). Nothing was changed.
+    DatabaseError
+        The database cannot be written.
+    """
     if status not in ("finished", "failed"):
         raise BadInputError(f"unknown run status {status!r}: expected 'finished' or 'failed'")
     with db.writing() as conn:
@@ -91,7 +148,31 @@ def finish_run(db: Database, run_id: str, status: str = "finished", error: str |
 
 
 def mark(db: Database, run_id: str, kind: str, *, scope: str | None = None, detail: str | None = None) -> None:
-    """Append a mark to a run (e.g. 'clear_list' when the loaded-ids list is cleared)."""
+    """Append a mark to a run (e.g. 'clear_list' when the loaded-ids list is cleared).
+
+    Parameters
+    ----------
+    db : Store
+        The store (``self`` when called as ``store.mark(...)``).
+    run_id : str
+        The id of the run.
+    kind : str
+        What the mark says: 'clear_list' (the loaded-ids list was cleared), 'tables' (the run now
+        answers from the tables of the query whose id is ``detail``), 'retired' (see :func:`retire_run`).
+    scope : str, optional
+        The scope in force when the mark was made. Default None.
+    detail : str, optional
+        Free text about the mark; secrets in it are hidden. Default None.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    DatabaseError
+        The database cannot be written, or no run has the id ``run_id``.
+    """
     with db.writing() as conn:
         conn.execute(run_marks.insert().values(run_id=run_id, marked_at=utcnow(), kind=kind, scope=scope,
                                                detail=scrub(detail) if detail else detail))
@@ -101,6 +182,27 @@ def retire_run(db: Database, run_id: str, reason: str) -> None:
     """Retire a run (e.g. one left 'running' by a killed process, or one found wrong).
 
     Retiring adds a 'retired' mark with the reason; nothing of the run is changed or deleted.
+    Retired runs are left out of :func:`oneprov.audit.stale` unless asked for.
+
+    Parameters
+    ----------
+    db : Store
+        The store (``self`` when called as ``store.retire_run(...)``).
+    run_id : str
+        The id of the run.
+    reason : str
+        Why the run is retired (not blank); stripped, and secrets in it hidden.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    BadInputError
+        ``reason`` is blank, or no run has the id ``run_id``. Nothing was changed.
+    DatabaseError
+        The database cannot be written.
     """
     if not reason or not reason.strip():
         raise BadInputError("retiring a run needs a reason")
@@ -117,6 +219,25 @@ def list_runs(db: Database, project: str | None = None) -> pd.DataFrame:
 
     ``status`` is running, finished or failed as recorded, or 'interrupted' for a run still
     'running' whose process (on this host) no longer exists: it was killed.
+
+    Parameters
+    ----------
+    db : Store
+        The store (``self`` when called as ``store.runs(...)``).
+    project : str, optional
+        Only the runs of this project. Default None: every run.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per run, newest first, with columns ``run_id``, ``project``, ``label``, ``status``,
+        ``started_at``, ``finished_at`` (UTC, without a time zone), ``user_name``, ``host``, ``pid``, ``loads`` (successful
+        loads), ``queries``, ``retired`` (bool), ``script_path``, ``git_commit`` and ``git_dirty``.
+
+    Raises
+    ------
+    DatabaseError
+        The database cannot be read.
     """
     loads = (sa.select(sa.func.count()).where(access_events.c.run_id == runs.c.id,
                                               access_events.c.outcome.in_(SUCCESS_OUTCOMES))
@@ -147,6 +268,28 @@ def resolve_run(db: Database, run: str, project: str | None = None) -> str:
 
     A label is tried before a prefix, so that a label that looks like hex ('b', '2024', 'cafe')
     names its own run, never another whose id happens to start with it.
+
+    Parameters
+    ----------
+    db : Store
+        The store (``self`` when called as ``store.resolve_run(...)``).
+    run : str
+        'last', a run id, a label or a prefix of a run id (surrounding spaces are ignored; ids and
+        prefixes in any case).
+    project : str, optional
+        Look only among the runs of this project. Default None: every run.
+
+    Returns
+    -------
+    str
+        The run's id.
+
+    Raises
+    ------
+    BadInputError
+        No run matches ``run``, or several runs' ids start with it (the message names up to 10).
+    DatabaseError
+        The database cannot be read.
     """
     stmt = sa.select(runs.c.id, runs.c.label).join(projects, projects.c.id == runs.c.project_id)
     if project is not None:
