@@ -46,7 +46,20 @@ CANNED = [
 
 
 def metadata(name: str) -> dict[str, Any]:
-    """Datasette's metadata for the database called ``name`` (its file's stem)."""
+    """Datasette's metadata for the database called ``name`` (its file's stem).
+
+    Parameters
+    ----------
+    name : str
+        The database's name in Datasette: its file's name without the extension.
+
+    Returns
+    -------
+    dict
+        Datasette's metadata (JSON-ready): ``title``, ``description`` and ``databases``, whose
+        entry ``name`` holds ``tables`` (each view's and table's description, column descriptions,
+        label column and links) and ``queries`` (the canned queries of :data:`CANNED`).
+    """
     tables = {}
     for entry in public_schema():
         table = entry["name"]
@@ -63,14 +76,52 @@ def metadata(name: str) -> dict[str, Any]:
 
 
 def serve_command(db: str | os.PathLike, metadata_file: Path, *, host: str, port: int) -> list[str]:
-    """The Datasette command line that serves ``db``."""
+    """The Datasette command line that serves ``db``.
+
+    Parameters
+    ----------
+    db : str or os.PathLike
+        The SQLite file.
+    metadata_file : pathlib.Path
+        The JSON file of :func:`metadata`.
+    host : str
+        The address to listen on.
+    port : int
+        The TCP port to listen on.
+
+    Returns
+    -------
+    list of str
+        The command and its arguments (this Python's ``-m datasette serve ...``, with a 5 s time
+        limit per query and downloads of the database off).
+    """
     return [sys.executable, "-m", "datasette", "serve", str(db), "--metadata", str(metadata_file), "--host", host,
             "--port", str(port), "--plugins-dir", str(PLUGINS),
             "--setting", "sql_time_limit_ms", "5000", "--setting", "allow_download", "off"]
 
 
 def serve(db: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8001) -> int:
-    """Run Datasette on the SQLite file ``db`` until it is stopped; return its exit status."""
+    """Run Datasette on the SQLite file ``db`` until it is stopped; return its exit status.
+
+    Parameters
+    ----------
+    db : str or os.PathLike
+        The SQLite provenance database (a PostgreSQL database cannot be served).
+    host : str, optional
+        The address to listen on. Default "127.0.0.1": this machine only.
+    port : int, optional
+        The TCP port to listen on. Default 8001.
+
+    Returns
+    -------
+    int
+        Datasette's exit status (0 when it stopped cleanly).
+
+    Raises
+    ------
+    BadInputError
+        ``db`` is not a file, or Datasette is not installed (``pip install 'oneprov[web]'``).
+    """
     path = Path(db)
     if not path.is_file():
         raise BadInputError(f"no SQLite provenance database at {str(path)!r} (Datasette serves SQLite files)")

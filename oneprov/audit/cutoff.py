@@ -33,7 +33,31 @@ def cutoff(store: Store, run_id: str) -> dict[str, Any]:
     """The cutoff dates that reproduce every revision ``run_id`` loaded (a JSON-ready dict):
     ``from`` (inclusive) and ``before`` (exclusive, None: no upper bound) when ``reproducible``;
     ``proposed``, a cutoff to use; ``unexplained``, the loads it does not reproduce; ``default_not_last``,
-    the loads of a default revision that a later revision would replace under a cutoff."""
+    the loads of a default revision that a later revision would replace under a cutoff.
+
+    Parameters
+    ----------
+    store : Store
+        The store.
+    run_id : str
+        The run's id (resolve names first with ``store.resolve_run``).
+
+    Returns
+    -------
+    dict
+        ``run_id``; ``reproducible`` (bool); ``from`` and ``before`` (revision names, e.g.
+        '2024-04-01', or None); ``proposed`` (a value for ``ONE_REVISION_LAST_BEFORE``:
+        :data:`EARLIEST` for before every revision, None when no cutoff is needed); ``loads`` (how
+        many datasets the run loaded); ``unexplained`` (dicts of ``dataset_id``, ``session_id``,
+        ``rel_path``, ``revision``, ``reproduced_from``, ``reproduced_before``); ``default_not_last``
+        (dicts of ``dataset_id``, ``session_id``, ``rel_path``, ``revision``, ``last_revision``). A
+        run that loaded nothing (or an id of no run) is reproducible, with no dates.
+
+    Raises
+    ------
+    DatabaseError
+        The database cannot be read.
+    """
     loads = _loads(store, run_id)
     intervals = []
     default_not_last = []

@@ -38,7 +38,29 @@ _DROPPED_BY_DEFAULT = ("CRITICAL",)
 
 def diff(store: Store, run_a: str, run_b: str) -> pd.DataFrame:
     """The differences between runs ``run_a`` and ``run_b`` (run ids), one row each (see the
-    module's text); columns :data:`COLUMNS`."""
+    module's text); columns :data:`COLUMNS`.
+
+    Parameters
+    ----------
+    store : Store
+        The store.
+    run_a, run_b : str
+        The ids of the two runs (resolve names first with ``store.resolve_run``). An id of no run
+        counts as a run that loaded nothing.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`COLUMNS`: ``change``, ``cause`` (why, for 'other revision'; the parameters,
+        for 'search'), ``session_id``, ``collection``, ``name``, ``a`` and ``b`` (what each run saw:
+        a rel_path, revision, hash, size, QC or count of sessions), ``dataset_id_a`` and
+        ``dataset_id_b``. Missing values are None. Empty when the runs agree.
+
+    Raises
+    ------
+    DatabaseError
+        The database cannot be read.
+    """
     a, b = _loads(store, run_a), _loads(store, run_b)
     rows: list[tuple] = []
     for key in sorted(set(a) | set(b)):

@@ -27,7 +27,34 @@ _JSON_COLUMNS = ("versions", "argv", "settings")
 def show(store: Store, run_id: str) -> dict[str, Any]:
     """Everything recorded about one run (a run id: resolve names first with ``store.resolve_run``),
     as a JSON-ready dict: ``run`` (its row and context), ``tables`` (what it worked from),
-    ``outcomes`` (load counts per scope and outcome), ``exports``, ``marks``."""
+    ``outcomes`` (load counts per scope and outcome), ``exports``, ``marks``.
+
+    Parameters
+    ----------
+    store : Store
+        The store.
+    run_id : str
+        The run's id.
+
+    Returns
+    -------
+    dict
+        ``run``: the run's row (id, project, label, status, times in UTC, user, host, pid, command,
+        script, git state, cwd, and ``versions``, ``argv``, ``settings`` decoded from JSON), its
+        ``status`` 'interrupted' when its process was killed. ``tables``: one dict per tables query
+        it worked from (``query_id``, ``method``, ``source``, ``checksum``, ``mode``, ``sessions``,
+        ``datasets``, ``origin``, ``date_created``, ``base_url``, ``tag``). ``queries``: how many
+        queries it made. ``outcomes``: dicts of ``scope``, ``method``, ``outcome``, ``events`` (a
+        count). ``exports``: dicts of ``kind``, ``path``, ``rows``, ``bytes``, ``sha256``,
+        ``created_at``. ``marks``: dicts of ``kind``, ``marked_at``, ``scope``, ``detail``.
+
+    Raises
+    ------
+    BadInputError
+        No run has the id ``run_id``.
+    DatabaseError
+        The database cannot be read.
+    """
     status = store.runs()
     with store.reading() as conn:
         row = conn.execute(sa.select(runs, projects.c.name.label("project"))

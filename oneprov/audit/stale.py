@@ -44,7 +44,37 @@ def stale(store: Store, *, project: str | None = None, run: str | None = None, s
           include_retired: bool = False) -> pd.DataFrame:
     """One row per (run, dataset, reason) whose current state differs from what the run saw (see the
     module's text); columns :data:`COLUMNS`. ``run`` is a run id (resolve names first with
-    ``store.resolve_run``); ``since`` keeps runs started at or after that date or time."""
+    ``store.resolve_run``); ``since`` keeps runs started at or after that date or time.
+
+    Parameters
+    ----------
+    store : Store
+        The store.
+    project : str, optional
+        Only the runs of this project. Default None: every project.
+    run : str, optional
+        Only this run (a run id). Default None: every run.
+    since : datetime.date, datetime.datetime or str, optional
+        Only the runs started at or after this time (UTC; a date is its midnight; text in ISO 8601,
+        e.g. '2024-04-01' or '2024-04-01T12:00:00'). Default None: every run.
+    include_retired : bool, optional
+        Include retired runs. Default False.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`COLUMNS`: ``run_id``, ``label``, ``project``, ``dataset_id``, ``session_id``,
+        ``rel_path``, ``reason``, ``seen`` (the value the run saw), ``now`` (the value today),
+        ``source`` (the tables' source) and ``loaded_at`` (the run's last load of it, UTC), ordered
+        by ``loaded_at``. Empty when nothing is stale.
+
+    Raises
+    ------
+    ValueError
+        ``since`` is text that is not an ISO 8601 date or time.
+    DatabaseError
+        The database cannot be read.
+    """
     loads = _loads(store, project, run, since, include_retired)
     if loads.empty:
         return pd.DataFrame(columns=COLUMNS)

@@ -105,6 +105,61 @@ class ONE(ConversionMixin):
     ``cache_dir``) holds the ONE cache tables, imported into the store when they changed. ``db``
     defaults to ``$ONEPROV_DB``, else ``<cache_dir>/provenance.sqlite``; ``project`` to
     ``$ONEPROV_PROJECT``, else "default"; ``label`` names the run.
+
+    The parameters are one-api's ``ONE()``'s, and ``db``, ``project`` and ``label``.
+
+    Parameters
+    ----------
+    cache_dir : str or os.PathLike, optional
+        The ALF tree. Default None: ``$ONE_CACHE_DIR``, else one-api's saved cache folder (of the
+        Alyx in remote mode). In local mode it must exist; in remote mode it is created.
+    mode : {'local', 'remote'}, optional
+        Default None: as one-api decides, 'remote' when ``base_url`` or credentials are given, or
+        one-api's saved parameters name an Alyx for ``cache_dir``; else 'local'.
+    wildcards : bool, optional
+        Dataset names match with ``*`` wildcards, and search terms as regular expressions, as in
+        one-api. Default True.
+    tables_dir : str or os.PathLike, optional
+        The folder of the ONE cache tables (``sessions.pqt``, ``datasets.pqt``). Default None: ``cache_dir``.
+    base_url : str, optional
+        The Alyx base URL (remote mode). Default None: one-api's saved parameters.
+    username, password : str, optional
+        Alyx credentials (remote mode), given to one-api's ``AlyxClient``. Default None.
+    token : object, optional
+        An Alyx token (remote mode), given to one-api's ``AlyxClient``. Default None.
+    cache_rest : str or None, optional
+        The REST requests one-api's ``AlyxClient`` caches ('GET'; None: none). Default 'GET'.
+    db : str, os.PathLike or sqlalchemy.engine.URL, optional
+        The provenance database (see :func:`oneprov.open_store`). Default None: ``$ONEPROV_DB``,
+        else ``<cache_dir>/provenance.sqlite``.
+    project : str, optional
+        The run's project. Default None: ``$ONEPROV_PROJECT``, else "default".
+    label : str, optional
+        The run's label. Default None.
+    silent : bool, optional
+        Do not ask questions or show progress (one-api's ``silent``). Default False.
+    **kwargs
+        Refused: any other keyword raises ``TypeError``.
+
+    Raises
+    ------
+    BadInputError
+        ``cache_dir`` does not exist (local mode) or cannot be created (remote mode); ``project`` is
+        blank; remote mode without an Alyx (no ``base_url`` and no saved parameters); bad cache tables.
+    SchemaVersionError
+        The database's schema is newer than this oneprov knows.
+    DatabaseError
+        The database cannot be opened or created.
+    ValueError
+        ``mode`` is neither 'local' nor 'remote'.
+    TypeError
+        An unknown keyword argument.
+
+    Warns
+    -----
+    UserWarning
+        Alyx cannot be reached (the client works offline, from what this cache folder recorded), or
+        ``tables_dir`` holds no cache tables.
     """
 
     _search_terms = SEARCH_TERMS
@@ -228,10 +283,12 @@ class ONE(ConversionMixin):
 
     @property
     def project(self) -> str:
+        """The project of this client's run."""
         return self._recorder.project
 
     @property
     def label(self) -> str | None:
+        """The label of this client's run (None without one)."""
         return self._recorder.label
 
     @property
@@ -240,7 +297,25 @@ class ONE(ConversionMixin):
         return self._recorder.run_id
 
     def close(self, error: BaseException | None = None) -> None:
-        """Close the run ('finished', or 'failed' with ``error``) and release the database."""
+        """Close the run ('finished', or 'failed' with ``error``) and release the database.
+
+        ``with ONE(...) as one:`` closes the client at the end of the block, with the block's error.
+
+        Parameters
+        ----------
+        error : BaseException, optional
+            The error that ended the analysis: the run is closed 'failed' with it. Default None:
+            'finished'.
+
+        Returns
+        -------
+        None
+
+        Raises
+        ------
+        DatabaseError
+            The run cannot be closed (the database cannot be written).
+        """
         self._recorder.close(error)
         self.store.close()
 
@@ -252,7 +327,18 @@ class ONE(ConversionMixin):
 
     @contextlib.contextmanager
     def scope(self, name: str) -> Iterator["ONE"]:
-        """Record every search and load inside the block under a scope name (e.g. a figure)."""
+        """Record every search and load inside the block under a scope name (e.g. a figure).
+
+        Parameters
+        ----------
+        name : str
+            The scope's name (e.g. "figure3"); scopes nest, the innermost is recorded.
+
+        Yields
+        ------
+        ONE
+            This client.
+        """
         with self._recorder.scope(name):
             yield self
 
@@ -274,6 +360,44 @@ class ONE(ConversionMixin):
         ``GET cache/info/<tag>``, then the cache zip. The import records which tables it was
         (their origin, ``date_created``, tag and checksum). In local mode ``clobber=False`` is
         refused, as in one-api. Unlike one-api, the loaded-ids list and every record survive.
+
+        Mirrors one-api's ``One.load_cache``.
+
+        Parameters
+        ----------
+        tables_dir : str or os.PathLike, optional
+            The folder of the cache tables. Default None: this client's ``tables_dir`` (in remote
+            mode with a ``tag``, ``<cache_dir>/<tag>``).
+        clobber : bool, optional
+            Remote mode: download the server's tables even when the local ones are as new. Local
+            mode: False is refused. Default None.
+        tag : str, optional
+            Remote mode: the data-release tag of the tables to download. Default None: the
+            server's current tables.
+        **kwargs
+            Accepted for one-api's callers, and ignored.
+
+        Returns
+        -------
+        datetime.datetime or None
+            When the tables were loaded (local time); None when no tables were found, or the
+            server's tables could not be downloaded (an HTTP error, logged) or need a newer one-api.
+
+        Raises
+        ------
+        NotImplementedError
+            ``clobber=False`` in local mode.
+        BadInputError
+            The tables hold a bad row (nothing answers from them), or ``tag`` is not a data-release
+            tag of the server.
+        DatabaseError
+            The database cannot be written.
+
+        Warns
+        -----
+        UserWarning
+            No cache tables in the folder (and none recorded for it), or the server's tables need a
+            newer one-api.
         """
         if self._remote_call(None):
             return self._load_remote_cache(tables_dir, bool(clobber), tag)
@@ -374,6 +498,28 @@ class ONE(ConversionMixin):
         last saved (an edit of ``_cache``), or ``clobber``; merged with tables already in ``save_dir``
         (default ``cache_dir``) unless ``clobber``. ``default_revision`` is always kept, and the
         tables' own ``origin`` and ``date_created``, with a new ``date_modified``.
+
+        Mirrors one-api's ``One.save_cache``. Each file written is recorded in the store's exports.
+
+        Parameters
+        ----------
+        save_dir : str or os.PathLike, optional
+            The folder to write into. Default None: ``cache_dir``.
+        clobber : bool, optional
+            Write even when the tables did not change, and replace the tables in ``save_dir``
+            instead of merging with them. Default False.
+
+        Returns
+        -------
+        dict of str to pathlib.Path
+            The paths written, by table name ('sessions', 'datasets'); empty when nothing was written.
+
+        Raises
+        ------
+        BadInputError
+            ``save_dir`` does not exist, or a table in it cannot be read.
+        DatabaseError
+            The database cannot be read or written.
         """
         query = self._catalog.query_id
         if query is None or (query == self._saved_query and not clobber):
@@ -393,6 +539,37 @@ class ONE(ConversionMixin):
         The list holds the datasets loaded by this run with ``record_loaded`` on since the last
         clear. The file goes to ``path`` if given, else ONE's time-stamped name in ``tables_dir``.
         ``clear_list`` starts a new list; the history stays in the database.
+
+        Mirrors one-api's ``One.save_loaded_ids``, with ``path`` added.
+
+        Parameters
+        ----------
+        sessions_only : bool, optional
+            Save the UUIDs of the sessions of the loaded datasets instead. Default False.
+        clear_list : bool, optional
+            Start a new list once the file is written. Default True.
+        path : str or os.PathLike, optional
+            The file to write. Default None: ``<tables_dir>/<YYYY-MM-DDTHH-MM-SS>_loaded_dataset_uuids.csv``
+            (``..._loaded_session_uuids.csv`` with ``sessions_only``).
+
+        Returns
+        -------
+        ids : numpy.ndarray of uuid.UUID, or list
+            The UUIDs saved, sorted (an object array); ``[]`` when nothing was loaded.
+        path : pathlib.Path or None
+            The file written; None when nothing was loaded.
+
+        Raises
+        ------
+        BadInputError
+            The folder of ``path`` does not exist.
+        DatabaseError
+            The database cannot be read or written.
+
+        Warns
+        -----
+        UserWarning
+            Nothing was loaded with ``record_loaded`` on since the last clear: no file is written.
         """
         empty = "No datasets loaded; check that the `record_loaded` attribute is True"
         if self.run_id is None:
@@ -473,8 +650,27 @@ class ONE(ConversionMixin):
     def eid2path(self, eid: Any, query_type: str | None = None) -> ALFPath | list | None:
         """The local session folder of a session (a list for a list), as an ``ALFPath``; None if unknown.
 
-        ``eid`` is any session identifier (UUID, ref, path, URL); ``query_type`` is one-api's and only
-        'local' exists here.
+        Mirrors one-api's ``One.eid2path``.
+
+        Parameters
+        ----------
+        eid : str, uuid.UUID, pathlib.Path, dict or list
+            Any session identifier (UUID, ref, path, URL), or a list of them.
+        query_type : {'local', 'remote'}, optional
+            With 'remote' (the default of a remote client), a session the tables do not hold is
+            looked up in Alyx. Default None: the client's mode.
+
+        Returns
+        -------
+        one.alf.path.ALFPath, list or None
+            The session folder (``<cache_dir>/<lab>/Subjects/<subject>/<date>/<NNN>``; no lab part
+            for a session without a lab), whether or not it exists on disk; a list for a list; None
+            for a session the tables do not hold.
+
+        Raises
+        ------
+        ValueError
+            ``eid`` cannot be parsed as a session identifier, or ``query_type`` is unknown.
         """
         if isinstance(eid, (list, tuple)):
             return [self.eid2path(e) for e in eid]
@@ -489,7 +685,28 @@ class ONE(ConversionMixin):
     @_with_tables
     def path2eid(self, path_obj: Any, query_type: str | None = None) -> uuid.UUID | list | None:
         """The eid of the session whose folder ``path_obj`` is (or is inside); in remote mode, when
-        the tables do not know it, searched in Alyx."""
+        the tables do not know it, searched in Alyx.
+
+        Mirrors one-api's ``One.path2eid``.
+
+        Parameters
+        ----------
+        path_obj : str, pathlib.Path or list
+            A path holding ``<subject>/<date>/<NNN>`` (a session folder or a file in it), or a list of them.
+        query_type : {'local', 'remote'}, optional
+            Default None: the client's mode.
+
+        Returns
+        -------
+        uuid.UUID, list or None
+            The session's eid; a list for a list; None when the path names no session, or no single
+            session of the tables.
+
+        Raises
+        ------
+        ValueError
+            ``query_type`` is unknown.
+        """
         if isinstance(path_obj, (list, tuple)):
             return [self.path2eid(p, query_type) for p in path_obj]
         session_path = get_session_path(path_obj)
@@ -549,6 +766,35 @@ class ONE(ConversionMixin):
 
         Terms: subject, lab, projects, task_protocol (partial matches, regexes), date_range, number,
         datasets (names all present), dataset_qc_lte. Unique prefixes of term names are accepted.
+
+        Mirrors one-api's ``One.search``; the search is recorded with the sessions it found.
+
+        Parameters
+        ----------
+        details : bool, optional
+            Also return the sessions' records. Default False.
+        query_type : {'local', 'remote'}, optional
+            'remote' searches Alyx (``GET /sessions``). Default None: the client's mode.
+        **kwargs
+            The search terms. ``subject``, ``lab`` (``laboratory``), ``projects``, ``task_protocol``:
+            text or lists of text. ``date_range``: a date, or a pair of dates (inclusive; None for an
+            open end). ``number``: the session number. ``datasets``: dataset names, all of which a
+            session holds. ``dataset_qc_lte``: a QC name or value: sessions with datasets at or below it.
+
+        Returns
+        -------
+        eids : list of uuid.UUID
+            The sessions' eids, newest first (in remote mode one-api's lazy list).
+        records : list of Bunch or None
+            With ``details`` only: each session's record (in remote mode its REST record, lazily);
+            ``([], None)`` when none matched.
+
+        Raises
+        ------
+        ValueError
+            A search term is unknown or ambiguous, or ``query_type`` is unknown.
+        BadInputError
+            ``dataset_qc_lte`` is not a QC name or value.
         """
         if self._remote_call(query_type):
             import requests
@@ -671,7 +917,49 @@ class ONE(ConversionMixin):
     def list_datasets(self, eid: Any = None, filename=None, collection=None, revision=None, qc="FAIL",
                       ignore_qc_not_set: bool = False, details: bool = False, query_type: str | None = None,
                       default_revisions_only: bool = False, keep_eid_index: bool = False):
-        """The datasets of a session (or of every session): sorted rel_paths, or a table with ``details``."""
+        """The datasets of a session (or of every session): sorted rel_paths, or a table with ``details``.
+
+        Mirrors one-api's ``One.list_datasets``; the list is recorded with the datasets it returned.
+
+        Parameters
+        ----------
+        eid : str, uuid.UUID, pathlib.Path or dict, optional
+            A session identifier. Default None: every session. One the tables do not hold lists nothing.
+        filename : str, dict or list, optional
+            Only the datasets whose file name matches (``*`` wildcards; a dict of ALF parts). Default None.
+        collection : str, optional
+            Only the datasets of this collection (``*`` wildcards). Default None.
+        revision : str, optional
+            Only the datasets of this revision (``*`` wildcards). Default None.
+        qc : str or int, optional
+            The highest QC listed, a name or a value. Default 'FAIL'.
+        ignore_qc_not_set : bool, optional
+            Leave out datasets whose QC is NOT_SET. Default False.
+        details : bool, optional
+            Return a table instead of the rel_paths. Default False.
+        query_type : {'local', 'remote'}, optional
+            'remote' reads the session's datasets from Alyx first. Default None: the client's mode.
+        default_revisions_only : bool, optional
+            Only the datasets flagged as default revision (ignored in remote mode, as by one-api).
+            Default False.
+        keep_eid_index : bool, optional
+            With ``details``, index the table by ``(eid, id)``. Default False (for every session it always is).
+
+        Returns
+        -------
+        list of str or pandas.DataFrame
+            The rel_paths (sorted for one session; each once for every session), or with
+            ``details`` the datasets table as one-api's ``_cache['datasets']`` holds it.
+
+        Raises
+        ------
+        ALFError
+            ``default_revisions_only`` and the tables flag no default revision.
+        BadInputError
+            ``qc`` is not a QC name or value.
+        ValueError
+            ``query_type`` is unknown.
+        """
         started = time.perf_counter()
         if self._remote_call(query_type):
             if eid is None or eid == "":
@@ -823,7 +1111,51 @@ class ONE(ConversionMixin):
     @_with_tables
     def load_dataset(self, eid: Any, dataset: Any, collection: str | None = None, revision: str | None = None,
                      query_type: str | None = None, download_only: bool = False, check_hash: bool = True) -> Any:
-        """Load one dataset of a session: its content, or its path with ``download_only``."""
+        """Load one dataset of a session: its content, or its path with ``download_only``.
+
+        Mirrors one-api's ``One.load_dataset``. Every attempt is recorded (an access event with its
+        outcome), also when it raises.
+
+        Parameters
+        ----------
+        eid : str, uuid.UUID, pathlib.Path or dict
+            A session identifier (UUID, ref, path, URL).
+        dataset : str or dict
+            A dataset name ('trials.intervals', '.*' added with ``wildcards``; or with its extension),
+            a dict of ALF parts, or a rel_path ('alf/trials.intervals.npy').
+        collection : str, optional
+            The dataset's collection (not with a rel_path). Default None: any, if only one holds it.
+        revision : str, optional
+            The revision cutoff: the greatest revision on or before it is loaded (not with a
+            rel_path). Default None: ``$ONE_REVISION_LAST_BEFORE``, else the revision flagged
+            default (or the greatest).
+        query_type : {'local', 'remote'}, optional
+            'remote' reads the session's datasets from Alyx first. Default None: the client's mode.
+        download_only : bool, optional
+            Return the file's path instead of reading it (in remote mode, downloading it). Default False.
+        check_hash : bool, optional
+            Check the file's md5 against the tables (its size is always checked). Default True.
+
+        Returns
+        -------
+        object or one.alf.path.ALFPath
+            The content as one-api reads it (``one.alf.io.load_file_content``: e.g. a numpy array,
+            a DataFrame), or with ``download_only`` the file's path.
+
+        Raises
+        ------
+        ALFObjectNotFound
+            No dataset matches, or its file is missing, differs from the tables, or failed to download.
+        ALFMultipleObjectsFound
+            Several datasets match.
+        ALFMultipleCollectionsFound
+            Datasets in several collections match: give ``collection``.
+        ALFMultipleRevisionsFound
+            Several revisions of the dataset are flagged default.
+        ValueError
+            ``eid`` names no session; ``collection`` or ``revision`` is given with a rel_path;
+            ``query_type`` is unknown.
+        """
         eid = self._eid(eid)
         self._refresh(eid, query_type)
         name = dataset
@@ -855,7 +1187,46 @@ class ONE(ConversionMixin):
     def load_object(self, eid: Any, obj: str, collection: str | None = None, revision: str | None = None,
                     query_type: str | None = None, download_only: bool = False, check_hash: bool = True,
                     **kwargs: Any):
-        """Load every attribute of an ALF object: an ``AlfBunch``, or the list of paths with ``download_only``."""
+        """Load every attribute of an ALF object: an ``AlfBunch``, or the list of paths with ``download_only``.
+
+        Mirrors one-api's ``One.load_object``. Every attempt is recorded, also when it raises.
+
+        Parameters
+        ----------
+        eid : str, uuid.UUID, pathlib.Path or dict
+            A session identifier (UUID, ref, path, URL).
+        obj : str
+            The ALF object (e.g. 'trials'; ``*`` wildcards).
+        collection : str, optional
+            The object's collection. Default None: any, if only one holds it.
+        revision : str, optional
+            The revision cutoff. Default None: ``$ONE_REVISION_LAST_BEFORE``, else the default revisions.
+        query_type : {'local', 'remote'}, optional
+            'remote' reads the session's datasets from Alyx first. Default None: the client's mode.
+        download_only : bool, optional
+            Return the files' paths instead of reading them. Default False.
+        check_hash : bool, optional
+            Check each file's md5 against the tables (sizes are always checked). Default True.
+        **kwargs
+            Other ALF parts to filter the files by (``attribute``, ``timescale``, ``extra``,
+            ``namespace``), also given to ``one.alf.io.load_object``.
+
+        Returns
+        -------
+        one.alf.io.AlfBunch or list of one.alf.path.ALFPath
+            The object's attributes, or with ``download_only`` the paths of its files present.
+
+        Raises
+        ------
+        ALFObjectNotFound
+            No dataset of the object matches, or none of its files is on disk.
+        ALFMultipleObjectsFound
+            The name matches several objects.
+        ALFMultipleCollectionsFound
+            The object is in several collections: give ``collection``.
+        ValueError
+            ``eid`` names no session, or ``query_type`` is unknown.
+        """
         eid = self._eid(eid)
         self._refresh(eid, query_type)
         revision = self._requested_revision(revision)
@@ -879,7 +1250,59 @@ class ONE(ConversionMixin):
     def load_datasets(self, eid: Any, datasets: Any, collections: Any = None, revisions: Any = None,
                       query_type: str | None = None, assert_present: bool = True, download_only: bool = False,
                       check_hash: bool = True) -> tuple[list | None, Any]:
-        """Load several datasets of a session: ``(contents or paths, records)``, None for the absent ones."""
+        """Load several datasets of a session: ``(contents or paths, records)``, None for the absent ones.
+
+        Mirrors one-api's ``One.load_datasets``. Every attempt is recorded, also when it raises.
+
+        Parameters
+        ----------
+        eid : str, uuid.UUID, pathlib.Path or dict
+            A session identifier (UUID, ref, path, URL).
+        datasets : iterable of str or of dict, or pandas.DataFrame
+            Dataset names, dicts of ALF parts, rel_paths, or a table with a ``rel_path`` column (e.g.
+            from ``list_datasets(details=True)``). Not a single string.
+        collections : str or list of str, optional
+            One collection for every dataset, or one each. Default None (not with rel_paths).
+        revisions : str or list of str, optional
+            One revision cutoff for every dataset, or one each. Default None:
+            ``$ONE_REVISION_LAST_BEFORE``, else the default revisions (not with rel_paths).
+        query_type : {'local', 'remote'}, optional
+            'remote' reads the session's datasets from Alyx first. Default None: the client's mode.
+        assert_present : bool, optional
+            Raise when a dataset is not in the tables or its file is absent. Default True. With
+            False, log a warning and give None for it.
+        download_only : bool, optional
+            Return the files' paths instead of reading them. Default False.
+        check_hash : bool, optional
+            Check each file's md5 against the tables (sizes are always checked). Default True.
+
+        Returns
+        -------
+        data : list or None
+            Each dataset's content (or path with ``download_only``), in the order asked; None for
+            one that is absent. None when no dataset was asked, or the session has none.
+        records : list of Bunch, or pandas.DataFrame
+            Each dataset's record (with its revision), None for one not in the tables; an empty
+            table when ``data`` is None.
+
+        Raises
+        ------
+        ALFObjectNotFound
+            With ``assert_present``: the session has no datasets, or a dataset is not in the tables
+            or was not found on disk.
+        ALFMultipleObjectsFound
+            A name matches several datasets.
+        ALFMultipleCollectionsFound
+            A name matches datasets in several collections.
+        ALFMultipleRevisionsFound
+            Several revisions of a dataset are flagged default.
+        TypeError
+            ``datasets`` is a string.
+        ValueError
+            ``eid`` names no session; ``datasets`` mixes names and dicts; the collections or
+            revisions do not match the datasets in number; collections, revisions or
+            ``$ONE_REVISION_LAST_BEFORE`` are given with rel_paths; ``query_type`` is unknown.
+        """
         if isinstance(datasets, str):
             raise TypeError("`datasets` must be a non-string iterable")
         eid = self._eid(eid)
@@ -962,6 +1385,42 @@ class ONE(ConversionMixin):
         """Load every object of a collection: a Bunch of ``AlfBunch``es, or the paths with ``download_only``.
 
         Unlike one-api 3.6.1, ``revision`` selects a revision (ONE passes it as the collection filter).
+
+        Mirrors one-api's ``One.load_collection``. Every attempt is recorded, also when it raises.
+
+        Parameters
+        ----------
+        eid : str, uuid.UUID, pathlib.Path or dict
+            A session identifier (UUID, ref, path, URL).
+        collection : str
+            The collection (e.g. 'alf/probe00').
+        object : str, optional
+            Only this ALF object (``*`` wildcards). Default None: every object.
+        revision : str, optional
+            The revision cutoff. Default None: ``$ONE_REVISION_LAST_BEFORE``, else the default revisions.
+        query_type : {'local', 'remote'}, optional
+            'remote' reads the session's datasets from Alyx first. Default None: the client's mode.
+        download_only : bool, optional
+            Return the files' paths instead of reading them. Default False.
+        check_hash : bool, optional
+            Check each file's md5 against the tables (sizes are always checked). Default True.
+        **kwargs
+            Other ALF parts to filter the files by (``attribute``, ``timescale``...), also given to
+            ``one.alf.io.load_object``.
+
+        Returns
+        -------
+        Bunch or tuple of one.alf.path.ALFPath
+            Each object's ``AlfBunch`` by object name, or with ``download_only`` the paths of the files present.
+
+        Raises
+        ------
+        ALFError
+            The session has no dataset in ``collection``.
+        ALFObjectNotFound
+            No dataset of the collection matches, or none of its files is on disk.
+        ValueError
+            ``eid`` names no session, or ``query_type`` is unknown.
         """
         eid = self._eid(eid)
         self._refresh(eid, query_type)
@@ -988,7 +1447,36 @@ class ONE(ConversionMixin):
     @_with_tables
     def load_dataset_from_id(self, dset_id: Any, download_only: bool = False, details: bool = False,
                              check_hash: bool = True) -> Any:
-        """Load a dataset by its UUID (any QC); with ``details`` also return its record."""
+        """Load a dataset by its UUID (any QC); with ``details`` also return its record.
+
+        Mirrors one-api's ``One.load_dataset_from_id``. Every attempt is recorded, also when it raises.
+
+        Parameters
+        ----------
+        dset_id : str, uuid.UUID or array of two int64
+            The dataset's UUID, its text, or the pair of int64 of legacy tables.
+        download_only : bool, optional
+            Return the file's path instead of reading it. Default False.
+        details : bool, optional
+            Also return the dataset's record. Default False.
+        check_hash : bool, optional
+            Check the file's md5 against the tables (its size is always checked). Default True.
+
+        Returns
+        -------
+        object or one.alf.path.ALFPath, or tuple
+            The content (or path with ``download_only``); with ``details``, ``(content or path,
+            record)``, the record a ``pandas.Series``.
+
+        Raises
+        ------
+        ALFObjectNotFound
+            No dataset has this UUID, or its file is missing or differs from the tables.
+        ALFMultipleObjectsFound
+            Several rows of the tables have this UUID.
+        BadInputError
+            ``dset_id`` is text that is not a UUID.
+        """
         did = _dataset_uuid(dset_id)
         rows = self._catalog.dataset(did)
         if len(rows) > 1:

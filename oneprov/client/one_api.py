@@ -136,7 +136,8 @@ class Recording:
     """The recording of one one-api instance: its run, scopes, and what could not be recorded.
 
     Made by :func:`record`, which checks the instance first. Making one records the instance's
-    tables and replaces the instance's public methods with recording ones.
+    tables and sets recording wrappers of its search, list and load methods (and of the internals
+    they funnel through) on the instance.
 
     Parameters
     ----------

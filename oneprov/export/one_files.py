@@ -45,7 +45,20 @@ _BATCH_ROWS = 100_000
 
 
 def loaded_ids_filename(sessions_only: bool, when: datetime | None = None) -> str:
-    """ONE's file name for a loaded-ids list: ``<YYYY-MM-DDTHH-MM-SS>_loaded_dataset_uuids.csv``."""
+    """ONE's file name for a loaded-ids list: ``<YYYY-MM-DDTHH-MM-SS>_loaded_dataset_uuids.csv``.
+
+    Parameters
+    ----------
+    sessions_only : bool
+        A list of session UUIDs (``..._loaded_session_uuids.csv``) rather than dataset UUIDs.
+    when : datetime.datetime, optional
+        The time stamp. Default None: now (local time).
+
+    Returns
+    -------
+    str
+        The file name.
+    """
     stamp = (when or datetime.now()).strftime("%Y-%m-%dT%H-%M-%S")
     return f"{stamp}_loaded_{'session' if sessions_only else 'dataset'}_uuids.csv"
 
@@ -65,6 +78,45 @@ def export_loaded_ids(
     overwriting. ``filters`` (``run``, ``project``, ``label``, ``scope``, ``since_clear``,
     ``listed_only``) are those of :func:`oneprov.store.loaded.loaded_ids`. With nothing loaded: a
     warning, ``([], None)`` and no file, as ONE does.
+
+    The file is recorded in the store's exports.
+
+    Parameters
+    ----------
+    store : Store
+        The store.
+    directory : str or os.PathLike, optional
+        The folder of a file with ONE's time-stamped name (see :func:`loaded_ids_filename`).
+        Default None (then ``path`` is needed).
+    path : str or os.PathLike, optional
+        The file to write (replaced if it exists). Default None: a new file in ``directory``.
+    sessions_only : bool, optional
+        Write the sessions' UUIDs (header ``session_uuid``) instead of the datasets'
+        (``dataset_uuid``). Default False.
+    **filters
+        ``run``, ``project``, ``label``, ``scope`` (text) and ``since_clear``, ``listed_only``
+        (bool), as :func:`oneprov.store.loaded.loaded_ids` takes them. None: every load.
+
+    Returns
+    -------
+    ids : list of str
+        The UUIDs written, sorted; ``[]`` when nothing was loaded.
+    path : pathlib.Path or None
+        The file written; None when nothing was loaded.
+
+    Raises
+    ------
+    BadInputError
+        Neither ``directory`` nor ``path`` is given, or the file's folder does not exist.
+    TypeError
+        A filter other than those above.
+    DatabaseError
+        The database cannot be read or written.
+
+    Warns
+    -----
+    UserWarning
+        Nothing loaded matches the filters: no file is written.
     """
     if path is not None:
         target = Path(path).expanduser().absolute()
@@ -110,6 +162,29 @@ def cache_frames(store: Store, run: str | None = None, query: int | None = None)
     ``query`` returned (e.g. one import of cache tables: a client's tables), in the state it gave
     them. With ``run``: exactly the sessions and datasets that run queried or loaded, each in the
     latest state the run saw it in.
+
+    Parameters
+    ----------
+    store : Store
+        The store.
+    run : str, optional
+        A run id (``query`` is then ignored). Default None.
+    query : int, optional
+        A query id. Default None.
+
+    Returns
+    -------
+    sessions : pandas.DataFrame
+        Columns ``id``, ``lab``, ``subject``, ``date``, ``number``, ``task_protocol``, ``projects``;
+        sorted by ``id``.
+    datasets : pandas.DataFrame
+        Columns ``eid``, ``id``, ``rel_path``, ``file_size`` (bytes), ``hash`` (md5), ``exists``,
+        ``qc``, ``default_revision``; sorted by ``eid``, then ``id``.
+
+    Raises
+    ------
+    DatabaseError
+        The database cannot be read.
     """
     with _snapshot(store) as conn:
         ss, ds = _cache_selects(conn, run, query)
@@ -247,6 +322,45 @@ def export_cache(
     ``origin`` and ``date_created``), as one-api's ``save_cache`` keeps its tables' own. Each file
     is recorded in ``exports`` (unless not ``record``), with the run that wrote it (``by_run``, as
     ``save_cache`` writes; else ``run``), which the tables' metadata names too (``oneprov_run``).
+
+    Both files are written first, then moved in place together (a writer killed part-way leaves a
+    journal, and the next export or import of the folder completes the moves).
+
+    Parameters
+    ----------
+    store : Store
+        The store.
+    out_dir : str or os.PathLike
+        The folder to write into; it must exist.
+    run : str, optional
+        Export what this run queried or loaded (see :func:`cache_frames`). Default None.
+    query : int, optional
+        Export the rows this query returned (see :func:`cache_frames`). Default None: every row in
+        its current state.
+    clobber : bool, optional
+        Replace tables already in ``out_dir`` instead of merging with them. Default False.
+    origin : str or None, optional
+        The tables' ``origin`` metadata. Default "oneprov". None: keep the metadata of the tables
+        ``query`` imported, with a new ``date_modified``.
+    record : bool, optional
+        Record the files in the store's exports. Default True.
+    by_run : str, optional
+        The run that writes the tables (recorded, and named in their metadata). Default None: ``run``.
+
+    Returns
+    -------
+    dict of str to pathlib.Path
+        The paths written, by table name: ``{'sessions': ..., 'datasets': ...}``.
+
+    Raises
+    ------
+    BadInputError
+        ``out_dir`` does not exist, or a table already in it cannot be read for the merge.
+    OSError
+        A file cannot be written or moved in place. A failure while writing leaves the tables in
+        ``out_dir`` as they were.
+    DatabaseError
+        The database cannot be read or written.
     """
     folder = Path(out_dir).expanduser().absolute()
     if not folder.is_dir():

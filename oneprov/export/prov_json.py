@@ -33,7 +33,33 @@ def _time(value: Any) -> str | None:
 
 
 def prov_document(store: Store, *, run: str | None = None, scope: str | None = None, label: str | None = None) -> dict:
-    """The PROV-JSON document (a dict) of the selection (see :func:`oneprov.export.selection.select`)."""
+    """The PROV-JSON document (a dict) of the selection (see :func:`oneprov.export.selection.select`).
+
+    Parameters
+    ----------
+    store : Store
+        The store.
+    run : str, optional
+        A run id: that run.
+    scope : str, optional
+        A scope name: the loads made in it, in every run.
+    label : str, optional
+        A run label: every run with it.
+
+    Returns
+    -------
+    dict
+        The W3C PROV-JSON document: ``prefix``, ``activity``, ``agent``, ``entity``, ``used``,
+        ``wasGeneratedBy``, ``wasAssociatedWith``, ``actedOnBehalfOf`` (empty ones left out).
+        Times are ISO 8601 in UTC (``...Z``).
+
+    Raises
+    ------
+    BadInputError
+        Not exactly one of ``run``, ``scope`` and ``label`` is given, or no run matches it.
+    DatabaseError
+        The database cannot be read.
+    """
     return _document(select(store, run=run, scope=scope, label=label))
 
 
@@ -87,7 +113,31 @@ def _document(selection: Selection) -> dict:
 
 
 def export_prov(store: Store, output: str | os.PathLike, **selection: Any) -> Path:
-    """Write :func:`prov_document` to ``output`` (atomically); return the path."""
+    """Write :func:`prov_document` to ``output`` (atomically); return the path.
+
+    Parameters
+    ----------
+    store : Store
+        The store.
+    output : str or os.PathLike
+        The JSON file to write (replaced if it exists); its folder must exist.
+    **selection
+        Exactly one of ``run`` (a run id), ``scope`` or ``label``, as :func:`prov_document` takes them.
+
+    Returns
+    -------
+    pathlib.Path
+        The file written (``output``).
+
+    Raises
+    ------
+    BadInputError
+        Not exactly one of ``run``, ``scope`` and ``label`` is given, or no run matches it.
+    OSError
+        The file cannot be written (e.g. its folder does not exist). A previous file is left as it was.
+    DatabaseError
+        The database cannot be read.
+    """
     path = Path(output)
     text = json.dumps(prov_document(store, **selection), indent=1, sort_keys=True)
     write_atomically(path, lambda f: f.write(text.encode()))

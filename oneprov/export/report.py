@@ -124,7 +124,36 @@ def _table(frame: pd.DataFrame, name: str) -> str:
 
 def write_report(store: Store, output: str | os.PathLike, *, project: str | None = None, run: str | None = None,
                  label: str | None = None) -> Path:
-    """Write the report of a ``project``, a ``run`` (an id) or a ``label`` (or of every run) to ``output``."""
+    """Write the report of a ``project``, a ``run`` (an id) or a ``label`` (or of every run) to ``output``.
+
+    Parameters
+    ----------
+    store : Store
+        The store.
+    output : str or os.PathLike
+        The HTML file to write (replaced if it exists); its folder must exist.
+    project : str, optional
+        The runs of this project.
+    run : str, optional
+        This run (a run id).
+    label : str, optional
+        The runs with this label.
+
+    Returns
+    -------
+    pathlib.Path
+        The file written (``output``).
+
+    Raises
+    ------
+    BadInputError
+        More than one of ``project``, ``run`` and ``label`` is given; no run matches; or matplotlib
+        is not installed (``pip install 'oneprov[report]'``).
+    OSError
+        The file cannot be written (e.g. its folder does not exist).
+    DatabaseError
+        The database cannot be read.
+    """
     from ..audit import stale
 
     runs_ = _runs(store, project, run, label)

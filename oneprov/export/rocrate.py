@@ -63,7 +63,43 @@ def _instrument(run: dict) -> dict:
 
 def export_rocrate(store: Store, folder: str | os.PathLike, *, run: str | None = None, scope: str | None = None,
                    label: str | None = None) -> Path:
-    """Write the crate of the selection into ``folder`` (created if needed); return the folder."""
+    """Write the crate of the selection into ``folder`` (created if needed); return the folder.
+
+    The crate holds ``ro-crate-metadata.json`` and, when the selection loaded datasets,
+    ``loaded_dataset_uuids.csv`` and ``loaded_session_uuids.csv`` (each recorded in the store's exports).
+
+    Parameters
+    ----------
+    store : Store
+        The store.
+    folder : str or os.PathLike
+        The crate's folder; created with its parents if needed. Files of the same names are replaced.
+    run : str, optional
+        A run id: that run.
+    scope : str, optional
+        A scope name: the loads made in it, in every run.
+    label : str, optional
+        A run label: every run with it.
+
+    Returns
+    -------
+    pathlib.Path
+        The crate's folder.
+
+    Raises
+    ------
+    BadInputError
+        Not exactly one of ``run``, ``scope`` and ``label`` is given, or no run matches it.
+    OSError
+        The folder or a file cannot be written.
+    DatabaseError
+        The database cannot be read or written.
+
+    Warns
+    -----
+    UserWarning
+        The selection loaded no dataset: no CSV is written.
+    """
     crate = Path(folder)
     crate.mkdir(parents=True, exist_ok=True)
     selection = select(store, run=run, scope=scope, label=label)

@@ -231,8 +231,9 @@ def list_runs(db: Database, project: str | None = None) -> pd.DataFrame:
     -------
     pandas.DataFrame
         One row per run, newest first, with columns ``run_id``, ``project``, ``label``, ``status``,
-        ``started_at``, ``finished_at`` (UTC, without a time zone), ``user_name``, ``host``, ``pid``, ``loads`` (successful
-        loads), ``queries``, ``retired`` (bool), ``script_path``, ``git_commit`` and ``git_dirty``.
+        ``started_at``, ``finished_at`` (UTC, without a time zone), ``user_name``, ``host``, ``pid``,
+        ``loads`` (successful loads), ``queries``, ``retired`` (bool), ``script_path``, ``git_commit``
+        and ``git_dirty``.
 
     Raises
     ------
