@@ -397,3 +397,28 @@ def test_a_small_first_import_builds_its_indexes_after_the_rows_in_its_transacti
         plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN SELECT id FROM dataset_records WHERE uuid = 'x'").fetchall()
     assert "ix_dataset_records_uuid_session_uuid_rel_path" in str(plan)
     store.close()
+
+
+def test_an_event_without_its_record_gets_its_dataset_s_current_record_alone_or_in_a_batch(store, repo, tmp_path):
+    """One event (resolved inside its INSERT) and a batch (resolved before it) agree: the record is
+    the dataset's latest among complete imports, the session that record's; given ones are kept."""
+    store.import_cache(repo.root)
+    changed = copy_tables(repo, tmp_path / "changed")
+    rewrite_datasets(changed, lambda df: df.assign(qc="CRITICAL"))
+    store.import_cache(changed)                                      # every row: a second, newer record
+    ds = store.sql("SELECT id, session_id, record_id FROM datasets ORDER BY id LIMIT 2")
+    (a, sa_, ra), (b, sb, rb) = ds.itertuples(index=False)
+    older = store.sql("SELECT min(id) AS r FROM dataset_records WHERE uuid = :u", {"u": b})["r"].iloc[0]
+    events = [{"method": "load_dataset", "outcome": "loaded", "dataset_id": a.upper()},       # nothing given
+              {"method": "load_dataset", "outcome": "loaded", "dataset_id": b, "record_id": int(older)},  # a record
+              {"method": "load_dataset", "outcome": "loaded", "dataset_id": a, "session_id": sb},  # a session
+              {"method": "load_dataset", "outcome": "not_found", "rel_path": "x.npy"},             # no dataset
+              {"method": "load_dataset", "outcome": "missing", "dataset_id": "00000000-0000-4000-8000-000000000000"}]
+    expected = [(ra, sa_), (older, sb), (ra, sb), (None, None), (None, None)]
+    run = store.start_run("p")
+    alone = [store.record_access(run, [e])[0] for e in events]
+    batch = store.record_access(run, events)
+    got = store.sql("SELECT id, record_id, session_id FROM access_events WHERE run_id = :r", {"r": run}).set_index("id")
+    for ids in (alone, batch):
+        rows = [tuple(None if pd.isna(v) else v for v in got.loc[i, ["record_id", "session_id"]]) for i in ids]
+        assert rows == expected

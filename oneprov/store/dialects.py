@@ -166,9 +166,12 @@ class Dialect:
         ``constants`` give the same value to other columns of every row."""
         raise NotImplementedError
 
-    def insert_events(self, db: Any, run_id: str, rows: list[tuple]) -> list[int]:
+    def insert_events(self, db: Any, run_id: str, rows: list[tuple],
+                      complete: Callable[[list[tuple]], list[tuple]]) -> list[int]:
         """Insert access events (tuples in :data:`EVENT_COLUMNS` order) in one transaction of ``db``;
-        return their ids, in order."""
+        return their ids, in order. ``complete`` gives events of a dataset without its ``record_id``
+        (or ``session_id``) their dataset's current record (and its session), for a dialect that
+        does not do it in the INSERT itself."""
         raise NotImplementedError
 
     @contextmanager
@@ -358,13 +361,22 @@ class SQLite(Dialect):
             conn.exec_driver_sql(f"INSERT INTO {quote(table.name)} ({names}) "
                                  f"VALUES ({', '.join(['?'] * len(columns) + literals)})", rows)
 
-    def insert_events(self, db: Any, run_id: str, rows: list[tuple]) -> list[int]:
+    def insert_events(self, db: Any, run_id: str, rows: list[tuple],
+                      complete: Callable[[list[tuple]], list[tuple]]) -> list[int]:
         # Through the driver: SQLAlchemy's execution costs several times SQLite's commit.
         to_text = _sqlite_time(db.engine.dialect)
-        with db.driver_writing() as cursor:
-            if len(rows) == 1:  # the common case, the client's: one load, one transaction
-                cursor.execute(_SQLITE_INSERT_EVENT, (run_id, to_text(rows[0][0]), *rows[0][1:]))
+        if len(rows) == 1:  # the common case, the client's: one load, one transaction
+            row = rows[0]
+            with db.driver_writing() as cursor:
+                if row[_DATASET] is not None and (row[_RECORD] is None or row[_SESSION] is None):
+                    # the dataset's current record, found in the INSERT (the same transaction)
+                    cursor.execute(_SQLITE_INSERT_EVENT_OF_CURRENT, (run_id, to_text(row[0]), *row[1:], row[_DATASET]))
+                else:
+                    cursor.execute(_SQLITE_INSERT_EVENT, (run_id, to_text(row[0]), *row[1:]))
                 return [cursor.lastrowid]
+        if any(r[_DATASET] is not None and (r[_RECORD] is None or r[_SESSION] is None) for r in rows):
+            rows = complete(rows)
+        with db.driver_writing() as cursor:
             # BEGIN IMMEDIATE holds the write lock: the ids after the largest one are ours. (Most of
             # a large batch's time goes to inserting its random dataset ids into their index.)
             base = cursor.execute("SELECT coalesce(max(id), 0) FROM access_events").fetchone()[0]
@@ -489,7 +501,10 @@ class PostgreSQL(Dialect):
                     for row in rows:
                         copy.write_row(row + extra if extra else row)
 
-    def insert_events(self, db: Any, run_id: str, rows: list[tuple]) -> list[int]:
+    def insert_events(self, db: Any, run_id: str, rows: list[tuple],
+                      complete: Callable[[list[tuple]], list[tuple]]) -> list[int]:
+        if any(r[_DATASET] is not None and (r[_RECORD] is None or r[_SESSION] is None) for r in rows):
+            rows = complete(rows)
         names = ", ".join(EVENT_COLUMNS)
         with db.writing() as conn:
             if len(rows) == 1:
@@ -587,6 +602,15 @@ _COVERAGE = sa.text(
 
 _SQLITE_INSERT_EVENT = (f"INSERT INTO access_events (run_id, {', '.join(EVENT_COLUMNS)}) "
                         f"VALUES (?, {', '.join('?' * len(EVENT_COLUMNS))})")
+_DATASET, _SESSION, _RECORD = (EVENT_COLUMNS.index(c) for c in ("dataset_id", "session_id", "record_id"))
+#: One event whose record (and session) not given are its dataset's current record (and its session):
+#: the latest record of the UUID among complete queries, as :func:`oneprov.store.records.current` says.
+_SQLITE_INSERT_EVENT_OF_CURRENT = (
+    f"INSERT INTO access_events (run_id, {', '.join(EVENT_COLUMNS)}) "
+    f"SELECT ?, {', '.join('coalesce(e.session_id, r.session_uuid)' if c == 'session_id' else 'coalesce(e.record_id, r.id)' if c == 'record_id' else 'e.' + c for c in EVENT_COLUMNS)} "
+    f"FROM (SELECT {', '.join(f'? AS {c}' for c in EVENT_COLUMNS)}) AS e "
+    "LEFT JOIN dataset_records AS r ON r.id = coalesce(e.record_id, (SELECT max(n.id) FROM dataset_records AS n "
+    "JOIN queries AS q ON q.id = n.query_id WHERE n.uuid = ? AND q.completed_at IS NOT NULL))")
 _SQLITE_INSERT_EVENT_ID = (f"INSERT INTO access_events (id, run_id, {', '.join(EVENT_COLUMNS)}) "
                            f"VALUES ({', '.join('?' * (len(EVENT_COLUMNS) + 2))})")
 #: The PostgreSQL array type of the id and each of :data:`EVENT_COLUMNS`.

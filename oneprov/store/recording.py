@@ -168,21 +168,26 @@ def record_access(db: Database, run_id: str, events: Sequence[dict[str, Any]]) -
         The database cannot be written (e.g. ``run_id`` names no run).
     """
     rows = _event_rows(events, utcnow())
-    if any(row[3] is not None and (row[9] is None or row[4] is None) for row in rows):
-        rows = _with_records(db, rows)
-    return db.dialect.insert_events(db, run_id, rows) if rows else []
+    return db.dialect.insert_events(db, run_id, rows, lambda r: _with_records(db, r)) if rows else []
+
+
+_d = dataset_records_table.c
+# Built once: constructing them costs more than running them (a load records in about 0.1 ms).
+_CURRENT_RECORDS = (sa.select(_d.uuid, sa.func.max(_d.id))
+                    .where(_d.uuid.in_(sa.bindparam("uuids", expanding=True)), current(dataset_records_table))
+                    .group_by(_d.uuid))
+_SESSIONS_OF = sa.select(_d.id, _d.session_uuid).where(_d.id.in_(sa.bindparam("ids", expanding=True)))
 
 
 def _with_records(db: Database, rows: list[tuple]) -> list[tuple]:
     """Events of a dataset without its record (or session): its current record, and that record's session."""
-    d = dataset_records_table.c
     wanted = sorted({row[3] for row in rows if row[3] is not None and row[9] is None})
     given = sorted({row[9] for row in rows if row[9] is not None and row[4] is None})
     with db.reading() as conn:
-        latest = dict(conn.execute(sa.select(d.uuid, sa.func.max(d.id)).where(d.uuid.in_(wanted),
-                                   current(dataset_records_table)).group_by(d.uuid)).all()) if wanted else {}
-        ids = sorted({*latest.values(), *given})
-        session_of = dict(conn.execute(sa.select(d.id, d.session_uuid).where(d.id.in_(ids))).all()) if ids else {}
+        latest = dict(conn.execute(_CURRENT_RECORDS, {"uuids": wanted}).all()) if wanted else {}
+        no_session = {latest.get(row[3]) for row in rows if row[4] is None and row[9] is None}
+        ids = sorted(({*given} | no_session) - {None})
+        session_of = dict(conn.execute(_SESSIONS_OF, {"ids": ids}).all()) if ids else {}
     out = []
     for row in rows:
         record = row[9] if row[9] is not None or row[3] is None else latest.get(row[3])
