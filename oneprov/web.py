@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -132,7 +133,17 @@ def serve(db: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8001) -
     with tempfile.TemporaryDirectory(prefix="oneprov-web-") as folder:
         meta = Path(folder) / "metadata.json"
         meta.write_text(json.dumps(metadata(path.stem), indent=1))
-        return subprocess.call(serve_command(path, meta, host=host, port=port))
+        server = subprocess.Popen(serve_command(path, meta, host=host, port=port))
+        # Stopped (SIGTERM: a service manager, a test), oneprov stops Datasette too, and waits for it.
+        before = signal.signal(signal.SIGTERM, lambda *_: server.terminate())
+        try:
+            return server.wait()
+        except KeyboardInterrupt:   # (Ctrl-C reached Datasette as well: it is stopping)
+            server.terminate()
+            server.wait()
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, before)
 
 
 __all__ = ["CANNED", "metadata", "serve", "serve_command"]

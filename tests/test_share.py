@@ -239,8 +239,14 @@ def test_serve_runs_datasette_read_only_with_the_schema_and_canned_queries(paper
         refused = requests.get(f"{url}/{name}.json", params={"sql": "UPDATE runs SET label = 'x'"}, timeout=10)
         assert refused.status_code == 400
     finally:
+        children = [int(c) for c in Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()]
         server.terminate()
         server.wait(10)
+    assert len(children) == 1                                # Datasette, which stops with oneprov serve
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{children[0]}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{children[0]}").exists(), "Datasette kept running after oneprov serve stopped"
     assert db.read_bytes() == before
 
 

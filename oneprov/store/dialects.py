@@ -367,12 +367,14 @@ class SQLite(Dialect):
         to_text = _sqlite_time(db.engine.dialect)
         if len(rows) == 1:  # the common case, the client's: one load, one transaction
             row = rows[0]
+            # (everything prepared before the write lock is taken: others wait while it is held)
+            if row[_DATASET] is not None and (row[_RECORD] is None or row[_SESSION] is None):
+                # the dataset's current record, found in the INSERT (the same transaction)
+                statement, params = _SQLITE_INSERT_EVENT_OF_CURRENT, (run_id, to_text(row[0]), *row[1:], row[_DATASET])
+            else:
+                statement, params = _SQLITE_INSERT_EVENT, (run_id, to_text(row[0]), *row[1:])
             with db.driver_writing() as cursor:
-                if row[_DATASET] is not None and (row[_RECORD] is None or row[_SESSION] is None):
-                    # the dataset's current record, found in the INSERT (the same transaction)
-                    cursor.execute(_SQLITE_INSERT_EVENT_OF_CURRENT, (run_id, to_text(row[0]), *row[1:], row[_DATASET]))
-                else:
-                    cursor.execute(_SQLITE_INSERT_EVENT, (run_id, to_text(row[0]), *row[1:]))
+                cursor.execute(statement, params)
                 return [cursor.lastrowid]
         if any(r[_DATASET] is not None and (r[_RECORD] is None or r[_SESSION] is None) for r in rows):
             rows = complete(rows)

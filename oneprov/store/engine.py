@@ -305,8 +305,8 @@ class Database:
             fairy = self.engine.raw_connection()
             try:
                 dbapi_conn = fairy.dbapi_connection
-                self.dialect.begin_write(dbapi_conn)
                 cursor = dbapi_conn.cursor()
+                self.dialect.begin_write(dbapi_conn)
                 try:
                     yield cursor
                     dbapi_conn.commit()
