@@ -2,7 +2,7 @@
 """oneprov against the real one-api and raw sqlite3/pyarrow, side by side, on one generated cache.
 
     python benchmarks/run.py [--scale smoke|medium|full|smoke,medium,full] [--out results.md] [--json results.json]
-                             [--sections open,load,search,revision,export,concurrency,remote,memory]
+                             [--sections open,load,search,revision,export,concurrency,remote,postgres,memory]
                              [--memory] [--memory-rows N] [--workdir DIR] [--keep]
 
 Scales: smoke (500 sessions / 10,000 datasets, for CI: well under a minute), medium (5,000 /
@@ -45,7 +45,7 @@ from typing import Any, Callable
 import benchlib as bl  # noqa: E402  (puts the checkout on sys.path)
 from benchlib import LOAD_COLLECTION, LOAD_NAME, QC_KEPT, REVISION_CUTOFF, fmt_rate, fmt_seconds, measure
 
-SECTIONS = ["open", "load", "search", "revision", "export", "concurrency", "remote", "memory"]
+SECTIONS = ["open", "load", "search", "revision", "export", "concurrency", "remote", "postgres", "memory"]
 OPEN_TARGET_S = 0.1
 #: Issue 16's targets, as ratios to the baseline of each row (oneprov's cost ÷ the baseline's; for a
 #: rate, the baseline's rate ÷ oneprov's): at most these, at every scale.
@@ -424,6 +424,13 @@ def section_search(ctx: Context) -> None:
              "(query_sessions/query_datasets); one-api records nothing.")
 
 
+def section_postgres(ctx: Context) -> None:
+    """The same work on a throwaway PostgreSQL server (benchmarks/postgres.py)."""
+    from postgres import section_postgres as run_postgres
+
+    run_postgres(ctx, Row)
+
+
 def section_remote(ctx: Context) -> None:
     """Remote mode against one-api's OneAlyx on a test Alyx (benchmarks/remote.py)."""
     from remote import section_remote as run_remote
@@ -560,12 +567,14 @@ def section_export(ctx: Context) -> None:
 
 # -- 6. concurrency ----------------------------------------------------------------------------
 
-def _spawn_children(ctx: Context, kind: str, n: int, seconds: float) -> list[dict]:
+def _spawn_children(ctx: Context, kind: str, n: int, seconds: float, db: str | None = None) -> list[dict]:
+    """``n`` processes of ``kind`` (store, raw, rawpg, oneprov, oneapi) on ``db`` (default: the
+    benchmark's SQLite file), started together once all are ready; their reports."""
     logs = Path(ctx.ws.root) / "child_logs"
     logs.mkdir(exist_ok=True)
     procs = []
     for i in range(n):
-        spec = {"cache": str(ctx.cache), "db": str(ctx.db), "eids": ctx.ws.load_eids,
+        spec = {"cache": str(ctx.cache), "db": db or str(ctx.db), "eids": ctx.ws.load_eids,
                 "dataset_ids": ctx.ws.load_dataset_ids, "seconds": seconds, "index": i, "scale": ctx.scale.name}
         err = open(logs / f"{kind}-{i}.stderr", "w")
         procs.append((subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", f"conc-{kind}",
@@ -683,6 +692,9 @@ def _bench_event(spec: dict, k: int) -> dict:
             "detail": None, "listed": True}
 
 
+_RAW_PG_INSERT = ("INSERT INTO access_events (run_id, event_time, method, outcome, dataset_id, session_id, rel_path, "
+                  "path, bytes, listed, record_id) VALUES (%s, now() at time zone 'utc', %s, %s, %s, %s, %s, %s, %s, "
+                  "true, (SELECT max(id) FROM dataset_records WHERE uuid = %s))")
 _RAW_INSERT = ("INSERT INTO access_events (run_id, event_time, method, outcome, dataset_id, session_id, rel_path, "
                "requested_revision, revision_cutoff, scope, path, bytes, detail, listed, record_id) "
                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT max(id) FROM dataset_records WHERE uuid = ?))")
@@ -690,7 +702,7 @@ _RAW_INSERT = ("INSERT INTO access_events (run_id, event_time, method, outcome, 
 
 def child_concurrency(kind: str, spec: dict) -> None:
     warnings.simplefilter("ignore")
-    if kind in ("store", "raw"):
+    if kind in ("store", "raw", "rawpg"):
         from oneprov import open_store
         store = open_store(spec["db"])
         run_id = store.start_run(project="bench-concurrency", label=f"{kind}{spec['index']}")
@@ -698,6 +710,16 @@ def child_concurrency(kind: str, spec: dict) -> None:
         if kind == "store":
             def call(i: int) -> None:
                 store.record_access(run_id, [events[i % len(events)]])
+        elif kind == "rawpg":
+            import psycopg
+            store.close()
+            con = psycopg.connect(spec["db"].replace("postgresql+psycopg://", "postgresql://"))
+            rows = [(run_id, e["method"], e["outcome"], e["dataset_id"], e["session_id"], e["rel_path"],
+                     e["path"], e["bytes"], e["dataset_id"]) for e in events]
+
+            def call(i: int) -> None:
+                with con.transaction():
+                    con.execute(_RAW_PG_INSERT, rows[i % len(rows)])
         else:
             store.close()
             con = sqlite3.connect(spec["db"], isolation_level=None, timeout=60)
@@ -752,8 +774,8 @@ def child_concurrency(kind: str, spec: dict) -> None:
         i += 1
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu
-    if kind in ("store", "raw"):
-        if kind == "raw":
+    if kind in ("store", "raw", "rawpg"):
+        if kind in ("raw", "rawpg"):
             con.close()
             store = open_store(spec["db"])
         store.finish_run(run_id)
