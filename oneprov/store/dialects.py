@@ -12,6 +12,7 @@ PostgreSQL-only roles (``roles.py``); ``tests/test_layout.py`` checks it. (Alemb
 """
 from __future__ import annotations
 
+import datetime
 import json
 import sqlite3
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.url import URL
 
 from ..errors import DatabaseError, ReadOnlyError
-from .schema import access_events, dataset_records, query_datasets, query_sessions
+from .schema import access_events, dataset_records, queries, query_datasets, query_sessions
 
 #: Seconds a SQLite writer waits for another process's write transaction before giving up.
 BUSY_TIMEOUT_S = 60
@@ -45,6 +46,8 @@ _LINKS = {
     "sqlite": "INSERT INTO {table} (query_id, record_id) SELECT :qid, value FROM json_each(:ids)",
     "postgresql": "INSERT INTO {table} (query_id, record_id) SELECT :qid, unnest(CAST(:ids AS INTEGER[]))",
 }
+_SQLITE_LINK = {table.name: _LINKS["sqlite"].format(table=table.name).replace(":qid", "?").replace(":ids", "?")
+                for table in (query_sessions, query_datasets)}
 _LINK_STATEMENTS = {name: {table.name: sa.text(sql.format(table=table.name)) for table in (query_sessions, query_datasets)}
                     for name, sql in _LINKS.items()}
 
@@ -165,6 +168,16 @@ class Dialect:
         """Insert ``rows`` (tuples in ``columns`` order) into ``table`` in bulk, through the driver;
         ``constants`` give the same value to other columns of every row."""
         raise NotImplementedError
+
+    def insert_query(self, db: Any, values: dict[str, Any], links: dict[sa.Table, list[int]]) -> int:
+        """Insert a complete ``queries`` row (``values``: its columns) and its links (``links``:
+        link table -> sorted record ids) in one transaction of ``db``; return its id."""
+        with db.writing() as conn:
+            qid = conn.execute(queries.insert().returning(queries.c.id), values).scalar_one()
+            for table, ids in links.items():
+                if ids:   # (in key order: the index is then appended to, not written all over)
+                    self.link(conn, table, qid, ids)
+        return qid
 
     def insert_events(self, db: Any, run_id: str, rows: list[tuple],
                       complete: Callable[[list[tuple]], list[tuple]]) -> list[int]:
@@ -360,6 +373,21 @@ class SQLite(Dialect):
             names = ", ".join(quote(c) for c in [*columns, *(constants or {})])
             conn.exec_driver_sql(f"INSERT INTO {quote(table.name)} ({names}) "
                                  f"VALUES ({', '.join(['?'] * len(columns) + literals)})", rows)
+
+    def insert_query(self, db: Any, values: dict[str, Any], links: dict[sa.Table, list[int]]) -> int:
+        # Through the driver, as a load event is (a list or a search records one query each).
+        if not _sqlite_json():
+            return super().insert_query(db, values, links)
+        to_text = _sqlite_time(db.engine.dialect)
+        names = list(values)
+        params = [to_text(v) if isinstance(v, datetime.datetime) else v for v in values.values()]
+        statement = (f"INSERT INTO queries ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) RETURNING id")
+        links_json = [(_SQLITE_LINK[table.name], json.dumps(ids)) for table, ids in links.items() if ids]
+        with db.driver_writing() as cursor:
+            qid = cursor.execute(statement, params).fetchone()[0]
+            for link, ids in links_json:
+                cursor.execute(link, (qid, ids))
+        return qid
 
     def insert_events(self, db: Any, run_id: str, rows: list[tuple],
                       complete: Callable[[list[tuple]], list[tuple]]) -> list[int]:

@@ -40,12 +40,17 @@ def new_query(conn: Connection, run_id: str | None, method: str, params: dict | 
     ``values`` are the other columns (``source``, ``checksum``, ``mode``, ``scope``, counts,
     ``completed_at`` ...); ``started_at`` defaults to now.
     """
+    return conn.execute(_INSERT_QUERY, _query_values(run_id, method, params, **values)).scalar_one()
+
+
+def _query_values(run_id: str | None, method: str, params: dict | None, **values: Any) -> dict[str, Any]:
+    """The columns of a new ``queries`` row: secrets hidden, parameters as JSON, ``started_at`` now by default."""
     for name in ("source", "error"):
         if isinstance(values.get(name), str):
             values[name] = scrub(values[name])
-    return conn.execute(_INSERT_QUERY, {
-        "run_id": run_id, "method": method, "params": json.dumps(scrub_params(params or {}), default=str, sort_keys=True),
-        "started_at": utcnow(), **values}).scalar_one()
+    return {"run_id": run_id, "method": method,
+            "params": json.dumps(scrub_params(params or {}), default=str, sort_keys=True),
+            "started_at": utcnow(), **values}
 
 
 def record_query(
@@ -112,6 +117,14 @@ def record_query(
     """
     sids = sorted({check_uuid(s, "session id") for s in session_ids})
     dids = sorted({check_uuid(d, "dataset id") for d in dataset_ids})
+    if not sids and not dids:   # the client's hot path: the records are known
+        now = utcnow()
+        srecs, drecs = sorted(set(session_records)), sorted(set(dataset_records))
+        return db.dialect.insert_query(db, _query_values(run_id, method, params, mode=mode, revision_cutoff=revision_cutoff,
+                                                         scope=scope, duration_s=duration_s, error=error,
+                                                         n_sessions=len(srecs), n_datasets=len(drecs), started_at=now,
+                                                         completed_at=now),
+                                       {query_sessions: srecs, query_datasets: drecs})
     with db.writing() as conn:
         srecs = sorted({*session_records, *_current_records(conn, session_records_table, sids)})
         drecs = sorted({*dataset_records, *_current_records(conn, dataset_records_table, dids)})
