@@ -351,3 +351,18 @@ def test_every_tabular_command_prints_one_json_shape(tmp_path):
     empty = cli("stale", "--db", db).stdout
     assert empty.splitlines()[0].split() == ["run_id", "label", "project", "dataset_id", "session_id", "rel_path",
                                              "reason", "seen", "now", "source", "loaded_at"]
+
+
+def test_every_audit_question_names_a_run_that_does_not_exist(tmp_path):
+    from oneprov import BadInputError
+    from oneprov.audit import cutoff, diff, show
+
+    store = oneprov.open_store(tmp_path / "p.sqlite")
+    real = store.start_run("p")
+    ghost = "00000000-0000-4000-8000-000000000000"
+    for ask in (lambda: show(store, ghost), lambda: cutoff(store, ghost), lambda: diff(store, real, ghost),
+                lambda: diff(store, ghost, real)):
+        with pytest.raises(BadInputError, match=f"no run '{ghost}'"):
+            ask()
+    assert cutoff(store, real)["reproducible"] and diff(store, real, real).empty
+    store.close()

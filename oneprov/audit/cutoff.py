@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..store import Store
+from .runs import require_runs
 from ..store.schema import SUCCESS_OUTCOMES, access_events, dataset_records, query_datasets, run_marks
 
 #: QC levels a default load keeps (ONE's ``qc=FAIL``).
@@ -51,13 +52,16 @@ def cutoff(store: Store, run_id: str) -> dict[str, Any]:
         many datasets the run loaded); ``unexplained`` (dicts of ``dataset_id``, ``session_id``,
         ``rel_path``, ``revision``, ``reproduced_from``, ``reproduced_before``); ``default_not_last``
         (dicts of ``dataset_id``, ``session_id``, ``rel_path``, ``revision``, ``last_revision``). A
-        run that loaded nothing (or an id of no run) is reproducible, with no dates.
+        run that loaded nothing is reproducible, with no dates.
 
     Raises
     ------
+    BadInputError
+        ``run_id`` is no run's id.
     DatabaseError
         The database cannot be read.
     """
+    require_runs(store, run_id)
     loads = _loads(store, run_id)
     intervals = []
     default_not_last = []

@@ -26,6 +26,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from ..store import Store
+from .runs import require_runs
 from ..store.schema import (
     SUCCESS_OUTCOMES, access_events, dataset_records, queries, query_datasets, query_sessions, run_marks,
     session_records,
@@ -45,8 +46,7 @@ def diff(store: Store, run_a: str, run_b: str) -> pd.DataFrame:
     store : Store
         The store.
     run_a, run_b : str
-        The ids of the two runs (resolve names first with ``store.resolve_run``). An id of no run
-        counts as a run that loaded nothing.
+        The ids of the two runs (resolve names first with ``store.resolve_run``).
 
     Returns
     -------
@@ -58,9 +58,12 @@ def diff(store: Store, run_a: str, run_b: str) -> pd.DataFrame:
 
     Raises
     ------
+    BadInputError
+        ``run_a`` or ``run_b`` is no run's id.
     DatabaseError
         The database cannot be read.
     """
+    require_runs(store, run_a, run_b)
     a, b = _loads(store, run_a), _loads(store, run_b)
     rows: list[tuple] = []
     for key in sorted(set(a) | set(b)):

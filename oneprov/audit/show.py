@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..store import Store
+from .runs import require_runs
 from ..store.schema import access_events, exports, projects, queries, run_marks, runs
 
 _JSON_COLUMNS = ("versions", "argv", "settings")
@@ -60,8 +61,7 @@ def show(store: Store, run_id: str) -> dict[str, Any]:
         row = conn.execute(sa.select(runs, projects.c.name.label("project"))
                            .join(projects, projects.c.id == runs.c.project_id).where(runs.c.id == run_id)).first()
         if row is None:
-            from ..errors import BadInputError
-            raise BadInputError(f"no run {run_id!r}")
+            require_runs(store, run_id)   # (raises)
         info = {k: v for k, v in row._asdict().items() if k not in ("project_id",)}
         for key in _JSON_COLUMNS:
             if isinstance(info.get(key), str):
