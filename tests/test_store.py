@@ -422,3 +422,18 @@ def test_an_event_without_its_record_gets_its_dataset_s_current_record_alone_or_
     for ids in (alone, batch):
         rows = [tuple(None if pd.isna(v) else v for v in got.loc[i, ["record_id", "session_id"]]) for i in ids]
         assert rows == expected
+
+
+def test_the_store_logs_what_it_recorded_on_its_logger(tmp_path, repo, caplog):
+    """Library diagnostics go to logging (``oneprov.store``), as one-api's go to ``one.api``."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="oneprov.store")
+    store = open_store(tmp_path / "p.sqlite")
+    first = store.import_cache(repo.root)
+    store.import_cache(repo.root)
+    messages = [r.getMessage() for r in caplog.records if r.name == "oneprov.store"]
+    assert any("schema upgraded from empty to" in m for m in messages)
+    assert any(f"{len(repo.datasets)} datasets rows recorded as query {first.query_id}" in m for m in messages)
+    assert any(f"recorded before, as query {first.query_id} (nothing written)" in m for m in messages)
+    store.close()

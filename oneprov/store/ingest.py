@@ -33,6 +33,7 @@ True
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import socket
@@ -60,6 +61,8 @@ from .migrate import BULK_INDEXES, missing_indexes
 from .records import ROW_KEY
 from .recording import new_query
 from .schema import dataset_records, queries, query_datasets, query_sessions, revisions, session_records, utcnow
+
+_log = logging.getLogger("oneprov.store")
 
 #: Rows read from a datasets table and prepared at a time.
 IMPORT_BATCH = 100_000
@@ -224,8 +227,23 @@ def ingest(db: Database, source: RowSource, rows: Rows, *, run_id: str | None = 
     With ``reuse``, rows whose ``source`` (location and checksum) was ingested before are not
     written again: that earlier query is returned (and while another process is ingesting them,
     this one waits for it). ``name`` names the rows in messages (default: the location).
+    Logged on ``oneprov.store``: what was recorded, at INFO.
     """
     name = name or source.location
+    started = time.perf_counter()
+    result = _ingest(db, source, rows, run_id=run_id, progress=progress, batch_size=batch_size, reuse=reuse, name=name)
+    if result.unchanged_tables:
+        _log.info("%s: the same rows were recorded before, as query %d (nothing written)", name, result.query_id)
+    else:
+        _log.info("%s: %d sessions and %d datasets rows recorded as query %d (%d new dataset records) in %.2f s",
+                  name, result.sessions, result.datasets, result.query_id, result.changed,
+                  time.perf_counter() - started)
+    return result
+
+
+def _ingest(db: Database, source: RowSource, rows: Rows, *, run_id: str | None, progress: bool | None,
+            batch_size: int, reuse: bool, name: str) -> ImportResult:
+    """:func:`ingest`, once its name is known."""
     if reuse and source.checksum is not None:
         with db.reading() as conn:   # (no write lock for tables seen before: the common case)
             done = _earlier(conn, source)
@@ -396,6 +414,7 @@ def _claim(conn: Connection, source: RowSource, rows: Rows, run_id: str | None,
     :func:`_start_bulk`). Or return the import of the same rows that another process finished
     meanwhile. While another live process imports the same rows, wait for it."""
     params = {**source.params, "metadata": rows.metadata(), "importer": {"host": socket.gethostname(), "pid": os.getpid()}}
+    waiting = False
     while True:
         with conn.begin():
             other = _earlier(conn, source) if reuse and source.checksum is not None else None
@@ -405,6 +424,10 @@ def _claim(conn: Connection, source: RowSource, rows: Rows, run_id: str | None,
                 qid = new_query(conn, run_id, source.method, params, source=source.location,
                                 checksum=source.checksum, mode=source.mode)
                 return qid, _start_bulk(conn)
+        if not waiting:
+            waiting = True
+            _log.info("%s: another process is recording the same rows (query %d); waiting for it", source.location,
+                      other.id)
         time.sleep(0.2)
 
 

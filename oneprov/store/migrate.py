@@ -14,8 +14,9 @@ True
 """
 from __future__ import annotations
 
-import os
 import dataclasses
+import logging
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -31,6 +32,8 @@ from ..errors import DatabaseError, SchemaVersionError
 from . import dialects
 from .engine import Database, create_engine, database_url, redact, sqlite_path
 from .schema import dataset_records
+
+_log = logging.getLogger("oneprov.store")
 
 
 def migrations_dir() -> Path:
@@ -145,7 +148,9 @@ def upgrade(engine: Engine, target: str = "head", *, script_location: str | os.P
         db.dialect.check_migration_rights(conn, status.current, status.head, db.where)
         command.upgrade(alembic_config(conn, script_location), target)
         before = status.current or "empty"
-    return dataclasses.replace(schema_status(engine), migrated_from=before)
+    after = dataclasses.replace(schema_status(engine), migrated_from=before)
+    _log.info("%s: schema upgraded from %s to %s", db.where, before, after.current)
+    return after
 
 
 def downgrade(engine: Engine, target: str) -> SchemaStatus:
