@@ -70,7 +70,9 @@ def section_postgres(ctx: Any, Row: Any) -> None:
                     f"oneprov import {bl.fmt_seconds(t_import)}"))
 
         ctx.log("  a client on the PostgreSQL store: search, list, load ...")
-        api = ctx.oneapi()
+        from one.api import One
+        api = One(ctx.cache, mode="local")      # (its own: the export section fills the shared one's loaded list)
+        api.record_loaded = True
         prov = ONE(ctx.cache, mode="local", db=pg.url, project="bench-pg", label=f"bench-pg-{ctx.scale.name}")
         prov.record_loaded = True
         subject, eids = ctx.ws.subject, ctx.ws.load_eids

@@ -343,13 +343,19 @@ def _ingest_small(db: Database, source: RowSource, rows: Rows, sessions: pd.Data
 def _check(rows: Rows, batch_size: int, show: bool) -> tuple[int, set[int]]:
     """Read and check every dataset row (the reader raises on a bad one); return how many rows there
     are and the identity hashes seen more than once (candidates for repeated rows, usually none)."""
-    hashes, n = [], 0
-    with tqdm(total=rows.count_datasets(), unit="rows", desc="check datasets", disable=not show) as bar:
+    # One array of every row's hash, filled in place (a list of parts and their concatenation would
+    # hold it twice: 160 MB at 10 million rows).
+    expected, n = rows.count_datasets() or 0, 0
+    every = np.empty(expected, dtype=np.uint64)
+    with tqdm(total=expected, unit="rows", desc="check datasets", disable=not show) as bar:
         for frame in in_background(rows.datasets(batch_size)):
-            hashes.append(_identity_hashes(frame))
-            n += len(frame)
+            part = _identity_hashes(frame)
+            if n + len(part) > len(every):    # (more rows than the table's metadata said)
+                every = np.concatenate([every[:n], np.empty(max(len(part), n), dtype=np.uint64)])
+            every[n:n + len(part)] = part
+            n += len(part)
             bar.update(len(frame))
-    every = np.concatenate(hashes) if hashes else np.empty(0, dtype=np.uint64)
+    every = every[:n]
     every.sort()
     return n, set(every[1:][every[1:] == every[:-1]].tolist())
 
