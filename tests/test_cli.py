@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import sqlite3
 import subprocess
 import sys
 
@@ -206,7 +208,15 @@ def test_ctrl_c_during_import_prints_one_line_and_exits_130(tmp_path):
     while store.sql("SELECT count(*) AS n FROM dataset_records").n[0] == 0:   # rows are being written
         assert time.monotonic() < deadline and proc.poll() is None, "the import never started writing"
         time.sleep(0.05)
+    # Between two of the import's write transactions, the test takes the write lock: the import
+    # waits for it, incomplete, however fast this machine is; Ctrl-C lands then.
+    lock = sqlite3.connect(db, isolation_level=None, timeout=60)
+    lock.execute("BEGIN IMMEDIATE")
+    assert lock.execute("SELECT completed_at FROM queries").fetchall() == [(None,)]
     proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    lock.rollback()
+    lock.close()
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (out, err)
     assert err.strip() == "interrupted: nothing imported (the database is as it was)"
@@ -248,7 +258,8 @@ def test_sql_timeout_and_ctrl_c_stop_a_long_query(backend, db, request):
     assert_clean_error(proc, "stopped after 0.5 s")
     assert time.monotonic() - started < 20
     child = subprocess.Popen([sys.executable, "-m", "oneprov", "sql", LONG_QUERY[backend], "--db", str(target)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PGAPPNAME": CTRL_C_APP})
     _wait_until_running(child, backend, target)
     stop = time.monotonic()
     child.send_signal(signal.SIGINT)
@@ -257,10 +268,12 @@ def test_sql_timeout_and_ctrl_c_stop_a_long_query(backend, db, request):
     assert time.monotonic() - stop < 5
 
 
+CTRL_C_APP = "oneprov-ctrl-c-test"   # (libpq names the child's connections so: PGAPPNAME)
+
+
 def _wait_until_running(child: subprocess.Popen, backend: str, target) -> None:
     """Until ``child`` runs its query (not merely starting Python): it has the SQLite file open, or
-    the PostgreSQL server shows its statement."""
-    import os
+    the PostgreSQL server shows its statement running on one of its own connections."""
     import time
 
     import sqlalchemy as sa
@@ -278,8 +291,9 @@ def _wait_until_running(child: subprocess.Popen, backend: str, target) -> None:
         else:
             engine = sa.create_engine(target)
             with engine.connect() as conn:
-                running = bool(conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity "
-                                                    "WHERE query LIKE 'SELECT pg_sleep%'")).scalar())
+                running = bool(conn.execute(sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = :app AND state = 'active' "
+                    "AND query LIKE 'SELECT pg_sleep%'"), {"app": CTRL_C_APP}).scalar())
             engine.dispose()
         if running:
             time.sleep(0.3)                         # (from open to the statement: a few milliseconds)
