@@ -256,7 +256,10 @@ def schema_cmd(name: str | None, fmt: str) -> None:
         if entry is None:
             raise BadInputError(f"no public view or table {name!r}; they are: {', '.join(r['name'] for r in rows)}")
         rows = [{"column": c, "description": column_description(name, c)} for c in entry["columns"]]
-        _print_records(rows, fmt) if fmt in ("json", "ndjson") else _print_frame(pd.DataFrame(rows), fmt)
+        if fmt in ("json", "ndjson"):
+            _print_records(rows, fmt)
+        else:
+            _print_frame(pd.DataFrame(rows), fmt)
         return
     if fmt in ("json", "ndjson"):
         _print_records(rows, fmt)

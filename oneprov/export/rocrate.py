@@ -46,7 +46,8 @@ def _one(values: list[dict]) -> dict | list[dict]:
 def _instrument(run: dict) -> dict:
     """The script a run ran, as a ``SoftwareApplication`` whose id names its content (RFC 6920
     ``ni:`` URI of its sha256); without a script file, oneprov itself (an interactive session)."""
-    version = (run.get("versions") or {}).get("oneprov") if isinstance(run.get("versions"), dict) else None
+    versions = run.get("versions")
+    version = versions.get("oneprov") if isinstance(versions, dict) else None
     sha = run.get("script_sha256")
     if not sha:
         return {"@id": ONEPROV_URL, "@type": "SoftwareApplication", "name": "oneprov", "url": ONEPROV_URL,
