@@ -437,3 +437,28 @@ def test_the_store_logs_what_it_recorded_on_its_logger(tmp_path, repo, caplog):
     assert any(f"{len(repo.datasets)} datasets rows recorded as query {first.query_id}" in m for m in messages)
     assert any(f"recorded before, as query {first.query_id} (nothing written)" in m for m in messages)
     store.close()
+
+
+def test_driver_reads_return_what_sqlalchemy_returns(store, repo):
+    """The hot reads' driver path (store/driver.py): for statements with given and own IN lists of
+    several lengths, the same rows, values and types as SQLAlchemy's execution, in one snapshot."""
+    from oneprov.store.schema import dataset_records
+
+    store.import_cache(repo.root, progress=False)
+    d = dataset_records.c
+    stmt = (sa.select(d.id.label("record_id"), d.uuid, d.exists, d.default_revision, d.file_size, d.first_seen_at)
+            .where(d.qc.in_(["PASS", "NOT_SET", "WARNING"]), d.id.in_(sa.bindparam("ids", expanding=True)))
+            .order_by(d.id))
+    with store.reading() as conn:
+        every = conn.execute(sa.select(d.id).order_by(d.id)).scalars().all()
+    assert len(every) > 20
+    for ids in ([], every[:1], every[:7], every[3:20], every[:7]):   # (the shape of 7 twice: from its cache)
+        with store.reading() as conn:
+            expected = [tuple(r) for r in conn.execute(stmt, {"ids": ids})]
+        with store.driver_reading() as reader:
+            got = reader.rows(stmt, {"ids": ids})
+        assert [tuple(r) for r in got] == expected
+        assert all(type(a) is type(b) for row, want in zip(got, expected) for a, b in zip(row, want))
+        if ids:
+            assert len(got) > 0 and isinstance(got[0].exists, bool) and got[0].record_id == min(
+                i for i in ids if i in {r[0] for r in expected})

@@ -176,8 +176,8 @@ class Catalog:
         params: dict[str, Any] = {"query_id": self._query_param(), "qc": qc_names_up_to(qc, ignore_qc_not_set)}
         if eid is not None:
             params["eid"] = eid
-        with self.db.reading() as conn:
-            return conn.execute(_datasets_statement(eid is not None, False), params).fetchall()
+        with self.db.driver_reading() as reader:
+            return reader.rows(_datasets_statement(eid is not None, False), params)
 
     def _query_param(self) -> int:
         return self.query_id if self.query_id is not None else -1
@@ -194,11 +194,11 @@ class Catalog:
         ``check`` sees the kept rows before the revision choice (and may raise).
         """
         params = {"query_id": self._query_param(), "qc": qc_names_up_to("FAIL"), "eid": eid}
-        with self.db.reading() as conn:
-            rows = [r for r in conn.execute(_datasets_statement(True, False), params).fetchall() if keep(r)]
+        with self.db.driver_reading() as reader:   # (SQLAlchemy's execution would cost most of the time)
+            rows = [r for r in reader.rows(_datasets_statement(True, False), params) if keep(r)]
             if check is not None:
                 check(rows)
-            chosen = set(chosen_ids(conn, [r.record_id for r in rows], revision, strict=strict))
+            chosen = set(chosen_ids(reader, [r.record_id for r in rows], revision, strict=strict))
         return [r for r in rows if r.record_id in chosen]
 
 

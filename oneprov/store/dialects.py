@@ -76,6 +76,9 @@ class Dialect:
     def begin_write(self, dbapi_conn: Any) -> None:
         """Start a write transaction on a bare driver connection."""
 
+    def begin_read(self, cursor: Any) -> None:
+        """Start a read transaction on a bare driver cursor: one snapshot for all its statements."""
+
     def lock_for_setup(self, conn: Connection) -> None:
         """Serialise first-time setup and migrations between processes, inside ``conn``'s transaction."""
 
@@ -252,6 +255,9 @@ class SQLite(Dialect):
         against ~25 ms).
         """
         dbapi_conn.execute("BEGIN IMMEDIATE")
+
+    def begin_read(self, cursor: Any) -> None:
+        cursor.execute("BEGIN")
 
     def integrity_problems(self, conn: Connection) -> list[str]:
         result = [r[0] for r in conn.exec_driver_sql("PRAGMA integrity_check").fetchall()]
@@ -484,6 +490,10 @@ class PostgreSQL(Dialect):
     def snapshot(self, conn: Connection) -> None:
         # The default (READ COMMITTED) gives each statement its own snapshot.
         conn.execution_options(isolation_level="REPEATABLE READ")
+
+    def begin_read(self, cursor: Any) -> None:
+        # (psycopg has begun the transaction: this is its first statement)
+        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
 
     def stream_cursor(self, conn: Connection) -> Any:
         return conn.connection.driver_connection.cursor(name="oneprov_export")  # server-side: one batch in memory

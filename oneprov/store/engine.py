@@ -30,7 +30,7 @@ from sqlalchemy.engine.url import make_url
 
 from .. import settings
 from ..errors import DatabaseError
-from . import dialects
+from . import dialects, driver
 
 NO_DATABASE = f"no database given: pass --db PATH_OR_URL (or db=...) or set {settings.DB_ENV}"
 
@@ -315,6 +315,37 @@ class Database:
                     raise
                 finally:
                     cursor.close()
+            finally:
+                fairy.close()
+
+    @contextmanager
+    def driver_reading(self) -> Iterator[driver.Reader]:
+        """A read transaction on a bare driver cursor (rolled back at the end): the hot reads.
+
+        The same transaction as :meth:`reading`, for statements run through
+        :class:`~oneprov.store.driver.Reader` without SQLAlchemy's execution machinery.
+
+        Yields
+        ------
+        oneprov.store.driver.Reader
+            Runs SQLAlchemy statements on the driver's cursor, inside the transaction.
+
+        Raises
+        ------
+        DatabaseError
+            A driver error inside the block, in one line naming the database.
+        """
+        with mapped_errors(self.where):
+            fairy = self.engine.raw_connection()
+            try:
+                dbapi_conn = fairy.dbapi_connection
+                cursor = dbapi_conn.cursor()
+                try:
+                    self.dialect.begin_read(cursor)
+                    yield driver.Reader(cursor, self.engine.dialect)
+                finally:
+                    cursor.close()
+                    dbapi_conn.rollback()
             finally:
                 fairy.close()
 

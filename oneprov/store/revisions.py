@@ -38,6 +38,7 @@ from sqlalchemy.engine import Connection, Dialect
 from ..alf import QC_LEVELS, check_uuid, qc_name
 from ..errors import ALFMultipleRevisionsFound
 from . import dialects
+from .driver import Reader, fetch_all
 from .engine import Database
 from .records import current, held_by, holds_everything, latest_import
 from .schema import dataset_records
@@ -260,7 +261,7 @@ def _frame(rows: pa.StructArray) -> pd.DataFrame:
     return pd.DataFrame(columns, copy=False)
 
 
-def _refuse_several_defaults(conn: Connection, bad: list[dict], conditions: list, params: dict) -> None:
+def _refuse_several_defaults(conn: Connection | Reader, bad: list[dict], conditions: list, params: dict) -> None:
     """Raise ALFMultipleRevisionsFound for the first dataset (in session, collection, name order)
     among ``bad`` chosen rows, naming its default revisions, as ONE does."""
     first = min(bad, key=lambda r: (r["session_uuid"], r["collection"], r["name"]))
@@ -268,7 +269,7 @@ def _refuse_several_defaults(conn: Connection, bad: list[dict], conditions: list
     stmt = sa.select(d.revision).where(*conditions, d.session_uuid == first["session_uuid"],
                                        d.collection == first["collection"], d.name == first["name"],
                                        d.default_revision == sa.true())
-    revs = ", ".join(f'"{rev}"' for rev in sorted(conn.execute(stmt, params).scalars()))
+    revs = ", ".join(f'"{rev}"' for rev in sorted(r.revision for r in fetch_all(conn, stmt, params)))
     raise ALFMultipleRevisionsFound(f"{'/'.join(filter(None, (first['collection'], first['name'])))} of session "
                                     f"{first['session_uuid']} has several default revisions: {revs}")
 
@@ -280,14 +281,15 @@ def _choice_statement(dialect: str, with_revision: bool, strict: bool) -> sa.Sel
                               where=[dataset_records.c.id.in_(sa.bindparam("ids", expanding=True))], strict=strict)
 
 
-def chosen_ids(conn: Connection, ids: list[int], revision: str | None = None, *, strict: bool = True) -> list[int]:
+def chosen_ids(conn: Connection | Reader, ids: list[int], revision: str | None = None, *,
+               strict: bool = True) -> list[int]:
     """The record ids ONE would load among the given dataset records (QC already applied by the caller)."""
     if not ids:
         return []
     params: dict = {"ids": list(ids)}
     if revision is not None:
         params["revision"] = revision
-    rows = conn.execute(_choice_statement(conn.dialect.name, revision is not None, strict), params).fetchall()
+    rows = fetch_all(conn, _choice_statement(conn.dialect.name, revision is not None, strict), params)
     if revision is None and strict:
         bad = [r._asdict() for r in rows if r.n_default > 1]
         if bad:
