@@ -10,6 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -194,6 +195,22 @@ def test_symlink_out_of_the_cache_is_refused_like_a_session_folder(link, tmp_pat
         (session / "alf").symlink_to(outside, target_is_directory=True)
     with pytest.raises(BadInputError, match="is a link to outside the cache folder"):
         one.load_dataset(repo.eid, rel_path)
+    one.close()
+
+
+def test_symlink_within_the_cache_is_followed(tmp_path, repo):
+    """A collection folder that is a symbolic link to another folder of the cache loads (only links
+    that lead outside are refused), and so does the plain file next to it."""
+    from oneprov import ONE
+
+    cache = Path(shutil.copytree(repo.root, tmp_path / "cache", ignore=shutil.ignore_patterns("provenance*")))
+    one = ONE(cache_dir=cache, db=tmp_path / "p.sqlite")
+    session = one.eid2path(repo.eid)
+    rel_path = next(p for p in one.list_datasets(repo.eid) if p.startswith("alf/") and p.count("/") == 1)
+    expected = one.load_dataset(repo.eid, rel_path)
+    shutil.move(session / "alf", cache / "moved_alf")
+    (session / "alf").symlink_to(cache / "moved_alf", target_is_directory=True)
+    np.testing.assert_array_equal(one.load_dataset(repo.eid, rel_path), expected)
     one.close()
 
 

@@ -44,6 +44,7 @@ class LocalSource:
     def __init__(self, cache_dir: str | os.PathLike):
         self.root = Path(cache_dir).expanduser().absolute()
         self._resolved_root = self.root.resolve()
+        self._root_prefix = str(self._resolved_root).rstrip(os.sep) + os.sep
 
     def __repr__(self) -> str:
         return f"LocalSource({str(self.root)!r})"
@@ -74,7 +75,24 @@ class LocalSource:
     def _inside(self, path: Path, row: Any) -> None:
         """Refuse a file, or a collection folder, that is a symbolic link to outside the cache folder
         (as a session folder is refused): the file loaded would not be the repository's."""
+        if self._plainly_inside(str(path)):
+            return
         real = os.path.realpath(path)
         if not Path(real).is_relative_to(self._resolved_root):
             raise BadInputError(f"dataset {row.rel_path} of session {row.session_id} is a link to outside the "
                                 f"cache folder: {real}")
+
+    def _plainly_inside(self, path: str) -> bool:
+        """Whether ``path`` lies under the resolved cache folder through no symbolic link and no
+        ``.``/``..`` part (one ``lstat`` per part below the folder: a load's common case, at less
+        than half of ``realpath``'s cost). False means: look closer."""
+        if not path.startswith(self._root_prefix):
+            return False
+        current = self._root_prefix[:-1]
+        for part in path[len(self._root_prefix):].split(os.sep):
+            if part in ("", ".", ".."):
+                return False
+            current += os.sep + part
+            if os.path.islink(current):
+                return False
+        return True
