@@ -44,7 +44,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .alf import (
-    MAX_CHARS, NAME_MAX, QC_DTYPE, QC_ORDER, check_uuid, check_uuids, name_problem, qc_name, split_rel_path, split_rel_paths,
+    MAX_CHARS, NAME_MAX, QC_DTYPE, QC_ORDER, UUID_RE, check_uuid, check_uuids, name_problem, qc_name, split_rel_path,
+    split_rel_paths,
 )
 from .errors import BadInputError, DuplicateIdError, MissingColumnError
 from .files import file_sha256, finish_replacing, write_atomically
@@ -294,7 +295,10 @@ def _id_source(path: Path, schema: pa.Schema, name: str, table: str, level: int)
 
 def _uuids(path: Path, batch: pa.RecordBatch, source: list[str], start: int, what: str) -> np.ndarray:
     if len(source) == 1:
-        values = _text(batch.column(source[0]))
+        canonical = _canonical_uuids(batch.column(source[0]))
+        if canonical is not None:
+            return canonical
+        values = _text(batch.column(source[0]))   # (a bad value: found and named row by row)
         return _located(path, source[0], start, values, lambda s: check_uuids(s, what).to_numpy(),
                         lambda v: check_uuid(v, what))
     columns = [batch.column(name) for name in source]
@@ -303,6 +307,23 @@ def _uuids(path: Path, batch: pa.RecordBatch, source: list[str], start: int, wha
             row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
             raise BadInputError(f"{path}: column {name!r}, row {start + row}: null half of a legacy {what}")
     return _pairs_to_uuids(*(col.to_numpy(zero_copy_only=False) for col in columns))
+
+
+def _canonical_uuids(array: pa.Array) -> np.ndarray | None:
+    """A text column of UUIDs as :func:`oneprov.alf.check_uuid` makes them (trimmed, lowercase), as
+    an object array; None when a value is not a UUID (the caller then names it).
+
+    The same check as ``check_uuids``, in arrow's kernels: several times faster on a large table.
+    """
+    if pa.types.is_dictionary(array.type):
+        array = array.cast(array.type.value_type)
+    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)) or array.null_count:
+        return None
+    # (ASCII trimming and case: a value that needs more fails the match, and the caller decides as check_uuid does)
+    text = pc.ascii_lower(pc.ascii_trim_whitespace(array))
+    if not pc.all(pc.match_substring_regex(text, UUID_RE.pattern)).as_py() and len(text):
+        return None
+    return text.to_numpy(zero_copy_only=False)
 
 
 def read_metadata(path: str | os.PathLike) -> dict:

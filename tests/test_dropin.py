@@ -425,10 +425,15 @@ def test_smaller_points_as_one_api(formats, tmp_path, monkeypatch, repo):
     client.close()
 
 
-def test_exact_repeat_of_a_row_is_kept_once_with_a_warning(tmp_path, repo):
+@pytest.mark.parametrize("import_size", ["small", "large"])
+def test_exact_repeat_of_a_row_is_kept_once_with_a_warning(tmp_path, repo, import_size, monkeypatch):
     """Deliberate difference (README): one-api keeps a row repeated exactly (same dataset id, session
     and rel_path) twice, and ``load_dataset_from_id`` then raises ALFMultipleObjectsFound; oneprov
-    keeps the first, warns naming the id, and the dataset loads."""
+    keeps the first, warns naming the id, and the dataset loads. Also in a large import, whose
+    check pass finds the repeat in a later batch than the first row."""
+    if import_size == "large":
+        from oneprov.store import ingest
+        monkeypatch.setattr(ingest, "SMALL_ROWS", 0)
     cache = tmp_path / "cache"
     shutil.copytree(repo.root, cache)
     datasets = pd.concat(iter_datasets(cache / "datasets.pqt"), ignore_index=True)
@@ -437,6 +442,8 @@ def test_exact_repeat_of_a_row_is_kept_once_with_a_warning(tmp_path, repo):
     with pytest.warns(UserWarning, match=f"repeat the dataset id.*{repo.unrevised_id}"):
         ours = ONE(cache_dir=cache, db=tmp_path / "p.sqlite")
     assert ours.load_dataset_from_id(repo.unrevised_id, download_only=True).is_file()
+    imported = ours.store.sql("SELECT n_datasets FROM queries WHERE method = 'import_cache'")
+    assert imported.n_datasets.tolist() == [len(datasets)]
     with pytest.raises(one_errors.ALFMultipleObjectsFound):
         One(cache_dir=cache, mode="local").load_dataset_from_id(repo.unrevised_id, download_only=True)
     ours.close()

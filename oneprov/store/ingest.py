@@ -306,7 +306,7 @@ def _ingest_small(db: Database, source: RowSource, rows: Rows, sessions: pd.Data
     """:func:`ingest` of a few rows (a REST answer, an edit): read and checked once, then written
     and completed in one short transaction, which holds the write lock for milliseconds."""
     frames = list(rows.datasets(SMALL_ROWS))   # (the reader raises on a bad row: nothing written yet)
-    hashes = np.concatenate([_identity_hashes(f) for f in frames]) if frames else np.empty(0, dtype=np.uint64)
+    hashes = np.concatenate([_identity_hashes(f) for f in frames]) if frames else np.empty(0, dtype=np.int64)
     hashes.sort()
     repeats = set(hashes[1:][hashes[1:] == hashes[:-1]].tolist())
     repeated: list[str] = []
@@ -346,12 +346,12 @@ def _check(rows: Rows, batch_size: int, show: bool) -> tuple[int, set[int]]:
     # One array of every row's hash, filled in place (a list of parts and their concatenation would
     # hold it twice: 160 MB at 10 million rows).
     expected, n = rows.count_datasets() or 0, 0
-    every = np.empty(expected, dtype=np.uint64)
+    every = np.empty(expected, dtype=np.int64)
     with tqdm(total=expected, unit="rows", desc="check datasets", disable=not show) as bar:
         for frame in in_background(rows.datasets(batch_size)):
             part = _identity_hashes(frame)
             if n + len(part) > len(every):    # (more rows than the table's metadata said)
-                every = np.concatenate([every[:n], np.empty(max(len(part), n), dtype=np.uint64)])
+                every = np.concatenate([every[:n], np.empty(max(len(part), n), dtype=np.int64)])
             every[n:n + len(part)] = part
             n += len(part)
             bar.update(len(frame))
@@ -361,8 +361,14 @@ def _check(rows: Rows, batch_size: int, show: bool) -> tuple[int, set[int]]:
 
 
 def _identity_hashes(frame: pd.DataFrame) -> np.ndarray:
-    """A 64-bit hash of each row's identity (dataset id, session, rel_path) of a normalised frame."""
-    return pd.util.hash_pandas_object(frame[["id", "eid", "rel_path"]], index=False).to_numpy()
+    """A 64-bit hash of each row's identity (dataset id, session, rel_path) of a normalised frame.
+
+    Python's own hash of the three strings: five times faster than pandas' hashing, and the same
+    within a process, which is all the search for repeated rows needs (a hash seen twice is then
+    compared value by value).
+    """
+    identities = zip(frame["id"].tolist(), frame["eid"].tolist(), frame["rel_path"].tolist())
+    return np.fromiter(map(hash, identities), dtype=np.int64, count=len(frame))
 
 
 def _prepared(frames: Iterator[pd.DataFrame], repeats: set[int], repeated: list[str]) -> Iterator[list[list]]:
