@@ -20,7 +20,7 @@ CALLABLES = [
         "import_cache", "ingest", "sql", "start_run", "finish_run", "resolve_run", "retire_run", "runs", "mark",
         "record_access", "record_query", "record_exports", "record_answer", "merge_tables", "latest_tables",
         "datasets_last_before", "loaded_ids", "close", "frame", "reading", "writing", "connection",
-        "driver_writing")),
+        "driver_write", "driver_reading")),
     oneprov.record, Recording, Recording.stop, Recording.scope,
     ONE, *(getattr(ONE, name) for name in (
         "search", "list_datasets", "load_dataset", "load_datasets", "load_object", "load_collection",

@@ -462,3 +462,40 @@ def test_driver_reads_return_what_sqlalchemy_returns(store, repo):
         if ids:
             assert len(got) > 0 and isinstance(got[0].exists, bool) and got[0].record_id == min(
                 i for i in ids if i in {r[0] for r in expected})
+
+
+def test_driver_writes_from_several_threads_and_after_a_failure(store, repo):
+    """The driver write path keeps the first writing thread's connection: other threads write through
+    the pool meanwhile, a failed write leaves nothing behind and the next write works, and close()
+    releases it."""
+    import threading
+
+    from oneprov import DatabaseError
+
+    store.import_cache(repo.root, progress=False)
+    run = store.start_run(project="threads")
+    event = {"method": "load_dataset", "outcome": "loaded", "dataset_id": repo.unrevised_id}
+    first = store.record_access(run, [event])                  # this thread keeps its connection
+    with pytest.raises(DatabaseError):
+        store.record_access("no-such-run", [event])             # a foreign key refuses it
+    errors: list[BaseException] = []
+
+    def write(n: int) -> None:
+        try:
+            for _ in range(n):
+                store.record_access(run, [event])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=write, args=(20,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    write(20)
+    for t in threads:
+        t.join()
+    assert not errors
+    counts = store.sql("SELECT run_id, COUNT(*) AS n FROM access_events GROUP BY run_id")
+    assert counts.set_index("run_id")["n"].to_dict() == {run: 1 + 5 * 20}
+    last = store.record_access(run, [event])
+    assert last[0] > first[0] and store.sql("SELECT max(id) AS m FROM access_events").m[0] == last[0]
+    store.close()
+    assert store._kept is None

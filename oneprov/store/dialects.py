@@ -389,11 +389,12 @@ class SQLite(Dialect):
         params = [to_text(v) if isinstance(v, datetime.datetime) else v for v in values.values()]
         statement = (f"INSERT INTO queries ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) RETURNING id")
         links_json = [(_SQLITE_LINK[table.name], json.dumps(ids)) for table, ids in links.items() if ids]
-        with db.driver_writing() as cursor:
+        def write(cursor: Any) -> int:
             qid = cursor.execute(statement, params).fetchone()[0]
             for link, ids in links_json:
                 cursor.execute(link, (qid, ids))
-        return qid
+            return qid
+        return db.driver_write(write)
 
     def insert_events(self, db: Any, run_id: str, rows: list[tuple],
                       complete: Callable[[list[tuple]], list[tuple]]) -> list[int]:
@@ -402,23 +403,26 @@ class SQLite(Dialect):
         if len(rows) == 1:  # the common case, the client's: one load, one transaction
             row = rows[0]
             # (everything prepared before the write lock is taken: others wait while it is held)
-            if row[_DATASET] is not None and (row[_RECORD] is None or row[_SESSION] is None):
+            if row[_DATASET] is not None and row[_RECORD] is None and row[_SESSION] is not None:
                 # the dataset's current record, found in the INSERT (the same transaction)
+                statement, params = _SQLITE_INSERT_EVENT_RECORD_OF_CURRENT, (run_id, to_text(row[0]), *row[1:_RECORD],
+                                                                            row[_DATASET], *row[_RECORD + 1:])
+            elif row[_DATASET] is not None and (row[_RECORD] is None or row[_SESSION] is None):
+                # ... and its session, when not given
                 statement, params = _SQLITE_INSERT_EVENT_OF_CURRENT, (run_id, to_text(row[0]), *row[1:], row[_DATASET])
             else:
                 statement, params = _SQLITE_INSERT_EVENT, (run_id, to_text(row[0]), *row[1:])
-            with db.driver_writing() as cursor:
-                cursor.execute(statement, params)
-                return [cursor.lastrowid]
+            return [db.driver_write(lambda cursor: cursor.execute(statement, params).lastrowid)]
         if any(r[_DATASET] is not None and (r[_RECORD] is None or r[_SESSION] is None) for r in rows):
             rows = complete(rows)
-        with db.driver_writing() as cursor:
+        def write(cursor: Any) -> list[int]:
             # BEGIN IMMEDIATE holds the write lock: the ids after the largest one are ours. (Most of
             # a large batch's time goes to inserting its random dataset ids into their index.)
             base = cursor.execute("SELECT coalesce(max(id), 0) FROM access_events").fetchone()[0]
             cursor.executemany(_SQLITE_INSERT_EVENT_ID, [(base + k, run_id, to_text(row[0]), *row[1:])
                                                         for k, row in enumerate(rows, 1)])
             return list(range(base + 1, base + len(rows) + 1))
+        return db.driver_write(write)
 
     @contextmanager
     def import_session(self, conn: Connection) -> Iterator[None]:
@@ -643,14 +647,19 @@ _COVERAGE = sa.text(
 _SQLITE_INSERT_EVENT = (f"INSERT INTO access_events (run_id, {', '.join(EVENT_COLUMNS)}) "
                         f"VALUES (?, {', '.join('?' * len(EVENT_COLUMNS))})")
 _DATASET, _SESSION, _RECORD = (EVENT_COLUMNS.index(c) for c in ("dataset_id", "session_id", "record_id"))
+_CURRENT_RECORD_OF_UUID = ("(SELECT max(n.id) FROM dataset_records AS n JOIN queries AS q ON q.id = n.query_id "
+                           "WHERE n.uuid = ? AND q.completed_at IS NOT NULL)")
 #: One event whose record (and session) not given are its dataset's current record (and its session):
 #: the latest record of the UUID among complete queries, as :func:`oneprov.store.records.current` says.
 _SQLITE_INSERT_EVENT_OF_CURRENT = (
     f"INSERT INTO access_events (run_id, {', '.join(EVENT_COLUMNS)}) "
     f"SELECT ?, {', '.join('coalesce(e.session_id, r.session_uuid)' if c == 'session_id' else 'coalesce(e.record_id, r.id)' if c == 'record_id' else 'e.' + c for c in EVENT_COLUMNS)} "
     f"FROM (SELECT {', '.join(f'? AS {c}' for c in EVENT_COLUMNS)}) AS e "
-    "LEFT JOIN dataset_records AS r ON r.id = coalesce(e.record_id, (SELECT max(n.id) FROM dataset_records AS n "
-    "JOIN queries AS q ON q.id = n.query_id WHERE n.uuid = ? AND q.completed_at IS NOT NULL))")
+    f"LEFT JOIN dataset_records AS r ON r.id = coalesce(e.record_id, {_CURRENT_RECORD_OF_UUID})")
+#: The same for an event whose session is given (one lookup fewer): the record is bound as the dataset's UUID.
+_SQLITE_INSERT_EVENT_RECORD_OF_CURRENT = (
+    f"INSERT INTO access_events (run_id, {', '.join(EVENT_COLUMNS)}) "
+    f"VALUES (?, {', '.join(_CURRENT_RECORD_OF_UUID if c == 'record_id' else '?' for c in EVENT_COLUMNS)})")
 _SQLITE_INSERT_EVENT_ID = (f"INSERT INTO access_events (id, run_id, {', '.join(EVENT_COLUMNS)}) "
                            f"VALUES ({', '.join('?' * (len(EVENT_COLUMNS) + 2))})")
 #: The PostgreSQL array type of the id and each of :data:`EVENT_COLUMNS`.
