@@ -640,7 +640,7 @@ class ONE(ConversionMixin):
 
     def _eid(self, id: Any) -> str:
         """The eid (lowercase text) of any session identifier, as one-api's ``parse_id`` resolves it."""
-        if isinstance(id, str) and alf.UUID_RE.match(id):
+        if isinstance(id, str) and alf.UUID_RE.fullmatch(id):
             return id   # (the common case, at a fraction of to_eid's cost: no ref or path is a UUID)
         eid = self.to_eid(id)
         if eid is None:
@@ -910,10 +910,9 @@ class ONE(ConversionMixin):
         """The eid of an identifier, or None when it names no session of the catalog (one-api's lists
         return nothing then)."""
         try:
-            eid = self.to_eid(id)
+            return self._eid(id)
         except ValueError:
             return None
-        return None if eid is None else str(eid)
 
     @_with_tables
     def list_datasets(self, eid: Any = None, filename=None, collection=None, revision=None, qc="FAIL",
