@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import benchlib as bl
 from benchlib import LOAD_COLLECTION, LOAD_NAME, measure
@@ -24,8 +24,11 @@ from benchlib import LOAD_COLLECTION, LOAD_NAME, measure
 PG_IMPORT_TARGET_ROWS_S = 100_000
 
 
-def section_postgres(ctx: Any, Row: Any) -> None:
-    """Add the rows of this section to ``ctx`` (run.py's Context), made with ``Row`` (run.py's)."""
+def section_postgres(ctx: Any, Row: Any, spawn_children: Callable[..., list[dict]],
+                     rate: Callable[[list[dict]], float]) -> None:
+    """Add the rows of this section to ``ctx`` (run.py's Context), made with ``Row``; writer processes
+    are started by ``spawn_children`` and their loads per second summed by ``rate`` (run.py's, given
+    here so that this module does not import run.py back)."""
     sys.path.insert(0, str(bl.REPO / "tests"))
     import pandas as pd
     import psycopg
@@ -106,10 +109,9 @@ def section_postgres(ctx: Any, Row: Any) -> None:
 
         n, seconds = ctx.scale.conc_procs, ctx.scale.conc_seconds
         ctx.log(f"  {n} processes recording load events into PostgreSQL, and {n} raw psycopg processes ...")
-        from run import _rate, _spawn_children
-        mine = _spawn_children(ctx, "store", n, seconds, db=pg.url)
-        raw = _spawn_children(ctx, "rawpg", n, seconds, db=pg.url)
-        rate_s, rate_r = _rate(mine), _rate(raw)
+        mine = spawn_children(ctx, "store", n, seconds, db=pg.url)
+        raw = spawn_children(ctx, "rawpg", n, seconds, db=pg.url)
+        rate_s, rate_r = rate(mine), rate(raw)
         store = open_store(pg.url)
         runs = [r["run_id"] for r in mine]
         counted = store.sql("SELECT count(*) AS n FROM access_events WHERE run_id IN ("

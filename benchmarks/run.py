@@ -428,7 +428,7 @@ def section_postgres(ctx: Context) -> None:
     """The same work on a throwaway PostgreSQL server (benchmarks/postgres.py)."""
     from postgres import section_postgres as run_postgres
 
-    run_postgres(ctx, Row)
+    run_postgres(ctx, Row, _spawn_children, _rate)
 
 
 def section_remote(ctx: Context) -> None:
