@@ -25,9 +25,9 @@ PG_IMPORT_TARGET_ROWS_S = 100_000
 
 
 def section_postgres(ctx: Any, Row: Any, spawn_children: Callable[..., list[dict]],
-                     rate: Callable[[list[dict]], float]) -> None:
+                     total_rate: Callable[[list[dict]], float]) -> None:
     """Add the rows of this section to ``ctx`` (run.py's Context), made with ``Row``; writer processes
-    are started by ``spawn_children`` and their loads per second summed by ``rate`` (run.py's, given
+    are started by ``spawn_children`` and their loads per second summed by ``total_rate`` (run.py's, given
     here so that this module does not import run.py back)."""
     sys.path.insert(0, str(bl.REPO / "tests"))
     import pandas as pd
@@ -111,7 +111,7 @@ def section_postgres(ctx: Any, Row: Any, spawn_children: Callable[..., list[dict
         ctx.log(f"  {n} processes recording load events into PostgreSQL, and {n} raw psycopg processes ...")
         mine = spawn_children(ctx, "store", n, seconds, db=pg.url)
         raw = spawn_children(ctx, "rawpg", n, seconds, db=pg.url)
-        rate_s, rate_r = rate(mine), rate(raw)
+        rate_s, rate_r = total_rate(mine), total_rate(raw)
         store = open_store(pg.url)
         runs = [r["run_id"] for r in mine]
         counted = store.sql("SELECT count(*) AS n FROM access_events WHERE run_id IN ("
