@@ -35,9 +35,9 @@ class Prepared:
         # (the statement's expanding parameters: the SQL text depends on the lengths of those given)
         self.lists = sorted(name for name, bind in self.compiled.binds.items() if bind.expanding)
         self._forms: dict[tuple[int, ...], tuple[str, list[tuple]]] = {}
-        columns = self.compiled._result_columns
-        self.row = namedtuple("Row", [c.keyname for c in columns])
-        self.converters = [(k, p) for k, p in enumerate(c.type._cached_result_processor(dialect, None)
+        columns = list(stmt.selected_columns)
+        self.row = namedtuple("Row", [c.key for c in columns])
+        self.converters = [(k, p) for k, p in enumerate(c.type.dialect_impl(dialect).result_processor(dialect, None)
                                                       for c in columns) if p is not None]
 
     def bind(self, params: dict[str, Any]) -> tuple[str, tuple | dict]:
