@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -314,3 +315,42 @@ def test_sql_result_too_large_for_memory_is_one_line(db):
     proc = subprocess.run([sys.executable, "-m", "oneprov", "sql", query, "--db", str(db), "--format", "csv"],
                           capture_output=True, text=True, preexec_fn=limit, timeout=300)
     assert_clean_error(proc, "out of memory")
+
+
+@pytest.mark.parametrize("code, memory", [(7, True), (3082, True), (5386, True), (6154, True), (4618, False), (266, False)])
+def test_sqlite_errors_of_memory_are_named_as_such(code, memory):
+    """SQLite reports memory it could not map as a "disk I/O error" with an extended code: those codes
+    (and only those) become "out of memory"."""
+    from oneprov import DatabaseError
+    from oneprov.store.engine import mapped_errors
+
+    error = sqlite3.OperationalError("disk I/O error")
+    error.sqlite_errorcode = code
+    with pytest.raises(DatabaseError) as raised:
+        with mapped_errors("test.sqlite"):
+            raise error
+    assert ("out of memory" in str(raised.value)) is memory
+
+
+def test_an_io_error_near_the_address_space_limit_is_out_of_memory():
+    """SQLite's "disk I/O error" while the process has used nearly all its address-space limit is
+    named as memory; without a limit it stays an I/O error."""
+    code = textwrap.dedent("""
+        import resource, sqlite3
+        from oneprov import DatabaseError
+        from oneprov.store.engine import mapped_errors, near_memory_limit
+        def mapped():
+            error = sqlite3.OperationalError("disk I/O error")
+            error.sqlite_errorcode = 778   # IOERR_WRITE: not a code of memory by itself
+            try:
+                with mapped_errors("test.sqlite"):
+                    raise error
+            except DatabaseError as exc:
+                return "out of memory" in str(exc)
+        print(near_memory_limit(), mapped())
+        size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+        resource.setrlimit(resource.RLIMIT_AS, (int(size * 1.05), resource.RLIM_INFINITY))
+        print(near_memory_limit(), mapped())
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["False", "False", "True", "True"], out.stderr

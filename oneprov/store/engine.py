@@ -167,8 +167,32 @@ def is_driver_error(exc: BaseException) -> bool:
     return isinstance(exc, _DRIVER_ERRORS) or type(exc).__module__.startswith("psycopg")
 
 
-#: SQLite's result codes for memory it could not get: NOMEM, IOERR_NOMEM, IOERR_SHMMAP, IOERR_MMAP.
-_SQLITE_NO_MEMORY = {7, 3082, 4618, 6154}
+#: SQLite's result codes for memory it could not get: NOMEM (7), IOERR_NOMEM (3082), IOERR_SHMMAP
+#: (5386: the WAL index could not be mapped) and IOERR_MMAP (6154). (IOERR_SHMOPEN, 4618, is not one:
+#: the WAL index file could not be prepared.)
+_SQLITE_NO_MEMORY = {7, 3082, 5386, 6154}
+_SQLITE_IOERR = 10
+
+
+def near_memory_limit(margin: float = 0.9) -> bool:
+    """Whether this process has taken more than ``margin`` of the address space its limit
+    (``RLIMIT_AS``) allows: an I/O error of SQLite's then is memory it could not map.
+
+    Returns
+    -------
+    bool
+        False without a limit, or where the process's size cannot be read (not Linux).
+    """
+    try:
+        import resource
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft == resource.RLIM_INFINITY:
+            return False
+        with open("/proc/self/statm") as f:
+            size = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (ImportError, OSError, ValueError):
+        return False
+    return size > margin * soft
 
 
 @contextmanager
@@ -191,7 +215,8 @@ def mapped_errors(where: str, doing: str = "use database") -> Iterator[None]:
             exc = cause
         message = first_line(exc)
         code = getattr(getattr(exc, "orig", exc), "sqlite_errorcode", None)
-        if code in _SQLITE_NO_MEMORY:   # (SQLite says "disk I/O error" when it cannot map or allocate memory)
+        # (SQLite says "disk I/O error" when it cannot map or allocate memory)
+        if code in _SQLITE_NO_MEMORY or (code is not None and code & 0xFF == _SQLITE_IOERR and near_memory_limit()):
             raise DatabaseError(f"out of memory while using {where} ({message}): the machine, or this process's "
                                 "limit, has no memory left for it") from None
         if "malformed" in message:     # SQLite's SQLITE_CORRUPT: refuse before writing into a damaged file
