@@ -403,12 +403,8 @@ class SQLite(Dialect):
         if len(rows) == 1:  # the common case, the client's: one load, one transaction
             row = rows[0]
             # (everything prepared before the write lock is taken: others wait while it is held)
-            if row[_DATASET] is not None and row[_RECORD] is None and row[_SESSION] is not None:
+            if row[_DATASET] is not None and (row[_RECORD] is None or row[_SESSION] is None):
                 # the dataset's current record, found in the INSERT (the same transaction)
-                statement, params = _SQLITE_INSERT_EVENT_RECORD_OF_CURRENT, (run_id, to_text(row[0]), *row[1:_RECORD],
-                                                                            row[_DATASET], *row[_RECORD + 1:])
-            elif row[_DATASET] is not None and (row[_RECORD] is None or row[_SESSION] is None):
-                # ... and its session, when not given
                 statement, params = _SQLITE_INSERT_EVENT_OF_CURRENT, (run_id, to_text(row[0]), *row[1:], row[_DATASET])
             else:
                 statement, params = _SQLITE_INSERT_EVENT, (run_id, to_text(row[0]), *row[1:])
@@ -649,19 +645,14 @@ _COVERAGE = sa.text(
 _SQLITE_INSERT_EVENT = (f"INSERT INTO access_events (run_id, {', '.join(EVENT_COLUMNS)}) "
                         f"VALUES (?, {', '.join('?' * len(EVENT_COLUMNS))})")
 _DATASET, _SESSION, _RECORD = (EVENT_COLUMNS.index(c) for c in ("dataset_id", "session_id", "record_id"))
-_CURRENT_RECORD_OF_UUID = ("(SELECT max(n.id) FROM dataset_records AS n JOIN queries AS q ON q.id = n.query_id "
-                           "WHERE n.uuid = ? AND q.completed_at IS NOT NULL)")
 #: One event whose record (and session) not given are its dataset's current record (and its session):
 #: the latest record of the UUID among complete queries, as :func:`oneprov.store.records.current` says.
 _SQLITE_INSERT_EVENT_OF_CURRENT = (
     f"INSERT INTO access_events (run_id, {', '.join(EVENT_COLUMNS)}) "
     f"SELECT ?, {', '.join('coalesce(e.session_id, r.session_uuid)' if c == 'session_id' else 'coalesce(e.record_id, r.id)' if c == 'record_id' else 'e.' + c for c in EVENT_COLUMNS)} "
     f"FROM (SELECT {', '.join(f'? AS {c}' for c in EVENT_COLUMNS)}) AS e "
-    f"LEFT JOIN dataset_records AS r ON r.id = coalesce(e.record_id, {_CURRENT_RECORD_OF_UUID})")
-#: The same for an event whose session is given (one lookup fewer): the record is bound as the dataset's UUID.
-_SQLITE_INSERT_EVENT_RECORD_OF_CURRENT = (
-    f"INSERT INTO access_events (run_id, {', '.join(EVENT_COLUMNS)}) "
-    f"VALUES (?, {', '.join(_CURRENT_RECORD_OF_UUID if c == 'record_id' else '?' for c in EVENT_COLUMNS)})")
+    "LEFT JOIN dataset_records AS r ON r.id = coalesce(e.record_id, (SELECT max(n.id) FROM dataset_records AS n "
+    "JOIN queries AS q ON q.id = n.query_id WHERE n.uuid = ? AND q.completed_at IS NOT NULL))")
 _SQLITE_INSERT_EVENT_ID = (f"INSERT INTO access_events (id, run_id, {', '.join(EVENT_COLUMNS)}) "
                            f"VALUES ({', '.join('?' * (len(EVENT_COLUMNS) + 2))})")
 #: The PostgreSQL array type of the id and each of :data:`EVENT_COLUMNS`.
