@@ -35,6 +35,7 @@ from ..errors import BadInputError
 from ..files import write_atomically
 from ..store import ExportedFile, Store
 from ..store.dialects import Dialect
+from ..store.driver import Prepared
 from ..store.engine import result_frame
 from ..store.records import ROW_KEY, current, held_by, holds_everything, latest_import
 from ..store.schema import access_events, dataset_records, queries, query_datasets, query_sessions, session_records
@@ -252,13 +253,10 @@ def _fetch(conn: Connection, dialect: Dialect, stmt: sa.Select, size: int) -> It
     """
     if not conn.in_transaction():
         conn.begin()  # the store's BEGIN (and isolation level), which the driver cursor would skip
-    compiled = stmt.compile(dialect=conn.dialect)
-    params = compiled.construct_params()
-    if compiled.positional:
-        params = tuple(params[name] for name in compiled.positiontup)
+    sql, params = Prepared(stmt, conn.dialect).bind({})
     cursor = dialect.stream_cursor(conn)
     try:
-        cursor.execute(str(compiled), params)
+        cursor.execute(sql, params)
         while rows := cursor.fetchmany(size):
             yield rows
     finally:

@@ -20,7 +20,7 @@ what SQLAlchemy would return, as named tuples.
 from __future__ import annotations
 
 from collections import namedtuple
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -35,10 +35,19 @@ class Prepared:
         # (the statement's expanding parameters: the SQL text depends on the lengths of those given)
         self.lists = sorted(name for name, bind in self.compiled.binds.items() if bind.expanding)
         self._forms: dict[tuple[int, ...], tuple[str, list[tuple]]] = {}
-        columns = list(stmt.selected_columns)
-        self.row = namedtuple("Row", [c.key for c in columns])
-        self.converters = [(k, p) for k, p in enumerate(c.type.dialect_impl(dialect).result_processor(dialect, None)
-                                                      for c in columns) if p is not None]
+        self._stmt, self._dialect = stmt, dialect
+
+    @cached_property
+    def row(self) -> type:
+        """The named tuple of a result row (fields: the columns' labels)."""
+        return namedtuple("Row", [c.key for c in self._stmt.selected_columns])
+
+    @cached_property
+    def converters(self) -> list[tuple[int, Any]]:
+        """``(position, processor)`` of each result column whose type converts the driver's value."""
+        d = self._dialect
+        processors = (c.type.dialect_impl(d).result_processor(d, None) for c in self._stmt.selected_columns)
+        return [(k, p) for k, p in enumerate(processors) if p is not None]
 
     def bind(self, params: dict[str, Any]) -> tuple[str, tuple | dict]:
         """The SQL text for these parameters (IN lists expanded) and the driver's parameters."""

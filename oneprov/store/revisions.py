@@ -26,7 +26,7 @@ True
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -38,7 +38,7 @@ from sqlalchemy.engine import Connection, Dialect
 from ..alf import QC_LEVELS, check_uuid, qc_name
 from ..errors import ALFMultipleRevisionsFound
 from . import dialects
-from .driver import Reader, fetch_all
+from .driver import Prepared, Reader, fetch_all
 from .engine import Database
 from .records import current, held_by, holds_everything, latest_import
 from .schema import dataset_records
@@ -119,7 +119,7 @@ def last_before(
         if session is not None:
             where.append(dataset_records.c.session_uuid == session)
         where.extend(_membership(records, query))
-        compiled = _compile(last_before_select(conn.dialect.name, revision, qc=qc, ignore_qc_not_set=ignore_qc_not_set,
+        compiled = Prepared(last_before_select(conn.dialect.name, revision, qc=qc, ignore_qc_not_set=ignore_qc_not_set,
                                                where=where, strict=strict), conn.dialect)
     else:
         compiled = _statement(conn.dialect, revision is not None, strict, qc_name(qc), ignore_qc_not_set,
@@ -161,35 +161,15 @@ def _simplest(conn: Connection, records: str, query: int | None) -> str:
     return records
 
 
-class _Compiled(NamedTuple):
-    """A statement compiled for one driver, to run on its DBAPI cursor."""
-
-    sql: str
-    positions: tuple[str, ...] | None  # parameter names in order, for a positional paramstyle
-    values: dict[str, Any]             # the statement's own parameter values (the QC names ...)
-
-    def parameters(self, given: dict[str, Any]) -> tuple | dict:
-        values = {**self.values, **given}
-        return values if self.positions is None else tuple(values[n] for n in self.positions)
-
-
-def _compile(stmt: sa.Select, dialect: Dialect) -> _Compiled:
-    """``stmt`` as SQL text for ``dialect``, its IN lists rendered as one parameter per value."""
-    compiled = stmt.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
-    positions = tuple(compiled.positiontup) if compiled.positional else None
-    return _Compiled(compiled.string, positions, compiled.construct_params())
-
-
 @lru_cache(maxsize=64)
 def _statement(dialect: Dialect, with_revision: bool, strict: bool, qc: str, ignore_qc_not_set: bool,
-               one_session: bool, records: str) -> _Compiled:
+               one_session: bool, records: str) -> Prepared:
     """The choice for all sessions or one (bound ``session``), ``revision`` and ``query`` bound, compiled once."""
-    # (bound with a placeholder value: the QC names are rendered at compile time, which needs them all)
-    where = [dataset_records.c.session_uuid == sa.bindparam("session", None)] if one_session else []
-    where.extend(_membership(records, sa.bindparam("query", None)))
-    stmt = last_before_select(dialect.name, sa.bindparam("revision", None) if with_revision else None, qc=qc,
+    where = [dataset_records.c.session_uuid == sa.bindparam("session")] if one_session else []
+    where.extend(_membership(records, sa.bindparam("query")))
+    stmt = last_before_select(dialect.name, sa.bindparam("revision") if with_revision else None, qc=qc,
                               ignore_qc_not_set=ignore_qc_not_set, where=where, strict=strict)
-    return _compile(stmt, dialect)
+    return Prepared(stmt, dialect)
 
 
 #: Rows taken from the driver at a time: each batch becomes arrow before the next is fetched, which
@@ -197,7 +177,7 @@ def _statement(dialect: Dialect, with_revision: bool, strict: bool, qc: str, ign
 _FETCH_ROWS = 1000
 
 
-def _fetch(conn: Connection | Reader, compiled: _Compiled, params: dict[str, Any]) -> pa.StructArray:
+def _fetch(conn: Connection | Reader, compiled: Prepared, params: dict[str, Any]) -> pa.StructArray:
     """The rows from the driver's cursor, as one arrow struct array (see :func:`_row_type`).
 
     SQLAlchemy's Row objects and result processors would cost more than the choice itself. The
@@ -209,7 +189,7 @@ def _fetch(conn: Connection | Reader, compiled: _Compiled, params: dict[str, Any
     own = not isinstance(conn, Reader)
     cursor = conn.connection.driver_connection.cursor() if own else conn.cursor
     try:
-        cursor.execute(compiled.sql, compiled.parameters(params))
+        cursor.execute(*compiled.bind(params))
         parts = []
         while rows := cursor.fetchmany(_FETCH_ROWS):
             parts.append(pa.array(rows, type=row_type))
