@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+from contextlib import ExitStack
 
 import numpy as np
 import pandas as pd
@@ -397,6 +398,57 @@ def test_a_small_first_import_builds_its_indexes_after_the_rows_in_its_transacti
         plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN SELECT id FROM dataset_records WHERE uuid = 'x'").fetchall()
     assert "ix_dataset_records_uuid_session_uuid_rel_path" in str(plan)
     store.close()
+
+
+def test_a_large_import_s_page_cache_is_small_for_a_first_import_and_restored_after(tmp_path, repo, monkeypatch):
+    """A large import's connection writes with a page cache of BULK_IMPORT_CACHE_MIB into an empty
+    database (appends, then index sorts: a larger cache only holds memory), of IMPORT_CACHE_MIB into
+    one with records (index inserts), and gets its own size back afterwards."""
+    import sqlalchemy as sa
+
+    from oneprov.store import dialects, ingest
+
+    monkeypatch.setattr(ingest, "SMALL_ROWS", 0)   # (the path of tables of more than 20,000 rows)
+    store = open_store(tmp_path / "p.sqlite")
+    seen: list[int] = []
+
+    @sa.event.listens_for(store.engine, "before_cursor_execute")
+    def cache_size_when_writing_records(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("INSERT INTO dataset_records"):
+            seen.append(cursor.connection.execute("PRAGMA main.cache_size").fetchone()[0])
+
+    store.import_cache(repo.root)
+    first, seen[:] = set(seen), []
+    changed = copy_tables(repo, tmp_path / "changed")
+    rewrite_datasets(changed, lambda df: df.assign(qc="CRITICAL"))
+    store.import_cache(changed)
+    assert first == {-dialects.BULK_IMPORT_CACHE_MIB * 1024}            # (negative: KiB)
+    assert set(seen) == {-dialects.IMPORT_CACHE_MIB * 1024}
+    with ExitStack() as stack:   # every pooled connection (and a new one) has its own size again
+        drivers = [stack.enter_context(store.engine.connect()).connection.dbapi_connection for _ in range(4)]
+        assert {d.execute("PRAGMA main.cache_size").fetchone()[0] for d in drivers}.isdisjoint(first | set(seen))
+    store.close()
+
+
+def test_sessions_staged_in_parts_are_recorded_as_in_one(tmp_path, repo, monkeypatch):
+    """The sessions of an import are staged a part at a time (bounded memory): in parts of 4 rows,
+    every session is recorded with the same values, once, and linked to the import."""
+    from oneprov.store import ingest
+
+    whole = open_store(tmp_path / "whole.sqlite")
+    whole.import_cache(repo.root)
+    monkeypatch.setattr(ingest, "_SESSION_PART", 4)
+    parts = open_store(tmp_path / "parts.sqlite")
+    parts.import_cache(repo.root)
+    columns = "id, lab, subject, date, number, task_protocol, projects, record_id"
+    expected = whole.sql(f"SELECT {columns} FROM sessions ORDER BY id")
+    assert len(expected) > 4   # (two parts at least)
+    pd.testing.assert_frame_equal(parts.sql(f"SELECT {columns} FROM sessions ORDER BY id"), expected)
+    linked = parts.sql("SELECT count(*) AS n FROM query_sessions JOIN queries q ON q.id = query_id "
+                       "WHERE q.method = 'import_cache'")
+    assert linked["n"].iloc[0] == len(expected)
+    whole.close()
+    parts.close()
 
 
 def test_an_event_without_its_record_gets_its_dataset_s_current_record_alone_or_in_a_batch(store, repo, tmp_path):

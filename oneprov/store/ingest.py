@@ -260,36 +260,38 @@ def _ingest(db: Database, source: RowSource, rows: Rows, *, run_id: str | None, 
     # One connection for the whole import: its page cache stays warm. One transaction per step.
     failure: BaseException | None = None
     try:
-        with db.connection() as conn, db.dialect.import_session(conn):
+        with db.connection() as conn:
             claim = _claim(conn, source, rows, run_id, reuse)
             if isinstance(claim, ImportResult):
                 return claim
             (qid, bulk), started = claim, time.perf_counter()
-            try:
-                with conn.begin():
-                    _ingest_sessions(db, conn, qid, sessions)
-                changed, repeated = _ingest_all_datasets(db, conn, qid, rows, batch_size, repeats, n_rows, name, show)
-                n_datasets = n_rows - len(repeated)
-                if repeated:
-                    # One-api keeps such rows twice; here a row (id, session, path) is one record.
-                    warnings.warn(f"{name}: {len(repeated)} row(s) repeat the dataset id, session and path of an "
-                                  f"earlier row (first: {repeated[0]}); the first of each was imported", UserWarning,
-                                  stacklevel=3)
-                with conn.begin():
-                    rows.verify()
-                    if bulk:
-                        _build_indexes(conn)
-                    conn.execute(queries.update().where(queries.c.id == qid).values(
-                        n_sessions=len(sessions), n_datasets=n_datasets, duration_s=time.perf_counter() - started,
-                        completed_at=utcnow()))
-            except BaseException as exc:
-                # Marked once this connection is gone: interrupted mid-statement, it may still hold the
-                # write lock, so it is closed, not reused. SQLite closes it only once no statement is
-                # left, and the traceback's frames hold the cursor of the interrupted one: their
-                # local variables are cleared first.
-                failure = exc
-                traceback.clear_frames(exc.__traceback__)
-                conn.invalidate()
+            with db.dialect.import_session(conn, bulk):
+                try:
+                    with conn.begin():
+                        _ingest_sessions(db, conn, qid, sessions)
+                    changed, repeated = _ingest_all_datasets(db, conn, qid, rows, batch_size, repeats, n_rows, name,
+                                                             show)
+                    n_datasets = n_rows - len(repeated)
+                    if repeated:
+                        # One-api keeps such rows twice; here a row (id, session, path) is one record.
+                        warnings.warn(f"{name}: {len(repeated)} row(s) repeat the dataset id, session and path of "
+                                      f"an earlier row (first: {repeated[0]}); the first of each was imported",
+                                      UserWarning, stacklevel=3)
+                    with conn.begin():
+                        rows.verify()
+                        if bulk:
+                            _build_indexes(conn)
+                        conn.execute(queries.update().where(queries.c.id == qid).values(
+                            n_sessions=len(sessions), n_datasets=n_datasets,
+                            duration_s=time.perf_counter() - started, completed_at=utcnow()))
+                except BaseException as exc:
+                    # Marked once this connection is gone: interrupted mid-statement, it may still hold the
+                    # write lock, so it is closed, not reused. SQLite closes it only once no statement is
+                    # left, and the traceback's frames hold the cursor of the interrupted one: their
+                    # local variables are cleared first.
+                    failure = exc
+                    traceback.clear_frames(exc.__traceback__)
+                    conn.invalidate()
     except BaseException:
         if failure is None:
             raise
@@ -510,6 +512,8 @@ class _Writer:
 
 #: A session row's values besides its id.
 _SESSION_FIELDS = SESSIONS_COLUMNS[1:]
+#: Session rows staged per statement, as dicts (all of 500,000 sessions at once took 380 MB).
+_SESSION_PART = 20_000
 #: A dataset row as staged and recorded: the normalised columns, ``id`` as ``uuid``, ``eid`` as ``session_uuid``.
 _DATASET_COLUMNS = [{"id": "uuid", "eid": "session_uuid"}.get(c, c) for c in DATASETS_COLUMNS]
 
@@ -519,8 +523,9 @@ def _ingest_sessions(db: Database, conn: Connection, qid: int, frame: pd.DataFra
     values = frame.rename(columns={"id": "uuid"})
     stage = _stage_table("_incoming_sessions", session_records, ["uuid", *_SESSION_FIELDS])
     stage.create(conn)
-    if len(values):
-        conn.execute(stage.insert(), [{"seq": k, **row} for k, row in enumerate(_records(values), 1)])
+    for start in range(0, len(values), _SESSION_PART):
+        part = _records(values.iloc[start:start + _SESSION_PART])
+        conn.execute(stage.insert(), [{"seq": k, **row} for k, row in enumerate(part, start + 1)])
     _record(db, conn, stage, session_records, ["uuid", *_SESSION_FIELDS], _SESSION_FIELDS, qid)
     conn.execute(query_sessions.insert().from_select(
         ["query_id", "record_id"], sa.select(sa.literal(qid), stage.c.record_id).order_by(stage.c.record_id)))
