@@ -639,25 +639,15 @@ def _lost_row(ctx: Context, who: str, results: list[dict]) -> None:
         ctx.note(f"concurrency ({who}): {errors} calls raised, e.g. {first[0]}")
 
 
-def section_concurrency(ctx: Context) -> None:
-    n, seconds = ctx.scale.conc_procs, ctx.scale.conc_seconds
-    ctx.ensure_db()
-    ctx.log(f"  {n} processes recording load events through Store.record_access, one per transaction, "
-            f"for {seconds:g} s ...")
-    store = _spawn_children(ctx, "store", n, seconds)
-    ctx.log(f"  {n} raw sqlite3 processes, the same INSERT, for {seconds:g} s ...")
-    raw = _spawn_children(ctx, "raw", n, seconds)
-    ctx.log(f"  {n} oneprov clients loading into one SQLite file for {seconds:g} s ...")
-    prov = _spawn_children(ctx, "oneprov", n, seconds)
-    ctx.log(f"  {n} one-api processes (in memory) for {seconds:g} s ...")
-    api = _spawn_children(ctx, "oneapi", n, seconds)
-
-    rate_s, rate_r, rate_p, rate_a = _rate(store), _rate(raw), _rate(prov), _rate(api)
+def _writers_row(ctx: Context, n: int, seconds: float, what: str, store: list[dict], raw: list[dict]) -> None:
+    """The row comparing ``n`` processes recording loads through ``Store.record_access`` with ``n`` raw
+    sqlite3 processes running the same INSERT."""
+    rate_s, rate_r = _rate(store), _rate(raw)
     errors_s = sum(r["n_errors"] for r in store)
     cpu_s = sum(r["cpu_s"] for r in store) / max(1, sum(r["timed"] for r in store))
     cpu_r = sum(r["cpu_s"] for r in raw) / max(1, sum(r["timed"] for r in raw))
     ctx.add(Row("6 concurrency", f"{n} processes recording loads (Store.record_access, one event per transaction, "
-                f"as the client commits a load), {seconds:g} s: loads/s in total",
+                f"as the client commits a load; {what}), {seconds:g} s: loads/s in total",
                 f"raw sqlite3, {n} processes, the same INSERT (SQLite's busy handler)", rate_r, rate_s, "loads/s",
                 f"≥ {CONC_TARGET_LOADS_S:,} loads/s and ratio ≤ {RATIO['writers_vs_raw']:g} (≥ "
                 f"{1 / RATIO['writers_vs_raw']:g}x the raw rate)",
@@ -665,6 +655,28 @@ def section_concurrency(ctx: Context) -> None:
                 f"per-process {min(r['timed'] / r['elapsed'] for r in store):.0f}–"
                 f"{max(r['timed'] / r['elapsed'] for r in store):.0f} loads/s; CPU per load {cpu_s * 1e6:.0f} µs "
                 f"(raw sqlite3 {cpu_r * 1e6:.0f} µs); {errors_s} failed calls"))
+
+
+def section_concurrency(ctx: Context) -> None:
+    n, seconds = ctx.scale.conc_procs, ctx.scale.conc_seconds
+    ctx.ensure_db()
+    ctx.log(f"  {n} processes recording load events through Store.record_access, one per transaction, "
+            f"with the record each was answered from, for {seconds:g} s ...")
+    given = _spawn_children(ctx, "store-given", n, seconds)
+    ctx.log(f"  {n} raw sqlite3 processes, the same INSERT, for {seconds:g} s ...")
+    raw_given = _spawn_children(ctx, "raw-given", n, seconds)
+    ctx.log(f"  the same, the dataset's current record found in the INSERT, for {seconds:g} s each ...")
+    store = _spawn_children(ctx, "store", n, seconds)
+    raw = _spawn_children(ctx, "raw", n, seconds)
+    ctx.log(f"  {n} oneprov clients loading into one SQLite file for {seconds:g} s ...")
+    prov = _spawn_children(ctx, "oneprov", n, seconds)
+    ctx.log(f"  {n} one-api processes (in memory) for {seconds:g} s ...")
+    api = _spawn_children(ctx, "oneapi", n, seconds)
+
+    rate_p, rate_a = _rate(prov), _rate(api)
+    _writers_row(ctx, n, seconds, "the record it was answered from given, as the client gives it", given, raw_given)
+    _lost_row(ctx, "record_access, record given", given)
+    _writers_row(ctx, n, seconds, "only the dataset given, its current record found in the INSERT", store, raw)
     _lost_row(ctx, "record_access", store)
     ctx.add(Row("6 concurrency", f"{n} processes, each its own client and run, load_dataset, {seconds:g} s: "
                 "loads/s in total", f"one-api, {n} processes (nothing recorded)", rate_a, rate_p, "loads/s", "—", None,
@@ -674,8 +686,10 @@ def section_concurrency(ctx: Context) -> None:
     _lost_row(ctx, "clients", prov)
     ctx.note(f"concurrency: the record_access processes each start a run and record the client's load event "
              f"(dataset, session, rel_path, path, bytes, listed) of one of {len(ctx.ws.load_dataset_ids)} datasets, "
-             "one event per call and transaction, as oneprov's load_dataset commits it; the raw sqlite3 processes "
-             "run BEGIN IMMEDIATE, the same INSERT, COMMIT with SQLite's busy_timeout. A full client load costs "
+             "one event per call and transaction, as oneprov's load_dataset commits it: with the record the load "
+             "was answered from, as the client gives it, or without (a caller that knows only the dataset: the "
+             "INSERT finds its current record); the raw sqlite3 processes run BEGIN IMMEDIATE, the same INSERT, "
+             "COMMIT with SQLite's busy_timeout. A full client load costs "
              "far more CPU than its recording (reading and checking the file, the revision choice), so 8 clients "
              "on few cores are bound by the CPU, not by the store; that row is for information. One-api children "
              "use check_hash=False (its faster setting), oneprov clients their default; every process first does "
@@ -698,16 +712,24 @@ _RAW_PG_INSERT = ("INSERT INTO access_events (run_id, event_time, method, outcom
 _RAW_INSERT = ("INSERT INTO access_events (run_id, event_time, method, outcome, dataset_id, session_id, rel_path, "
                "requested_revision, revision_cutoff, scope, path, bytes, detail, listed, record_id) "
                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT max(id) FROM dataset_records WHERE uuid = ?))")
+#: The same INSERT with the record given, as the client records a load (the record it answered from).
+_RAW_INSERT_GIVEN = _RAW_INSERT.replace("(SELECT max(id) FROM dataset_records WHERE uuid = ?))", "?)")
 
 
 def child_concurrency(kind: str, spec: dict) -> None:
     warnings.simplefilter("ignore")
-    if kind in ("store", "raw", "rawpg"):
+    if kind in ("store", "raw", "rawpg", "store-given", "raw-given"):
         from oneprov import open_store
         store = open_store(spec["db"])
         run_id = store.start_run(project="bench-concurrency", label=f"{kind}{spec['index']}")
         events = [_bench_event(spec, k) for k in range(len(spec["dataset_ids"]))]
-        if kind == "store":
+        if kind.endswith("-given"):   # the record each load was answered from, as the client gives it
+            with store.reading() as conn:
+                current = dict(conn.exec_driver_sql(
+                    "SELECT uuid, max(id) FROM dataset_records WHERE uuid IN (%s) GROUP BY uuid"
+                    % ",".join("?" * len(events)), tuple(e["dataset_id"] for e in events)).all())
+            events = [{**e, "record_id": current[e["dataset_id"]]} for e in events]
+        if kind in ("store", "store-given"):
             def call(i: int) -> None:
                 store.record_access(run_id, [events[i % len(events)]])
         elif kind == "rawpg":
@@ -726,13 +748,16 @@ def child_concurrency(kind: str, spec: dict) -> None:
             con.execute("PRAGMA synchronous = NORMAL")
             con.execute("PRAGMA foreign_keys = ON")
             cur = con.cursor()
+            given = kind == "raw-given"
+            insert = _RAW_INSERT_GIVEN if given else _RAW_INSERT
             rows = [(run_id, None, e["method"], e["outcome"], e["dataset_id"], e["session_id"], e["rel_path"],
-                     None, None, None, e["path"], e["bytes"], None, 1, e["dataset_id"]) for e in events]
+                     None, None, None, e["path"], e["bytes"], None, 1, e["record_id"] if given else e["dataset_id"])
+                    for e in events]
 
             def call(i: int) -> None:
                 now = time.strftime("%Y-%m-%d %H:%M:%S.000000", time.gmtime())
                 cur.execute("BEGIN IMMEDIATE")
-                cur.execute(_RAW_INSERT, (rows[i % len(rows)][0], now, *rows[i % len(rows)][2:]))
+                cur.execute(insert, (rows[i % len(rows)][0], now, *rows[i % len(rows)][2:]))
                 cur.execute("COMMIT")
         n_warmup = len(events)
     else:
@@ -774,8 +799,8 @@ def child_concurrency(kind: str, spec: dict) -> None:
         i += 1
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu
-    if kind in ("store", "raw", "rawpg"):
-        if kind in ("raw", "rawpg"):
+    if kind in ("store", "raw", "rawpg", "store-given", "raw-given"):
+        if kind in ("raw", "rawpg", "raw-given"):
             con.close()
             store = open_store(spec["db"])
         store.finish_run(run_id)
