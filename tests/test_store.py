@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from oneprov import BadInputError, open_store
-from oneprov.store.schema import PUBLIC_VIEWS, metadata
+from oneprov.store.schema import PUBLIC_VIEWS, metadata, session_records
 
 ALL_TABLES = sorted(metadata.tables)
 
@@ -447,6 +447,10 @@ def test_sessions_staged_in_parts_are_recorded_as_in_one(tmp_path, repo, monkeyp
     linked = parts.sql("SELECT count(*) AS n FROM query_sessions JOIN queries q ON q.id = query_id "
                        "WHERE q.method = 'import_cache'")
     assert linked["n"].iloc[0] == len(expected)
+    # staged through the driver, the values are stored as SQLAlchemy stores them (a date read back is the date)
+    with parts.reading() as conn:
+        stored = dict(conn.execute(sa.select(session_records.c.uuid, session_records.c.date)).all())
+    assert stored == dict(zip(repo.sessions["id"], pd.to_datetime(repo.sessions["date"]).dt.date))
     whole.close()
     parts.close()
 

@@ -512,7 +512,7 @@ class _Writer:
 
 #: A session row's values besides its id.
 _SESSION_FIELDS = SESSIONS_COLUMNS[1:]
-#: Session rows staged per statement, as dicts (all of 500,000 sessions at once took 380 MB).
+#: Session rows staged per statement (500,000 sessions at once, as SQLAlchemy's dicts, took 380 MB).
 _SESSION_PART = 20_000
 #: A dataset row as staged and recorded: the normalised columns, ``id`` as ``uuid``, ``eid`` as ``session_uuid``.
 _DATASET_COLUMNS = [{"id": "uuid", "eid": "session_uuid"}.get(c, c) for c in DATASETS_COLUMNS]
@@ -520,13 +520,13 @@ _DATASET_COLUMNS = [{"id": "uuid", "eid": "session_uuid"}.get(c, c) for c in DAT
 
 def _ingest_sessions(db: Database, conn: Connection, qid: int, frame: pd.DataFrame) -> None:
     """Record the sessions (checked, distinct ids) inside ``conn``'s transaction."""
-    values = frame.rename(columns={"id": "uuid"})
-    stage = _stage_table("_incoming_sessions", session_records, ["uuid", *_SESSION_FIELDS])
+    values, columns = frame.rename(columns={"id": "uuid"}), ["uuid", *_SESSION_FIELDS]
+    stage = _stage_table("_incoming_sessions", session_records, columns)
     stage.create(conn)
-    for start in range(0, len(values), _SESSION_PART):
-        part = _records(values.iloc[start:start + _SESSION_PART])
-        conn.execute(stage.insert(), [{"seq": k, **row} for k, row in enumerate(part, start + 1)])
-    _record(db, conn, stage, session_records, ["uuid", *_SESSION_FIELDS], _SESSION_FIELDS, qid)
+    for start in range(0, len(values), _SESSION_PART):   # (a part at a time: bounded memory)
+        part = _bound(conn, stage, columns, _column_values(values.iloc[start:start + _SESSION_PART], columns))
+        db.dialect.fill(conn, stage, ["seq", *columns], list(zip(range(start + 1, start + 1 + len(part[0])), *part)))
+    _record(db, conn, stage, session_records, columns, _SESSION_FIELDS, qid)
     conn.execute(query_sessions.insert().from_select(
         ["query_id", "record_id"], sa.select(sa.literal(qid), stage.c.record_id).order_by(stage.c.record_id)))
     stage.drop(conn)
@@ -667,6 +667,17 @@ def _column_values(frame: pd.DataFrame, columns: list[str]) -> list[list]:
     return [frame[c].astype(object).where(frame[c].notna(), None).tolist() for c in columns]
 
 
+def _bound(conn: Connection, table: sa.Table, columns: list[str], values: list[list]) -> list[list]:
+    """Column values (one list per column) as SQLAlchemy binds them: through the bind processor of
+    each column's type that has one (SQLite stores a date as text), for :meth:`Dialect.fill`."""
+    out = list(values)
+    for k, column in enumerate(columns):
+        process = table.c[column].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+        if process is not None:
+            out[k] = list(map(process, values[k]))
+    return out
+
+
 def _stage_table(name: str, like: sa.Table, columns: list[str]) -> sa.Table:
     """A temporary table with some of ``like``'s columns, for set-based matching and inserts, and:
     ``seq`` (the row's place), ``match_id`` (the row's current record), ``record_id`` (its record in
@@ -676,9 +687,3 @@ def _stage_table(name: str, like: sa.Table, columns: list[str]) -> sa.Table:
                     sa.Column("match_id", sa.Integer), sa.Column("record_id", sa.Integer),
                     sa.Column("changed", sa.Boolean, nullable=False, server_default=sa.true()),
                     prefixes=["TEMPORARY"])
-
-
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """DataFrame rows as dicts of plain Python values, with None for every kind of missing value."""
-    out = frame.astype(object).where(frame.notna(), None)
-    return out.to_dict("records")
