@@ -249,7 +249,7 @@ print(json.dumps({"run": one.run_id, "acked": acked, "slowest": slowest}))
 def test_loads_keep_being_recorded_through_a_long_import(db_url, repo, tmp_path):
     """Two analyses load (each load committed, a 3 s lock timeout) while another process imports
     300,000 rows: no load fails, every acknowledged load is stored (the import writes in short
-    transactions, not one long one)."""
+    transactions, not one long one, and gives way to other writers between them)."""
     from oneprov.synthetic import make_repository
 
     cache = shutil.copytree(repo.root, tmp_path / "cache")
@@ -260,8 +260,10 @@ def test_loads_keep_being_recorded_through_a_long_import(db_url, repo, tmp_path)
     loaders = [subprocess.Popen([sys.executable, "-c", LOADER_SCRIPT, str(cache), db_url, str(stop), specs],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     time.sleep(3)                                       # the loaders are loading
+    started = time.perf_counter()
     importer = subprocess.run([sys.executable, "-m", "oneprov", "import-cache", str(big), "--db", db_url],
                               capture_output=True, text=True, timeout=600)
+    import_seconds = time.perf_counter() - started
     stop.touch()
     reports = []
     for loader in loaders:
@@ -273,5 +275,42 @@ def test_loads_keep_being_recorded_through_a_long_import(db_url, repo, tmp_path)
     events = store.sql("SELECT run_id, COUNT(*) AS n FROM access_events GROUP BY run_id")
     assert dict(zip(events.run_id, events.n)) == {r["run"]: r["acked"] for r in reports}
     assert all(r["acked"] > 20 for r in reports)
-    print(f"slowest load during the import: {max(r['slowest'] for r in reports):.2f} s")
+    print(f"slowest load during the import: {max(r['slowest'] for r in reports):.2f} s; the import took "
+          f"{import_seconds:.1f} s; {sum(r['acked'] for r in reports)} loads")
     store.close()
+
+
+def test_an_import_gives_way_only_while_other_connections_write(db_url, monkeypatch):
+    """An import's run of write transactions pauses before the next one only while another
+    connection has committed in the last CONTENDED_S seconds, at most every GIVE_WAY_EVERY_S
+    (SQLite: a waiting writer's tries would miss the gaps between them); alone it never pauses, and
+    PostgreSQL, whose writers do not queue on one lock, never needs to."""
+    from oneprov.store import ingest
+    from oneprov.store.engine import Database
+
+    monkeypatch.setattr(ingest, "GIVE_WAY_EVERY_S", 0.0)
+    db = Database(create_engine(db_url))
+    migrate.upgrade(db.engine)
+    names = iter(range(100))
+
+    def add_project(conn):
+        return lambda: conn.execute(sa.text("INSERT INTO projects (name, created_at) VALUES (:n, '2026-01-01')"),
+                                    {"n": f"p{next(names)}"})
+
+    with db.engine.connect() as conn, db.engine.connect() as other:
+        writer = ingest._Writer(db.dialect, conn)
+        for _ in range(3):
+            writer.write(add_project(conn), 1)
+        assert writer.pauses == 0                       # alone
+        with other.begin():
+            add_project(other)()
+        writer.write(add_project(conn), 1)
+        writer.write(add_project(conn), 1)              # (within CONTENDED_S of the other's commit)
+        expected = 2 if db.dialect.name == "sqlite" else 0
+        assert writer.pauses == expected
+        monkeypatch.setattr(ingest, "CONTENDED_S", 0.0)   # the other's commit is long past
+        writer.write(add_project(conn), 1)
+        assert writer.pauses == expected
+        with conn.begin():
+            assert conn.execute(sa.text("SELECT COUNT(*) FROM projects")).scalar() == 7
+    db.engine.dispose()

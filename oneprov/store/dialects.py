@@ -83,6 +83,14 @@ class Dialect:
     def begin_read(self, cursor: Any) -> None:
         """Start a read transaction on a bare driver cursor: one snapshot for all its statements."""
 
+    #: How long a long run of write transactions (an import) pauses, while other connections write
+    #: too, so that their writers get the lock (0: writers do not queue behind one another).
+    give_way_s = 0.0
+
+    def commits_by_others(self, conn: Connection) -> int:
+        """A number that changes when another connection commits (outside a transaction of ``conn``)."""
+        return 0
+
     def lock_for_setup(self, conn: Connection) -> None:
         """Serialise first-time setup and migrations between processes, inside ``conn``'s transaction."""
 
@@ -258,11 +266,22 @@ class SQLite(Dialect):
         one short poll before the handler ~9.9k/s. The price: at full contention a writer now waits
         up to ~1.5 s in the worst case (~0.6 s with the loop), though 99% of commits wait less (~13 ms
         against ~25 ms).
+
+        Back-to-back transactions of one connection (an import's) would starve a waiting writer, whose
+        tries miss the microseconds between them: the import pauses for :attr:`give_way_s` instead.
         """
         dbapi_conn.execute("BEGIN IMMEDIATE")
 
     def begin_read(self, cursor: Any) -> None:
         cursor.execute("BEGIN")
+
+    #: A waiting writer's busy handler sleeps up to 100 ms between tries: a pause this long lets
+    #: every waiting writer try at least once.
+    give_way_s = 0.12
+
+    def commits_by_others(self, conn: Connection) -> int:
+        # (through the driver, outside any transaction, as the import's PRAGMAs)
+        return conn.connection.dbapi_connection.execute("PRAGMA data_version").fetchone()[0]
 
     def integrity_problems(self, conn: Connection) -> list[str]:
         result = [r[0] for r in conn.exec_driver_sql("PRAGMA integrity_check").fetchall()]

@@ -68,6 +68,10 @@ _log = logging.getLogger("oneprov.store")
 IMPORT_BATCH = 100_000
 #: How long one write transaction of an import may hold the write lock, in seconds: others wait that long.
 WRITE_SECONDS = 0.3
+#: While other connections committed in the last this many seconds, an import gives way to them...
+CONTENDED_S = 2.0
+#: ...at most this often, in seconds (a load waits about this long behind an import, at most).
+GIVE_WAY_EVERY_S = 0.5
 #: Rows ingested in one transaction (a REST answer, an edit of the tables in memory), read once.
 SMALL_ROWS = 20_000
 #: An import of the same tables by a process on another host counts as alive while it wrote a row this recently.
@@ -256,11 +260,12 @@ def _ingest(db: Database, source: RowSource, rows: Rows, *, run_id: str | None, 
                                f"{sessions['id'][sessions['id'].duplicated()].iloc[0]!r} in the sessions table")
     if (rows.count_datasets() or SMALL_ROWS + 1) <= SMALL_ROWS:
         return _ingest_small(db, source, rows, sessions, run_id=run_id, reuse=reuse, name=name)
-    n_rows, repeats = _check(rows, batch_size, show)
     # One connection for the whole import: its page cache stays warm. One transaction per step.
     failure: BaseException | None = None
     try:
         with db.connection() as conn:
+            writer = _Writer(db.dialect, conn)   # (before the check: it sees who writes meanwhile)
+            n_rows, repeats = _check(rows, batch_size, show)
             claim = _claim(conn, source, rows, run_id, reuse)
             if isinstance(claim, ImportResult):
                 return claim
@@ -269,8 +274,8 @@ def _ingest(db: Database, source: RowSource, rows: Rows, *, run_id: str | None, 
                 try:
                     with conn.begin():
                         _ingest_sessions(db, conn, qid, sessions)
-                    changed, repeated = _ingest_all_datasets(db, conn, qid, rows, batch_size, repeats, n_rows, name,
-                                                             show)
+                    changed, repeated = _ingest_all_datasets(db, conn, writer, qid, rows, batch_size, repeats,
+                                                             n_rows, name, show)
                     n_datasets = n_rows - len(repeated)
                     if repeated:
                         # One-api keeps such rows twice; here a row (id, session, path) is one record.
@@ -393,11 +398,11 @@ def _prepared(frames: Iterator[pd.DataFrame], repeats: set[int], repeated: list[
         yield _column_values(frame.sort_values(["session_uuid", "rel_path", "uuid"]), _DATASET_COLUMNS)
 
 
-def _ingest_all_datasets(db: Database, conn: Connection, qid: int, rows: Rows, batch_size: int, repeats: set[int],
-                         n_rows: int, name: str, show: bool) -> tuple[int, list[str]]:
+def _ingest_all_datasets(db: Database, conn: Connection, writer: _Writer, qid: int, rows: Rows, batch_size: int,
+                         repeats: set[int], n_rows: int, name: str, show: bool) -> tuple[int, list[str]]:
     """Record every dataset row, one short write transaction per part; return how many rows became
     new records, and the ids of the rows left out as repeats."""
-    writer, changed, repeated = _Writer(), 0, []
+    changed, repeated = 0, []
     with tqdm(total=n_rows, unit="rows", desc="import datasets", disable=not show) as bar:
         # Batch k+1 is read and prepared in a thread while batch k is written: SQLite works without
         # holding the GIL, so the two overlap on two cores.
@@ -405,7 +410,7 @@ def _ingest_all_datasets(db: Database, conn: Connection, qid: int, rows: Rows, b
             start = 0
             while start < len(values[0]):
                 part = [column[start:start + writer.rows] for column in values]
-                changed += writer.write(conn, lambda: _ingest_datasets(db, conn, qid, part, name), len(part[0]))
+                changed += writer.write(lambda: _ingest_datasets(db, conn, qid, part, name), len(part[0]))
                 start += len(part[0])
                 bar.update(len(part[0]))
     return changed, repeated
@@ -493,19 +498,44 @@ def _build_indexes(conn: Connection) -> None:
 
 
 class _Writer:
-    """Sizes write transactions to about :data:`WRITE_SECONDS` each, from the time the last one took."""
+    """Runs an import's write transactions: sizes each to about :data:`WRITE_SECONDS` from the time
+    the last one took, and gives way to other writers while there are any.
 
-    def __init__(self) -> None:
+    A waiting writer (SQLite's busy handler) tries for the lock every 100 ms at most, and misses
+    the microseconds between two transactions of the import: alone, a load could wait for seconds.
+    So, while other connections have committed in the last :data:`CONTENDED_S` seconds, the import
+    pauses for the dialect's ``give_way_s`` at most every :data:`GIVE_WAY_EVERY_S` seconds; alone,
+    it never pauses. Create it before the import's first step, so that it sees who writes meanwhile.
+    """
+
+    def __init__(self, dialect: dialects.Dialect, conn: Connection) -> None:
         self.rows = 5_000
+        self.pauses = 0
+        self._dialect, self._conn = dialect, conn
+        self._commits = dialect.commits_by_others(conn)
+        self._others_at = self._paused_at = -float("inf")
 
-    def write(self, conn: Connection, step: Any, n: int) -> int:
-        """Run ``step()`` (writing ``n`` rows) in a transaction of ``conn``; size the next part from its time."""
+    def write(self, step: Any, n: int) -> Any:
+        """Run ``step()`` (writing ``n`` rows) in a transaction; size the next part from its time."""
+        self._give_way()
         started = time.perf_counter()
-        with conn.begin():
+        with self._conn.begin():
             result = step()
         seconds = max(time.perf_counter() - started, 1e-3)
         self.rows = int(min(max(n * WRITE_SECONDS / seconds, 1_000), IMPORT_BATCH))
         return result
+
+    def _give_way(self) -> None:
+        if not self._dialect.give_way_s:
+            return
+        now, commits = time.monotonic(), self._dialect.commits_by_others(self._conn)
+        if commits != self._commits:
+            self._commits, self._others_at = commits, now
+        if now - self._others_at < CONTENDED_S and now - self._paused_at >= GIVE_WAY_EVERY_S:
+            time.sleep(self._dialect.give_way_s)
+            self.pauses += 1
+            self._paused_at = time.monotonic()
+            # (what committed during the pause is seen by the next step's check)
 
 
 # -- writing records ------------------------------------------------------------------------
