@@ -208,10 +208,6 @@ class Dialect:
         builds the secondary indexes after the rows)."""
         yield
 
-    def number_new_records(self, conn: Connection, stage: sa.Table, records: sa.Table) -> None:
-        """Set ``record_id`` of the stage's changed rows to the ids their new ``records`` rows will get."""
-        raise NotImplementedError
-
     def reserve_ids(self, conn: Connection, table: sa.Table, n: int) -> Sequence[int]:
         """``n`` new ids of ``table`` (an integer primary key ``id``), ascending, no other writer's."""
         raise NotImplementedError
@@ -455,16 +451,13 @@ class SQLite(Dialect):
         """
         # (through the driver: a PRAGMA would otherwise begin a transaction)
         driver = conn.connection.dbapi_connection
-        before = {schema: driver.execute(f"PRAGMA {schema}.cache_size").fetchone()[0] for schema in ("main", "temp")}
+        before = driver.execute("PRAGMA main.cache_size").fetchone()[0]
         driver.execute(f"PRAGMA main.cache_size = -{(BULK_IMPORT_CACHE_MIB if bulk else IMPORT_CACHE_MIB) * 1024}")
-        # the stage tables (temp) hold one batch: in a cache that size they are not written to a file
-        driver.execute(f"PRAGMA temp.cache_size = -{IMPORT_CACHE_MIB * 1024 // 4}")
         try:
             yield
         finally:
             try:
-                for schema, size in before.items():
-                    driver.execute(f"PRAGMA {schema}.cache_size = {int(size)}")
+                driver.execute(f"PRAGMA main.cache_size = {int(before)}")
             except Exception:   # the connection is gone (Ctrl-C, a failure) and will not be reused
                 pass
 
@@ -472,12 +465,6 @@ class SQLite(Dialect):
         # BEGIN IMMEDIATE holds the write lock: the ids after the largest are free.
         base = conn.execute(sa.select(sa.func.coalesce(sa.func.max(table.c.id), 0))).scalar_one()
         return range(base + 1, base + n + 1)
-
-    def number_new_records(self, conn: Connection, stage: sa.Table, records: sa.Table) -> None:
-        # BEGIN IMMEDIATE holds the write lock: the ids after the largest are free (in the stage's
-        # order; an unchanged row leaves a gap).
-        base = conn.execute(sa.select(sa.func.coalesce(sa.func.max(records.c.id), 0))).scalar_one()
-        conn.execute(stage.update().where(stage.c.changed == sa.true()).values(record_id=base + stage.c.seq))
 
 
 class PostgreSQL(Dialect):
@@ -606,12 +593,6 @@ class PostgreSQL(Dialect):
             cursor.execute(f"SELECT nextval(pg_get_serial_sequence('{table.name}', 'id')) FROM generate_series(1, %s)",
                            (n,))
             return sorted(r[0] for r in cursor.fetchall())
-
-    def number_new_records(self, conn: Connection, stage: sa.Table, records: sa.Table) -> None:
-        # Concurrent imports draw from the same sequence: nextval never hands out an id twice.
-        seq = conn.execute(sa.text(f"SELECT pg_get_serial_sequence('{records.name}', 'id')")).scalar_one()
-        seq = sa.literal_column("'{}'::regclass".format(seq.replace("'", "''")))
-        conn.execute(stage.update().where(stage.c.changed == sa.true()).values(record_id=sa.func.nextval(seq)))
 
 
 _DIALECTS: dict[str, Dialect] = {d.name: d for d in (SQLite(), PostgreSQL())}
