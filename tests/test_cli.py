@@ -200,21 +200,37 @@ def test_ctrl_c_during_import_prints_one_line_and_exits_130(tmp_path):
     from oneprov.synthetic import make_repository
 
     tables = make_repository(tmp_path / "big", n_sessions=2000, datasets_per_session=100, write_files=False).root
-    db = tmp_path / "p.sqlite"
-    open_store(db).close()
-    proc = subprocess.Popen([sys.executable, "-m", "oneprov", "import-cache", str(tables), "--db", str(db)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def start_and_hold(db: Path) -> tuple[subprocess.Popen, sqlite3.Connection] | None:
+        """Start the import; once its first rows are committed, take the write lock between two of
+        its transactions, so that it waits, incomplete. None if it completed before the lock was
+        taken (a machine busy enough to leave this process no time while the import ran)."""
+        open_store(db).close()
+        proc = subprocess.Popen([sys.executable, "-m", "oneprov", "import-cache", str(tables), "--db", str(db)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        watch = sqlite3.connect(db, isolation_level=None, timeout=60)
+        deadline = time.monotonic() + 60
+        while watch.execute("SELECT max(id) FROM dataset_records").fetchone() == (None,):   # rows being written?
+            assert time.monotonic() < deadline and proc.poll() is None, "the import never started writing"
+            time.sleep(0.002)
+        watch.execute("BEGIN IMMEDIATE")
+        if watch.execute("SELECT completed_at FROM queries").fetchall() == [(None,)]:
+            return proc, watch
+        watch.rollback()
+        watch.close()
+        proc.communicate(timeout=60)
+        return None
+
+    for attempt in range(5):
+        db = tmp_path / f"p{attempt}.sqlite"
+        held = start_and_hold(db)
+        if held is not None:
+            break
+    else:
+        pytest.fail("the import completed before the test could hold it, five times")
+    proc, lock = held
     store = open_store(db)
-    deadline = time.monotonic() + 60
-    while store.sql("SELECT count(*) AS n FROM dataset_records").n[0] == 0:   # rows are being written
-        assert time.monotonic() < deadline and proc.poll() is None, "the import never started writing"
-        time.sleep(0.05)
-    # Between two of the import's write transactions, the test takes the write lock: the import
-    # waits for it, incomplete, however fast this machine is; Ctrl-C lands then.
-    lock = sqlite3.connect(db, isolation_level=None, timeout=60)
-    lock.execute("BEGIN IMMEDIATE")
-    assert lock.execute("SELECT completed_at FROM queries").fetchall() == [(None,)]
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)   # Ctrl-C lands while the import waits for the lock
     time.sleep(0.5)
     lock.rollback()
     lock.close()
