@@ -1,6 +1,6 @@
 """The history is append-only in the database itself: plain SQL cannot change or delete it.
 
-Migrations 0003 and 0008: triggers on SQLite, trigger functions on PostgreSQL. Every refused
+Migrations 0003, 0008 and 0009: triggers on SQLite, trigger functions on PostgreSQL. Every refused
 statement is an IntegrityError that names the table, and leaves every row as it was. Nothing is
 updated in place but a running run's status and an import's totals, once.
 """
@@ -17,8 +17,8 @@ from oneprov import export
 from oneprov.store.schema import metadata
 
 ALL_TABLES = sorted(metadata.tables)
-HISTORY = ["access_events", "session_records", "dataset_records", "query_sessions", "query_datasets", "run_marks",
-           "exports"]
+HISTORY = ["access_events", "session_records", "dataset_records", "query_session_spans", "query_dataset_spans",
+           "query_digests", "run_marks", "exports"]
 NEVER_DELETED = ["runs", "queries"]
 
 
@@ -83,10 +83,12 @@ PLAIN_SQL = [
     "DELETE FROM dataset_records",
     "UPDATE session_records SET lab = 'renamed'",
     "DELETE FROM session_records",
-    "UPDATE query_datasets SET record_id = record_id",
-    "DELETE FROM query_datasets",
-    "UPDATE query_sessions SET record_id = record_id",
-    "DELETE FROM query_sessions",
+    "UPDATE query_dataset_spans SET last_id = last_id",
+    "DELETE FROM query_dataset_spans",
+    "UPDATE query_session_spans SET first_id = first_id",
+    "DELETE FROM query_session_spans",
+    "UPDATE query_digests SET scheme = 'x'",
+    "DELETE FROM query_digests",
     "UPDATE run_marks SET kind = 'x'",
     "DELETE FROM run_marks",
     "UPDATE exports SET sha256 = 'x'",
@@ -114,6 +116,18 @@ def test_plain_sql_cannot_change_or_delete_history(recorded, statement):
     assert snapshot(recorded.engine) == before
 
 
+@pytest.mark.parametrize("statement", ["UPDATE query_datasets SET record_id = record_id", "DELETE FROM query_datasets",
+                                       "INSERT INTO query_sessions (query_id, record_id) VALUES (1, 1)"])
+def test_the_views_of_query_records_cannot_be_written(recorded, statement):
+    """``query_sessions`` and ``query_datasets`` are views over the spans (migration 0009): neither
+    back end writes through them."""
+    before = snapshot(recorded.engine)
+    with pytest.raises(sa.exc.DBAPIError):
+        with recorded.engine.begin() as conn:
+            conn.execute(sa.text(statement))
+    assert snapshot(recorded.engine) == before
+
+
 def test_each_back_ends_own_ways_to_overwrite_are_refused(recorded):
     """PostgreSQL: TRUNCATE and ON CONFLICT DO UPDATE. SQLite: INSERT OR REPLACE, which deletes the
     old row without firing DELETE triggers (a BEFORE INSERT trigger refuses an existing key), and
@@ -129,8 +143,8 @@ def test_each_back_ends_own_ways_to_overwrite_are_refused(recorded):
     else:
         refused(engine, "INSERT OR REPLACE INTO access_events (id, run_id, event_time, method, outcome) "
                         "SELECT id, run_id, event_time, method, 'x' FROM access_events")
-        refused(engine, "REPLACE INTO query_datasets (query_id, record_id) "
-                        "SELECT query_id, record_id FROM query_datasets LIMIT 1")
+        refused(engine, "REPLACE INTO query_dataset_spans (query_id, first_id, last_id) "
+                        "SELECT query_id, first_id, last_id FROM query_dataset_spans LIMIT 1")
         refused(engine, "INSERT OR REPLACE INTO dataset_records SELECT * FROM dataset_records LIMIT 1")
         refused(engine, "INSERT OR REPLACE INTO queries (id, method, started_at) "
                         "SELECT id, 'x', started_at FROM queries LIMIT 1")

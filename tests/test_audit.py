@@ -313,7 +313,8 @@ def test_schema_lists_the_public_views_and_tables_as_the_readme_does():
 
     rows = json.loads(cli("schema", "--format", "json").stdout)
     assert rows == json.loads(json.dumps(public_schema()))
-    assert {r["name"] for r in rows} == {*PUBLIC_VIEWS, "sessions", "datasets", *metadata.tables}
+    assert {r["name"] for r in rows} == {*PUBLIC_VIEWS, "sessions", "datasets", "query_sessions", "query_datasets",
+                                         *metadata.tables}
     readme = (__import__("pathlib").Path(__file__).parent.parent / "README.md").read_text()
     for r in rows:
         assert f"| `{r['name']}` | {r['kind']} | `{', '.join(r['columns'])}` | {r['description']} |" in readme, r["name"]

@@ -16,7 +16,7 @@ from alembic.script import ScriptDirectory
 from oneprov import DatabaseError, SchemaVersionError, open_store
 from oneprov.store import migrate
 from oneprov.store.engine import create_engine
-from oneprov.store.schema import CURRENT_VIEWS, PUBLIC_VIEWS, metadata
+from oneprov.store.schema import CURRENT_VIEWS, LINK_VIEWS, PUBLIC_VIEWS, metadata
 
 ROOT = Path(__file__).parent.parent
 
@@ -42,7 +42,7 @@ def test_upgrade_downgrade_upgrade_agrees_with_models(db_url):
         assert migrate.upgrade(engine).current == migrate.head_revision()
         assert schema_diff(engine) == []
         assert user_tables(engine) == set(metadata.tables)
-        for view, columns in {**PUBLIC_VIEWS, **CURRENT_VIEWS}.items():
+        for view, columns in {**PUBLIC_VIEWS, **CURRENT_VIEWS, **LINK_VIEWS}.items():
             assert view_columns(engine, view) == columns
 
         assert migrate.downgrade(engine, "base").current is None
@@ -301,6 +301,53 @@ def test_records_migration_moves_every_row_and_back(db_url):
         assert {v: [r for r in rows_of(engine, f"SELECT * FROM {v}") if RUN in r] for v in PUBLIC_VIEWS} == public
         assert rows_of(engine, "SELECT id, state_id FROM access_events WHERE id <= 3") == events
         migrate.upgrade(engine)                       # and up again
+        assert schema_diff(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_links_become_spans_and_back(db_url):
+    """0008 -> 0009 -> 0008 on both back ends: each query's links become the fewest spans (a run of
+    consecutive records is one), the views ``query_sessions``/``query_datasets`` show exactly the
+    links, and the way back gives the link rows again."""
+    engine = create_engine(db_url)
+    try:
+        migrate.upgrade(engine, "0008")
+        now = "'2026-01-01 00:00:00'"
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"INSERT INTO queries (id, method, started_at, completed_at) VALUES "
+                                 f"(1, 'import_cache', {now}, {now}), (2, 'search', {now}, {now}), "
+                                 f"(3, 'list_datasets', {now}, {now})")
+            conn.exec_driver_sql("INSERT INTO session_records (id, uuid, subject, query_id, first_seen_at) VALUES " +
+                                 ", ".join(f"({i}, '{S1[:-2]}{i:02d}', 'm', 1, {now})" for i in range(1, 6)))
+            conn.exec_driver_sql(
+                "INSERT INTO dataset_records (id, uuid, session_uuid, rel_path, collection, revision, name, \"exists\", "
+                "qc, query_id, first_seen_at) VALUES " +
+                ", ".join(f"({i}, '{D1[:-2]}{i:02d}', '{S1}', 'alf/x{i}.npy', 'alf', '', 'x{i}.npy', TRUE, 'PASS', 1, {now})"
+                          for i in range(1, 13)))
+            links = {"query_sessions": [(1, i) for i in range(1, 6)] + [(2, 2), (2, 4), (2, 5)],
+                     "query_datasets": [(1, i) for i in range(1, 13)] + [(2, i) for i in (1, 2, 3, 7, 8, 12)]
+                     + [(3, 9)]}
+            for table, rows in links.items():
+                conn.exec_driver_sql(f"INSERT INTO {table} (query_id, record_id) VALUES " +
+                                     ", ".join(f"({q}, {r})" for q, r in rows))
+        old = {t: rows_of(engine, f"SELECT query_id, record_id FROM {t}") for t in links}
+
+        migrate.upgrade(engine)
+        assert schema_diff(engine) == []
+        assert {t: rows_of(engine, f"SELECT query_id, record_id FROM {t}") for t in links} == old
+        assert rows_of(engine, "SELECT query_id, first_id, last_id FROM query_dataset_spans") == sorted(
+            tuple(str(v) for v in r) for r in [(1, 1, 12), (2, 1, 3), (2, 7, 8), (2, 12, 12), (3, 9, 9)])
+        assert rows_of(engine, "SELECT query_id, first_id, last_id FROM query_session_spans") == sorted(
+            tuple(str(v) for v in r) for r in [(1, 1, 5), (2, 2, 2), (2, 4, 5)])
+        with open_store(db_url) as store:   # the upgraded database answers from the spans
+            held = store.sql("SELECT count(*) AS n FROM query_datasets WHERE query_id = 2").n[0]
+            assert held == 6
+
+        migrate.downgrade(engine, "0008")
+        assert {t: rows_of(engine, f"SELECT query_id, record_id FROM {t}") for t in links} == old
+        assert "query_dataset_spans" not in user_tables(engine) and "query_datasets" in user_tables(engine)
+        migrate.upgrade(engine)
         assert schema_diff(engine) == []
     finally:
         engine.dispose()

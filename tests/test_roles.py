@@ -170,7 +170,7 @@ def test_client_cannot_change_the_schema_or_the_history(shared, tmp_path):
         "TRUNCATE access_events",
         "UPDATE dataset_records SET qc = 'PASS'",
         "DELETE FROM session_records",
-        "DELETE FROM query_datasets",
+        "DELETE FROM query_dataset_spans",
         "UPDATE run_marks SET kind = 'x'",
         "DELETE FROM exports",
         "DELETE FROM runs",

@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 
 from oneprov import ONE, tables
-from oneprov.store import dialects as dialects_module
 from oneprov.store.dialects import _COVERAGE
 
 QC_KEPT = ["NOT_SET", "PASS", "WARNING", "FAIL"]
@@ -133,24 +132,6 @@ def test_a_catalog_does_not_see_tables_imported_after_it(repo, tmp_path, db_url)
 
 def uuid_strings(values) -> list[str]:
     return [str(v) for v in values]
-
-
-def test_links_are_the_same_without_sqlite_json(cache, repo, tmp_path, monkeypatch):
-    """An SQLite built without JSON functions records the same rows (one INSERT per row)."""
-    recorded = {}
-    for json_functions in (True, False):
-        monkeypatch.setattr(dialects_module, "_sqlite_json", lambda json_functions=json_functions: json_functions)
-        one = ONE(cache_dir=cache, db=tmp_path / f"json-{json_functions}.sqlite")
-        one.search(datasets="spikes.times.npy")
-        searched = last_query(one)[1]
-        one.list_datasets(repo.eid)
-        listed = last_query(one)[1:]
-        run = one.store.start_run()
-        qid = one.store.record_query(run, "search", session_ids=[repo.eid], dataset_ids=[repo.revised_id])
-        recorded[json_functions] = (searched, listed, linked(one.store, qid))
-        one.close()
-    assert recorded[True] == recorded[False]
-    assert recorded[True][2] == ({repo.eid}, {repo.revised_id: recorded[True][2][1][repo.revised_id]})
 
 
 def test_rows_are_recorded_by_record_or_by_uuid(cache, repo, tmp_path):

@@ -11,9 +11,10 @@ import pytest
 import sqlalchemy as sa
 
 from oneprov import BadInputError, open_store
-from oneprov.store.schema import PUBLIC_VIEWS, metadata, session_records
+from oneprov.store.schema import LINK_VIEWS, PUBLIC_VIEWS, metadata, session_records
 
-ALL_TABLES = sorted(metadata.tables)
+#: Every table, and the views of the records each query returned (a row per record).
+ALL_TABLES = sorted([*metadata.tables, *LINK_VIEWS])
 
 
 def counts(store) -> dict[str, int]:

@@ -22,7 +22,8 @@ import sqlalchemy as sa
 
 from ..store import Store
 from .runs import require_runs
-from ..store.schema import SUCCESS_OUTCOMES, access_events, dataset_records, query_datasets, run_marks
+from ..store.records import held_by
+from ..store.schema import SUCCESS_OUTCOMES, access_events, dataset_records, run_marks
 
 #: QC levels a default load keeps (ONE's ``qc=FAIL``).
 _KEPT = ("NOT_SET", "PASS", "WARNING", "FAIL")
@@ -121,11 +122,11 @@ def _loads(store: Store, run_id: str) -> list[dict]:
 def _candidate_revisions(conn: sa.Connection, load: dict) -> set[str]:
     """The revisions of the load's dataset (session, collection, name) in the tables the run used
     (without tables on record: every record of it), QC at most FAIL."""
-    d, qd = dataset_records.c, query_datasets.c
+    d = dataset_records.c
     stmt = sa.select(d.revision).where(d.session_uuid == load["session_id"], d.collection == load["collection"],
                                        d.name == load["name"], d.qc.in_(_KEPT))
     if load["tables"] is not None:
-        stmt = stmt.join(query_datasets, qd.record_id == d.id).where(qd.query_id == load["tables"])
+        stmt = stmt.where(held_by(dataset_records, load["tables"]))
     return set(conn.execute(stmt).scalars()) | {load["revision"]}
 
 

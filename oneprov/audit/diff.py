@@ -27,10 +27,8 @@ import sqlalchemy as sa
 
 from ..store import Store
 from .runs import require_runs
-from ..store.schema import (
-    SUCCESS_OUTCOMES, access_events, dataset_records, queries, query_datasets, query_sessions, run_marks,
-    session_records,
-)
+from ..store.records import held_by, with_returned
+from ..store.schema import SUCCESS_OUTCOMES, access_events, dataset_records, queries, run_marks, session_records
 
 #: The columns of :func:`diff`'s frame, in order.
 COLUMNS = ["change", "cause", "session_id", "collection", "name", "a", "b", "dataset_id_a", "dataset_id_b"]
@@ -120,26 +118,26 @@ def _cause(store: Store, x: dict, y: dict) -> str:
 
 def _in_tables(store: Store, run_id: str, row: dict) -> dict | None:
     """The state of a dataset row in the last tables ``run_id`` worked from (None: not there, or no tables)."""
-    m, d, qd = run_marks.c, dataset_records.c, query_datasets.c
+    m, d = run_marks.c, dataset_records.c
     with store.reading() as conn:
         mark = conn.execute(sa.select(m.detail).where(m.run_id == run_id, m.kind == "tables")
                             .order_by(m.id.desc()).limit(1)).scalar()
         if not mark or not mark.isdigit():
             return None
-        found = conn.execute(sa.select(d.qc, d.default_revision).join(query_datasets, qd.record_id == d.id)
-                             .where(qd.query_id == int(mark), d.uuid == row["uuid"], d.session_uuid == row["session_uuid"],
-                                    d.rel_path == row["rel_path"])).first()
+        found = conn.execute(sa.select(d.qc, d.default_revision)
+                             .where(held_by(dataset_records, int(mark)), d.uuid == row["uuid"],
+                                    d.session_uuid == row["session_uuid"], d.rel_path == row["rel_path"])).first()
     return None if found is None else found._asdict()
 
 
 def _searches(store: Store, run_a: str, run_b: str) -> list[tuple]:
     """Searches run by both with the same parameters whose sessions differ."""
-    q, qs, s = queries.c, query_sessions.c, session_records.c
+    q, s = queries.c, session_records.c
 
     def found(run_id: str) -> dict[str, set[str]]:
-        rows = store.frame(sa.select(q.id, q.params, s.uuid).select_from(
-            queries.outerjoin(query_sessions, qs.query_id == q.id).outerjoin(session_records, s.id == qs.record_id))
-            .where(q.run_id == run_id, q.method == "search"))
+        rows = store.frame(sa.select(q.id, q.params, s.uuid)
+                           .select_from(with_returned(queries, q.id, session_records, outer=True))
+                           .where(q.run_id == run_id, q.method == "search"))
         out: dict[str, set[str]] = {}
         for params, group in rows.groupby("params"):
             out[_normalised(params)] = set(group["uuid"].dropna())

@@ -28,10 +28,9 @@ import sqlalchemy as sa
 
 from ..alf import QC_LEVELS
 from ..store import Store
+from ..store.records import held_by
 from ..store.revisions import chosen_ids
-from ..store.schema import (
-    SUCCESS_OUTCOMES, access_events, dataset_records, projects, queries, query_datasets, run_marks, runs,
-)
+from ..store.schema import SUCCESS_OUTCOMES, access_events, dataset_records, projects, queries, run_marks, runs
 
 #: Queries whose records are a client's tables (a source's successive states).
 TABLE_METHODS = ("import_cache", "merge_tables", "record_one", "edit_cache")
@@ -127,10 +126,12 @@ def _as_datetime(value: Any) -> dt.datetime:
 def _latest_tables(conn: sa.Connection, record_ids: list[int]) -> pd.DataFrame:
     """For each record: the source of the newest tables query holding it, and that source's latest
     complete tables query (``latest_query``)."""
-    q, qd = queries.c, query_datasets.c
+    q, d = queries.c, dataset_records.c
+    # (each record against each tables query: one seek in the query's spans)
     held = conn.execute(
-        sa.select(qd.record_id, q.id, q.method, q.source).join(queries, q.id == qd.query_id)
-        .where(qd.record_id.in_(record_ids), q.method.in_(TABLE_METHODS), q.completed_at.is_not(None))).fetchall()
+        sa.select(d.id, q.id, q.method, q.source).select_from(dataset_records).join(queries, sa.true())
+        .where(d.id.in_(record_ids), q.method.in_(TABLE_METHODS), q.completed_at.is_not(None),
+               held_by(dataset_records, q.id))).fetchall()
     frame = pd.DataFrame(held, columns=["record_id", "query_id", "method", "source"])
     if frame.empty:
         return pd.DataFrame(columns=["record_id", "source", "latest_query"])
@@ -146,14 +147,14 @@ def _latest_tables(conn: sa.Connection, record_ids: list[int]) -> pd.DataFrame:
 
 def _rows_now(conn: sa.Connection, loads: pd.DataFrame) -> dict[tuple, Any]:
     """The records of the latest tables for the loaded rows' sessions: (query, uuid, session, rel_path) -> row."""
-    d, qd = dataset_records.c, query_datasets.c
+    d = dataset_records.c
     out = {}
     for latest, group in loads.groupby("latest_query"):
         rows = conn.execute(
             sa.select(d.id, d.uuid, d.session_uuid, d.rel_path, d.collection, d.name, d.revision, d.qc,
                       d.default_revision, d.hash, d.file_size, d.exists)
-            .join(query_datasets, qd.record_id == d.id)
-            .where(qd.query_id == int(latest), d.session_uuid.in_(group["session_id"].unique().tolist()))).fetchall()
+            .where(held_by(dataset_records, int(latest)),
+                   d.session_uuid.in_(group["session_id"].unique().tolist()))).fetchall()
         for r in rows:
             out[(int(latest), r.uuid, r.session_uuid, r.rel_path)] = r
         out[("sessions", int(latest))] = rows

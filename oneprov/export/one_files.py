@@ -37,8 +37,8 @@ from ..store import ExportedFile, Store
 from ..store.dialects import Dialect
 from ..store.driver import Prepared
 from ..store.engine import result_frame
-from ..store.records import ROW_KEY, current, held_by, holds_everything, latest_import
-from ..store.schema import access_events, dataset_records, queries, query_datasets, query_sessions, session_records
+from ..store.records import ROW_KEY, current, held_by, holds_everything, latest_import, with_returned
+from ..store.schema import access_events, dataset_records, queries, session_records
 from ..tables import SESSIONS_COLUMNS
 
 #: Rows per batch of a streamed export: ~100 MB of Python objects at most.
@@ -212,16 +212,14 @@ def _cache_selects(conn: Connection, run: str | None, query: int | None) -> tupl
     if run is not None:
         # Each row in the latest state the run saw: the records its queries returned and its loads used.
         seen = sa.union_all(
-            sa.select(query_datasets.c.record_id.label("id")).join(queries, queries.c.id == query_datasets.c.query_id)
-            .where(queries.c.run_id == run),
+            sa.select(d.c.id).select_from(with_returned(queries, queries.c.id, d)).where(queries.c.run_id == run),
             sa.select(access_events.c.record_id).where(access_events.c.run_id == run,
                                                        access_events.c.record_id.is_not(None))).subquery("seen")
         latest = (sa.select(sa.func.max(d.c.id)).where(d.c.id.in_(sa.select(seen.c.id)))
                   .group_by(*(d.c[c] for c in ROW_KEY["dataset_records"])))
         ds = ds.where(d.c.id.in_(latest))
-        queried = (sa.select(sa.func.max(s.c.id)).join(query_sessions, query_sessions.c.record_id == s.c.id)
-                   .join(queries, queries.c.id == query_sessions.c.query_id).where(queries.c.run_id == run)
-                   .group_by(s.c.uuid))
+        queried = (sa.select(sa.func.max(s.c.id)).select_from(with_returned(queries, queries.c.id, s))
+                   .where(queries.c.run_id == run).group_by(s.c.uuid))
         loaded = sa.select(d.c.session_uuid).where(d.c.id.in_(latest))
         # a session whose datasets the run loaded without a query returning it: as it is now
         ss = ss.where(sa.or_(s.c.id.in_(queried), sa.and_(current(s), s.c.uuid.in_(loaded),

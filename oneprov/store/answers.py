@@ -24,8 +24,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .engine import Database
+from .records import link, spans_of
 from .recording import new_query
-from .schema import dataset_records, queries, query_datasets, query_sessions, revisions, session_records, utcnow
+from .schema import dataset_records, queries, revisions, session_records, utcnow
 
 _SESSION_FIELDS = ["lab", "subject", "date", "number", "task_protocol", "projects"]
 _DATASET_KEY = ["uuid", "session_uuid", "rel_path"]
@@ -115,10 +116,8 @@ def record_answer(db: Database, *, location: str, sessions: Sequence[dict[str, A
             known = set(conn.execute(_KNOWN_REVISIONS, {"names": names}).scalars())
             if set(names) - known:
                 conn.execute(revisions.insert(), [{"name": n, "first_seen_at": now} for n in names if n not in known])
-        if session_ids:
-            conn.execute(query_sessions.insert(), [{"query_id": qid, "record_id": i} for i in sorted(set(session_ids))])
-        if dataset_ids:
-            conn.execute(query_datasets.insert(), [{"query_id": qid, "record_id": i} for i in sorted(set(dataset_ids))])
+        link(conn, session_records, qid, spans_of(session_ids))
+        link(conn, dataset_records, qid, spans_of(dataset_ids))
         conn.execute(_COMPLETE, {"qid": qid, "n_sessions": len(set(session_ids)), "n_datasets": len(set(dataset_ids)),
                                  "duration_s": time.perf_counter() - started, "completed_at": utcnow()})
     return qid

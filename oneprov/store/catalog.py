@@ -22,8 +22,9 @@ from .. import alf
 from ..tables import DATASETS_COLUMNS, SESSIONS_COLUMNS
 from .dialects import Dialect
 from .engine import Database, result_frame
+from .records import held_by, returned_by
 from .revisions import chosen_ids, qc_names_up_to
-from .schema import dataset_records, query_datasets, query_sessions, session_records
+from .schema import dataset_records, session_records
 
 #: The columns of a catalog's session rows: ONE's, and the record they were read from.
 SESSION_COLUMNS = [*SESSIONS_COLUMNS, "record_id"]
@@ -50,16 +51,12 @@ class Catalog:
         self._defaults: bool | None = None
 
     def _session_rows(self) -> sa.Select:
-        # EXISTS rather than a join: SQLite then filters the sessions first (e.g. by subject) and
-        # checks membership by primary key, instead of looking up every member session (4x faster).
-        q = query_sessions.c
-        member = sa.exists().where(q.query_id == self._query_param(), q.record_id == session_records.c.id)
-        return sa.select(*_session_columns()).where(member)
+        # A membership test rather than a join: SQLite then filters the sessions first (e.g. by
+        # subject) and checks membership with one seek, instead of reading every member session.
+        return sa.select(*_session_columns()).where(held_by(session_records, self._query_param()))
 
     def _dataset_rows(self) -> sa.Select:
-        q = query_datasets.c
-        member = sa.exists().where(q.query_id == self._query_param(), q.record_id == dataset_records.c.id)
-        return sa.select(*_dataset_columns()).where(member)
+        return sa.select(*_dataset_columns()).where(held_by(dataset_records, self._query_param()))
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -74,11 +71,11 @@ class Catalog:
         """Whether the catalog's tables said which revisions are the default ones (a
         ``default_revision`` column: one-api's ``default_revisions_only`` needs it)."""
         if self._defaults is None:
-            q, d = query_datasets.c, dataset_records.c
+            d = dataset_records.c
             with self.db.reading() as conn:
                 self._defaults = conn.execute(
-                    sa.select(d.id).join(query_datasets, q.record_id == d.id)
-                    .where(q.query_id == self._query_param(), d.default_revision.is_not(None)).limit(1)).first() is not None
+                    sa.select(d.id).select_from(returned_by(dataset_records, self._query_param()))
+                    .where(d.default_revision.is_not(None)).limit(1)).first() is not None
         return self._defaults
 
     def session(self, eid: str) -> Any:
@@ -226,8 +223,7 @@ def _search_statement(dialect: Dialect, columns: tuple[str, ...], text: tuple[tu
     when the catalog is known to hold every row of a table.
     """
     s = session_records.c
-    q = query_sessions.c
-    member = dialect.unless_whole("all_sessions", _exists(q.query_id == sa.bindparam("query_id"), q.record_id == s.id))
+    member = dialect.unless_whole("all_sessions", held_by(session_records, sa.bindparam("query_id")))
     stmt = sa.select(*(c for c in _session_columns() if c.key in columns)).where(member)
     for column, n in text:
         stmt = dialect.substring_filter(stmt, session_records, column, n)
@@ -238,8 +234,7 @@ def _search_statement(dialect: Dialect, columns: tuple[str, ...], text: tuple[tu
     if numbers:
         stmt = stmt.where(s.number.in_(sa.bindparam("numbers", expanding=True)))
     d = dataset_records.c
-    in_catalog = dialect.unless_whole("all_datasets", _exists(query_datasets.c.query_id == sa.bindparam("query_id"),
-                                                              query_datasets.c.record_id == d.id))
+    in_catalog = dialect.unless_whole("all_datasets", held_by(dataset_records, sa.bindparam("query_id")))
     for i, named in enumerate(names):
         # Per session: one seek in the (name, session_uuid, exists, qc) index, and the catalog
         # membership of its first passing dataset (not of every dataset with that name).
@@ -271,16 +266,15 @@ _DISTINCT_NAMES = sa.select(_names.c.name).where(_names.c.name.is_not(None))
 def _datasets_statement(one_session: bool, some_ids: bool) -> sa.Select:
     """The catalog's dataset rows passing QC (bound: query_id, qc, eid, ids), built once.
 
-    One session's rows are found by session, then checked for membership (an EXISTS); all the
-    catalog's rows are read from its links.
+    One session's rows are found by session, then checked for membership; all the catalog's rows
+    are read span by span.
     """
-    d, q = dataset_records.c, query_datasets.c
+    d = dataset_records.c
     stmt = sa.select(*_dataset_columns()).where(d.qc.in_(sa.bindparam("qc", expanding=True)))
     if one_session:
-        stmt = stmt.where(d.session_uuid == sa.bindparam("eid"),
-                          _exists(q.query_id == sa.bindparam("query_id"), q.record_id == d.id))
+        stmt = stmt.where(d.session_uuid == sa.bindparam("eid"), held_by(dataset_records, sa.bindparam("query_id")))
     else:
-        stmt = stmt.join(query_datasets, q.record_id == d.id).where(q.query_id == sa.bindparam("query_id"))
+        stmt = stmt.select_from(returned_by(dataset_records, sa.bindparam("query_id")))
     if some_ids:
         stmt = stmt.where(d.uuid.in_(sa.bindparam("ids", expanding=True)))
     return stmt.order_by(d.session_uuid, d.rel_path)

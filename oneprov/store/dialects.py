@@ -2,8 +2,7 @@
 
 The rest of the store writes SQL once, for both, and asks ``db.dialect`` (picked once, when a
 :class:`~oneprov.store.engine.Database` is made) for what differs: how a connection is set up, how
-rows are inserted in bulk, how a query's result rows are linked, how the revision choice is
-grouped, how text is compared. Outside this module no code tests a dialect's name, except the
+rows are inserted in bulk, how the revision choice is grouped, how text is compared. Outside this module no code tests a dialect's name, except the
 PostgreSQL-only roles (``roles.py``); ``tests/test_layout.py`` checks it. (Alembic's ``DefaultImpl``
 / ``SQLiteImpl`` / ``PostgresqlImpl`` are the model.)
 
@@ -13,10 +12,9 @@ PostgreSQL-only roles (``roles.py``); ``tests/test_layout.py`` checks it. (Alemb
 from __future__ import annotations
 
 import datetime
-import json
 import sqlite3
 from contextlib import contextmanager
-from functools import cache, lru_cache
+from functools import cache
 from typing import Any, Callable, Iterator, Sequence
 
 import pyarrow as pa
@@ -27,7 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.url import URL
 
 from ..errors import DatabaseError, ReadOnlyError
-from .schema import access_events, dataset_records, queries, query_datasets, query_sessions
+from .schema import access_events, dataset_records, queries
 
 #: Seconds a SQLite writer waits for another process's write transaction before giving up.
 BUSY_TIMEOUT_S = 60
@@ -43,18 +41,6 @@ BULK_IMPORT_CACHE_MIB = 64
 #: An access event's fields, in the order of the rows :meth:`Dialect.insert_events` takes.
 EVENT_COLUMNS = ("event_time", "method", "outcome", "dataset_id", "session_id", "rel_path", "requested_revision",
                  "revision_cutoff", "scope", "record_id", "path", "bytes", "detail", "listed")
-
-#: A query's result records, linked in one statement (bound ``qid`` and the record ``ids``): a
-#: JSON array (SQLite) or an array (PostgreSQL) unpacked in SQL, instead of one INSERT per row.
-_LINKS = {
-    "sqlite": "INSERT INTO {table} (query_id, record_id) SELECT :qid, value FROM json_each(:ids)",
-    "postgresql": "INSERT INTO {table} (query_id, record_id) SELECT :qid, unnest(CAST(:ids AS INTEGER[]))",
-}
-_SQLITE_LINK = {table.name: _LINKS["sqlite"].format(table=table.name).replace(":qid", "?").replace(":ids", "?")
-                for table in (query_sessions, query_datasets)}
-_LINK_STATEMENTS = {name: {table.name: sa.text(sql.format(table=table.name)) for table in (query_sessions, query_datasets)}
-                    for name, sql in _LINKS.items()}
-
 
 class Dialect:
     """What the back ends share; each subclass says what is its own."""
@@ -140,7 +126,7 @@ class Dialect:
 
     # -- searching: what SQLite can skip ----------------------------------------------------
 
-    def unless_whole(self, flag: str, lookup: sa.Exists) -> sa.ColumnElement[bool]:
+    def unless_whole(self, flag: str, lookup: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:
         """A catalog membership test, skipped (on SQLite) when bound ``flag`` says the catalog holds
         the whole table."""
         return lookup
@@ -165,11 +151,6 @@ class Dialect:
 
     # -- writing in bulk --------------------------------------------------------------------
 
-    def link(self, conn: Connection, table: sa.Table, query_id: int, record_ids: list[int]) -> None:
-        """Link a query to the records it returned (``table`` is ``query_sessions`` or ``query_datasets``),
-        in one statement; ``record_ids`` distinct, ideally sorted."""
-        conn.execute(_LINK_STATEMENTS[self.name][table.name], {"qid": query_id, "ids": record_ids})
-
     def current_role(self, conn: Connection) -> str | None:
         """The database role of this connection (None where the back end has no roles)."""
         return None
@@ -184,14 +165,13 @@ class Dialect:
         ``constants`` give the same value to other columns of every row."""
         raise NotImplementedError
 
-    def insert_query(self, db: Any, values: dict[str, Any], links: dict[sa.Table, list[int]]) -> int:
-        """Insert a complete ``queries`` row (``values``: its columns) and its links (``links``:
-        link table -> sorted record ids) in one transaction of ``db``; return its id."""
+    def insert_query(self, db: Any, values: dict[str, Any], spans: dict[sa.Table, list[tuple[int, int]]]) -> int:
+        """Insert a complete ``queries`` row (``values``: its columns) and the records it returned
+        (``spans``: spans table -> ``(first_id, last_id)`` spans) in one transaction of ``db``; return its id."""
         with db.writing() as conn:
             qid = conn.execute(queries.insert().returning(queries.c.id), values).scalar_one()
-            for table, ids in links.items():
-                if ids:   # (in key order: the index is then appended to, not written all over)
-                    self.link(conn, table, qid, ids)
+            for table, ranges in spans.items():
+                self.fill(conn, table, ["query_id", "first_id", "last_id"], [(qid, *r) for r in ranges])
         return qid
 
     def insert_events(self, db: Any, run_id: str, rows: list[tuple],
@@ -335,7 +315,7 @@ class SQLite(Dialect):
         # than count/min/max: group_concat sees the values in order.
         return sa.func.group_concat(column, sa.literal("\n"))
 
-    def unless_whole(self, flag: str, lookup: sa.Exists) -> sa.ColumnElement[bool]:
+    def unless_whole(self, flag: str, lookup: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:
         # Not on PostgreSQL, which turns a plain EXISTS into a (hash) semi-join, and an OR'ed one into
         # a lookup per row.
         return sa.or_(sa.bindparam(flag, type_=sa.Boolean), lookup)
@@ -381,12 +361,6 @@ class SQLite(Dialect):
         return (sa.select(*output(row), choice.c.n_default)
                 .select_from(choice.join(row, sa.literal_column("chosen_row.rowid") == choice.c.chosen)))
 
-    def link(self, conn: Connection, table: sa.Table, query_id: int, record_ids: list[int]) -> None:
-        if not _sqlite_json():  # an SQLite built without JSON1 (before 3.38 it was optional): row by row
-            conn.execute(table.insert(), [{"query_id": query_id, "record_id": r} for r in record_ids])
-            return
-        conn.execute(_LINK_STATEMENTS[self.name][table.name], {"qid": query_id, "ids": json.dumps(record_ids)})
-
     def fill(self, conn: Connection, table: sa.Table, columns: list[str], rows: list[tuple],
              constants: dict[str, Any] | None = None) -> None:
         # SQLAlchemy's own executemany spends more time per row than SQLite needs to store it; the
@@ -400,19 +374,18 @@ class SQLite(Dialect):
             conn.exec_driver_sql(f"INSERT INTO {quote(table.name)} ({names}) "
                                  f"VALUES ({', '.join(['?'] * len(columns) + literals)})", rows)
 
-    def insert_query(self, db: Any, values: dict[str, Any], links: dict[sa.Table, list[int]]) -> int:
+    def insert_query(self, db: Any, values: dict[str, Any], spans: dict[sa.Table, list[tuple[int, int]]]) -> int:
         # Through the driver, as a load event is (a list or a search records one query each).
-        if not _sqlite_json():
-            return super().insert_query(db, values, links)
         to_text = _sqlite_time(db.engine.dialect)
         names = list(values)
         params = [to_text(v) if isinstance(v, datetime.datetime) else v for v in values.values()]
         statement = (f"INSERT INTO queries ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) RETURNING id")
-        links_json = [(_SQLITE_LINK[table.name], json.dumps(ids)) for table, ids in links.items() if ids]
+        inserts = [(f"INSERT INTO {table.name} (query_id, first_id, last_id) VALUES (?, ?, ?)", ranges)
+                   for table, ranges in spans.items() if ranges]
         def write(cursor: Any) -> int:
             qid = cursor.execute(statement, params).fetchone()[0]
-            for link, ids in links_json:
-                cursor.execute(link, (qid, ids))
+            for insert, ranges in inserts:
+                cursor.executemany(insert, [(qid, *r) for r in ranges])
             return qid
         return db.driver_write(write)
 
@@ -664,16 +637,6 @@ _SQLITE_INSERT_EVENT_ID = (f"INSERT INTO access_events (id, run_id, {', '.join(E
 #: The PostgreSQL array type of the id and each of :data:`EVENT_COLUMNS`.
 _PG_ARRAY_TYPES = ("bigint", "timestamp", "text", "text", "text", "text", "text", "text", "text", "text", "bigint",
                    "text", "bigint", "text", "boolean")
-
-
-@lru_cache(maxsize=1)
-def _sqlite_json() -> bool:
-    """Whether this process's SQLite library has the JSON functions."""
-    try:
-        sqlite3.connect(":memory:").execute("SELECT value FROM json_each('[1]')").fetchall()
-    except sqlite3.OperationalError:
-        return False
-    return True
 
 
 @cache

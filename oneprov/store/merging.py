@@ -14,36 +14,32 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from .engine import Database
+from .records import count_returned, held_by, link_selected, returned_by
 from .recording import new_query
-from .schema import dataset_records, queries, query_datasets, query_sessions, session_records, utcnow
+from .schema import dataset_records, queries, session_records, utcnow
 
 
-def _merge(links: sa.Table, records: sa.Table, key: list[str]) -> sa.Insert:
-    """INSERT the links of the merged query ``:qid``: the answer's records, and those of ``:tables``
-    whose row (``key``) the answer does not hold."""
-    kept, answered = links.alias("kept"), links.alias("answered")
-    record, answer_record = records.alias("r"), records.alias("a")
-    answer_links = sa.select(sa.bindparam("qid"), links.c.record_id).where(links.c.query_id == sa.bindparam("answer"))
-    kept_links = (
-        sa.select(sa.bindparam("qid"), kept.c.record_id).select_from(kept.join(record, record.c.id == kept.c.record_id))
-        .where(kept.c.query_id == sa.bindparam("tables"), ~sa.exists().where(
-            answered.c.query_id == sa.bindparam("answer"), answered.c.record_id == answer_record.c.id,
-            *(answer_record.c[c] == record.c[c] for c in key))))
-    return links.insert().from_select(["query_id", "record_id"], sa.union(answer_links, kept_links))
+def _merged(records: sa.Table, key: list[str]) -> sa.Select:
+    """The records of the merged tables: the answer's (``:answer``), and those of ``:tables`` whose row
+    (``key``) the answer does not hold."""
+    kept, answered = records.alias("kept"), records.alias("answered")
+    same_row = [answered.c[c] == kept.c[c] for c in key]
+    return sa.union(
+        sa.select(records.c.id).select_from(returned_by(records, sa.bindparam("answer"))),
+        sa.select(kept.c.id).select_from(returned_by(kept, sa.bindparam("tables"), records.name))
+        .where(~sa.exists().where(*same_row, held_by(answered, sa.bindparam("answer"), records.name))))
 
 
-def _adds(links: sa.Table) -> sa.Select:
-    """A link of ``:answer`` to a record that ``:tables`` does not hold (the answer changes the tables)."""
-    inner = links.alias("inner")
-    return sa.select(links.c.record_id).where(links.c.query_id == sa.bindparam("answer"), ~sa.exists().where(
-        inner.c.query_id == sa.bindparam("tables"), inner.c.record_id == links.c.record_id)).limit(1)
+def _adds(records: sa.Table) -> sa.Select:
+    """A record of ``:answer`` that ``:tables`` does not hold (the answer changes the tables)."""
+    return (sa.select(records.c.id).select_from(returned_by(records, sa.bindparam("answer")))
+            .where(~held_by(records, sa.bindparam("tables"))).limit(1))
 
 
-_MERGE = [_merge(query_sessions, session_records, ["uuid"]),
-          _merge(query_datasets, dataset_records, ["uuid", "session_uuid"])]
-_ADDS = [_adds(query_sessions), _adds(query_datasets)]
-_COUNT = [sa.select(sa.func.count()).where(links.c.query_id == sa.bindparam("qid"))
-          for links in (query_sessions, query_datasets)]
+_RECORDS = [(session_records, ["uuid"]), (dataset_records, ["uuid", "session_uuid"])]
+_MERGED = [(records, _merged(records, key)) for records, key in _RECORDS]
+_ADDS = [_adds(records) for records, _ in _RECORDS]
+_COUNT = [sa.select(count_returned(records, sa.bindparam("qid"))) for records, _ in _RECORDS]
 _COMPLETE = queries.update().where(queries.c.id == sa.bindparam("qid")).values(
     n_sessions=sa.bindparam("n_sessions"), n_datasets=sa.bindparam("n_datasets"), completed_at=sa.bindparam("now"))
 
@@ -87,8 +83,8 @@ def merge_tables(db: Database, tables: int | None, answer: int | None, run_id: s
         if tables is not None and not any(conn.execute(adds, ids).first() for adds in _ADDS):
             return tables
         qid = new_query(conn, run_id, "merge_tables", {"tables": tables, "answer": answer}, source=source, mode="remote")
-        for merge in _MERGE:
-            conn.execute(merge, {**ids, "qid": qid})
+        for records, merged in _MERGED:
+            link_selected(conn, records, qid, merged.params(ids))
         n_sessions, n_datasets = (conn.execute(count, {"qid": qid}).scalar_one() for count in _COUNT)
         conn.execute(_COMPLETE, {"qid": qid, "n_sessions": n_sessions, "n_datasets": n_datasets, "now": utcnow()})
     return qid

@@ -31,6 +31,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 from ..errors import DatabaseError, SchemaVersionError
 from . import dialects
 from .engine import Database, create_engine, database_url, redact, sqlite_path
+from .records import span_problems
 from .schema import dataset_records
 
 _log = logging.getLogger("oneprov.store")
@@ -164,7 +165,8 @@ def downgrade(engine: Engine, target: str) -> SchemaStatus:
 
 
 def check(db: str | os.PathLike | URL | None) -> list[str]:
-    """Problems with a database, read-only: schema version, integrity and foreign keys (SQLite)."""
+    """Problems with a database, read-only: schema version, integrity and foreign keys (SQLite), the
+    spans of the records each query returned."""
     database = Database(create_engine(db, readonly=True))
     problems = []
     try:
@@ -181,6 +183,7 @@ def check(db: str | os.PathLike | URL | None) -> list[str]:
         with database.reading() as conn:
             problems.extend(database.dialect.integrity_problems(conn))
             if status.up_to_date:
+                problems.extend(span_problems(conn))
                 problems.extend(f"index {name} is missing: a first import is running, or was stopped (the next "
                                 "import builds it)" for name in missing_indexes(conn))
     finally:

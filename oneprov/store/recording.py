@@ -26,8 +26,8 @@ from ..secrets import scrub, scrub_params
 from .dialects import EVENT_COLUMNS
 from .engine import Database
 from .schema import dataset_records as dataset_records_table
-from .records import current
-from .schema import exports, queries, query_datasets, query_sessions, utcnow
+from .records import current, link, spans_of
+from .schema import exports, queries, query_dataset_spans, query_session_spans, utcnow
 from .schema import session_records as session_records_table
 
 _EVENT_FIELDS = frozenset(EVENT_COLUMNS)
@@ -124,7 +124,7 @@ def record_query(
                                                          scope=scope, duration_s=duration_s, error=error,
                                                          n_sessions=len(srecs), n_datasets=len(drecs), started_at=now,
                                                          completed_at=now),
-                                       {query_sessions: srecs, query_datasets: drecs})
+                                       {query_session_spans: spans_of(srecs), query_dataset_spans: spans_of(drecs)})
     with db.writing() as conn:
         srecs = sorted({*session_records, *_current_records(conn, session_records_table, sids)})
         drecs = sorted({*dataset_records, *_current_records(conn, dataset_records_table, dids)})
@@ -132,10 +132,8 @@ def record_query(
         qid = new_query(conn, run_id, method, params, mode=mode, revision_cutoff=revision_cutoff, scope=scope,
                         duration_s=duration_s, error=error, n_sessions=len(srecs), n_datasets=len(drecs),
                         started_at=now, completed_at=now)
-        if srecs:   # (in key order: the index is then appended to, not written all over)
-            db.dialect.link(conn, query_sessions, qid, srecs)
-        if drecs:
-            db.dialect.link(conn, query_datasets, qid, drecs)
+        link(conn, session_records_table, qid, spans_of(srecs))
+        link(conn, dataset_records_table, qid, spans_of(drecs))
     return qid
 
 

@@ -32,7 +32,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 from ..errors import BadInputError, DatabaseError
 from .engine import create_engine, database_url, mapped_errors, redact
 from .migrate import schema_status
-from .schema import CURRENT_VIEWS, PUBLIC_VIEWS, metadata
+from .schema import CURRENT_VIEWS, LINK_VIEWS, PUBLIC_VIEWS, metadata
 
 KINDS = ("client", "auditor")
 
@@ -154,7 +154,7 @@ def _statements(conn: Connection, role: str, kind: str, schema: str, dbname: str
 
     r = Identifier(role)
     tables = [Identifier(schema, t) for t in sorted(metadata.tables)]
-    readable = [*tables, *(Identifier(schema, v) for v in [*PUBLIC_VIEWS, *CURRENT_VIEWS]),
+    readable = [*tables, *(Identifier(schema, v) for v in [*PUBLIC_VIEWS, *CURRENT_VIEWS, *LINK_VIEWS]),
                 Identifier(schema, "alembic_version")]
     sequences = [Identifier(s, n) for s, n in _sequences(conn, schema)]
     statements = [SQL("REVOKE ALL ON TABLE {} FROM {}").format(names(readable), r)]
@@ -212,7 +212,7 @@ def _effective(conn: Connection, role: str, kind: str, schema: str, dbname: str)
         "AND has_table_privilege(CAST(:role AS name), c.oid, p.privilege) "
         "ORDER BY 1, 2").bindparams(sa.bindparam("names", expanding=True)),
         {"role": role, "schema": schema, "privileges": ["INSERT", "UPDATE", *NEVER],
-         "names": [*metadata.tables, *PUBLIC_VIEWS, *CURRENT_VIEWS, "alembic_version"]}).all()
+         "names": [*metadata.tables, *PUBLIC_VIEWS, *CURRENT_VIEWS, *LINK_VIEWS, "alembic_version"]}).all()
     extra = [f"{privilege} on {name}" for name, privilege in held if privilege not in writable.get(name, ())]
     if extra:
         warnings.append(f"role {role!r} can also {', '.join(extra)} (granted to PUBLIC or to a role it belongs "

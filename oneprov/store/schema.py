@@ -7,9 +7,9 @@ created there too, and their columns are a public contract listed in :data:`PUBL
 
 The idea: a dataset or session *record* is one state in which some source (an import of cache
 tables, a query) showed a row; records are never changed, a changed row is a new record. A query
-links the records it returned, so a client answers from the records of its own tables, whatever
-else shares the database, and a load names the record it was answered from. "Current state" is
-a view: each row's latest record.
+holds the records it returned (as spans of record ids), so a client answers from the records of
+its own tables, whatever else shares the database, and a load names the record it was answered
+from. "Current state" is a view: each row's latest record.
 
 Conventions:
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from sqlalchemy import (
-    BigInteger, Boolean, Column, Date, DateTime, Float, ForeignKey, Index, Integer, MetaData,
+    BigInteger, Boolean, Column, Date, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, MetaData,
     PrimaryKeyConstraint, String, Table, Text,
 )
 from sqlalchemy import true as sa_true
@@ -164,23 +164,49 @@ queries = Table(
     Index("ix_queries_source_checksum", "source", "checksum"),
 )
 
-#: The session records a query returned.
-query_sessions = Table(
-    "query_sessions", metadata,
+#: The records a query returned, as spans of record ids: the records ``first_id`` to ``last_id``,
+#: each of which is a record (a span never covers an id that is not). A query's spans never overlap.
+#: A whole table imported is one span or a few, not a row per record (migration 0009).
+query_session_spans = Table(
+    "query_session_spans", metadata,
     Column("query_id", Integer, ForeignKey("queries.id"), nullable=False),
-    Column("record_id", Integer, ForeignKey("session_records.id"), nullable=False),
-    PrimaryKeyConstraint("query_id", "record_id"),
+    Column("first_id", Integer, nullable=False),
+    Column("last_id", Integer, nullable=False),
+    PrimaryKeyConstraint("query_id", "first_id"),
     sqlite_with_rowid=False,  # stored by its key alone
 )
 
-#: The dataset records a query returned.
-query_datasets = Table(
-    "query_datasets", metadata,
+#: The dataset records a query returned, as spans of record ids (see ``query_session_spans``).
+query_dataset_spans = Table(
+    "query_dataset_spans", metadata,
     Column("query_id", Integer, ForeignKey("queries.id"), nullable=False),
-    Column("record_id", Integer, ForeignKey("dataset_records.id"), nullable=False),
-    PrimaryKeyConstraint("query_id", "record_id"),
+    Column("first_id", Integer, nullable=False),
+    Column("last_id", Integer, nullable=False),
+    PrimaryKeyConstraint("query_id", "first_id"),
     sqlite_with_rowid=False,
 )
+
+#: A digest of every row an import recorded, by record: what the next import of the same source
+#: compares its rows with, so that it finds the rows that changed without reading the records
+#: (migration 0009). ``record_ids`` and ``digests`` are packed arrays (little-endian int64, and 16
+#: bytes a record), written in parts; ``scheme`` names how the digests were computed.
+query_digests = Table(
+    "query_digests", metadata,
+    Column("query_id", Integer, ForeignKey("queries.id"), nullable=False),
+    Column("records", String(32), nullable=False),   # 'session_records' or 'dataset_records'
+    Column("part", Integer, nullable=False),
+    Column("scheme", String(32), nullable=False),
+    Column("record_ids", LargeBinary, nullable=False),
+    Column("digests", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("query_id", "records", "part"),
+)
+
+#: The records a query returned, a row each: views over the spans, for audit queries (``SELECT
+#: record_id FROM query_datasets WHERE query_id = 3``). Code that tests whether one record is held
+#: uses the spans (``store/records.py``), one index seek per record.
+views = MetaData()
+query_sessions = Table("query_sessions", views, Column("query_id", Integer), Column("record_id", Integer))
+query_datasets = Table("query_datasets", views, Column("query_id", Integer), Column("record_id", Integer))
 
 #: Every load attempt, successful or not. ``outcome`` is 'loaded' or 'download_only' for a success
 #: and names the failure otherwise (see :data:`SUCCESS_OUTCOMES`); ``record_id`` is the dataset
@@ -256,6 +282,13 @@ CURRENT_VIEWS: dict[str, list[str]] = {
                  "qc", "default_revision", "record_id", "first_seen_at"],
 }
 
+#: The records each query returned, one row each (views over the spans, migration 0009): the link
+#: tables of schema 0008, with their columns.
+LINK_VIEWS: dict[str, list[str]] = {
+    "query_sessions": ["query_id", "record_id"],
+    "query_datasets": ["query_id", "record_id"],
+}
+
 
 #: One line on each public view and table (``oneprov schema`` prints them; the README's table is
 #: checked against them): what one row is.
@@ -274,6 +307,9 @@ DESCRIPTIONS: dict[str, str] = {
     "queries": "a search, list, import, REST answer or merge of tables, with its parameters and source",
     "query_sessions": "a session record a query returned",
     "query_datasets": "a dataset record a query returned",
+    "query_session_spans": "the session records a query returned, as a span of record ids",
+    "query_dataset_spans": "the dataset records a query returned, as a span of record ids",
+    "query_digests": "a part of the digests of the rows an import recorded (what the next import compares with)",
     "access_events": "a load or download attempt, with the record it loaded and its outcome",
     "run_marks": "a mark on a run: a cleared list, a retirement, the tables it worked from",
     "exports": "a file written from the store, with its rows, bytes, sha256 and run",
@@ -331,6 +367,14 @@ TABLE_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "error": "why it failed (it then answers nothing)", "completed_at": "when all its rows were recorded (UTC)"},
     "query_sessions": {"query_id": "the query", "record_id": "a session record it returned"},
     "query_datasets": {"query_id": "the query", "record_id": "a dataset record it returned"},
+    "query_session_spans": {"query_id": "the query", "first_id": "the first session record of the span",
+                            "last_id": "the last session record of the span (every id between is one)"},
+    "query_dataset_spans": {"query_id": "the query", "first_id": "the first dataset record of the span",
+                            "last_id": "the last dataset record of the span (every id between is one)"},
+    "query_digests": {"query_id": "the import", "records": "session_records or dataset_records",
+                      "part": "the part's number", "scheme": "how the digests were computed",
+                      "record_ids": "the records (little-endian 64-bit integers)",
+                      "digests": "a 16-byte digest of each record's values, in the same order"},
     "access_events": {
         "id": "the event's id", "dataset_id": "the dataset's UUID (NULL: the request matched none)",
         "revision_cutoff": "ONE_REVISION_LAST_BEFORE in force", "scope": "the run's scope at the time",
@@ -372,7 +416,7 @@ def column_description(table: str, column: str) -> str:
 def public_schema() -> list[dict[str, object]]:
     """The public views, then the tables: ``name``, ``kind``, ``columns``, ``description``."""
     out: list[dict[str, object]] = []
-    for views in (PUBLIC_VIEWS, CURRENT_VIEWS):
+    for views in (PUBLIC_VIEWS, CURRENT_VIEWS, LINK_VIEWS):
         out += [{"name": n, "kind": "view", "columns": list(c), "description": DESCRIPTIONS[n]} for n, c in views.items()]
     out += [{"name": t.name, "kind": "table", "columns": [c.name for c in t.columns], "description": DESCRIPTIONS[t.name]}
             for t in metadata.sorted_tables]

@@ -1,0 +1,301 @@
+"""Digests of rows: how an import finds what changed since an earlier import of the same tables.
+
+Each row of a normalised sessions or datasets frame (the layouts of :mod:`oneprov.tables`) gets a
+digest of the values its record stores (``collection``, ``revision`` and ``name`` are parsed from
+``rel_path``, so ``rel_path`` stands for them) and a hash of its identity (its UUID; a dataset's
+UUID, session and path). An import stores them for every record it returned (``query_digests``,
+:func:`store_digests`); the next import compares its rows with those (:class:`Baseline`): a row
+whose digest is there is unchanged and keeps its record, without any record being read, and a row
+whose identity is there has changed.
+
+The digest is two 64-bit hashes computed independently of each other (the lanes: each has its own
+SipHash key for text, pandas' :func:`~pandas.util.hash_array`, and its own constants to mix the
+columns' words with splitmix64's finaliser; UUIDs and MD5s enter as their exact characters), so a
+changed row is taken for an unchanged one only if both lanes collide. :data:`SCHEME` names the
+whole recipe, and digests of another scheme are never compared with these.
+
+>>> import pandas as pd
+>>> frame = pd.DataFrame({"id": ["a2f5d3c6-9c0e-4b5b-8a49-6ad16a7d8a25"], "lab": ["lab"], "subject": ["m1"],
+...                       "date": [None], "number": [1], "task_protocol": [None], "projects": ["p"]})
+>>> a = row_digests(frame, "session_records")
+>>> b = row_digests(frame.assign(projects=["q"]), "session_records")
+>>> a.shape, bool((a[:, :2] == b[:, :2]).all()), bool(a[0, 2] == b[0, 2])   # other values, same identity
+((1, 3), False, True)
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from pandas.util import hash_array
+from sqlalchemy.engine import Connection
+
+from ..alf import QC_ORDER
+from .records import ROW_KEY, with_returned
+from .schema import queries, query_digests
+
+#: The recipe of :func:`row_digests`; stored with every digest.
+SCHEME = "splitmix128-identity64-v1"
+#: The columns of a normalised frame that a digest covers, in the order they are mixed: first the
+#: row's identity (the first :data:`IDENTITY` of them), then its state.
+FIELDS = {
+    "session_records": ["id", "lab", "subject", "date", "number", "task_protocol", "projects"],
+    "dataset_records": ["id", "eid", "rel_path", "file_size", "hash", "exists", "qc", "default_revision"],
+}
+IDENTITY = {"session_records": 1, "dataset_records": 3}
+#: Words stored a record: the digest's two lanes and the identity's hash.
+WIDTH = 3
+#: Records of a digest part (``query_digests``): 32 bytes each, so 32 MB a part at most.
+PART_ROWS = 1_000_000
+#: Rows recorded by other queries since the earlier import beyond which a new import compares every
+#: row with its row's current record instead (as an import with no earlier one does).
+NEWER_LIMIT = 100_000
+
+_KEYS = ("oneprov digest-1", "oneprov digest-2")            # SipHash keys (16 bytes each), one a lane
+_SEEDS = (np.uint64(0x6A09E667F3BCC908), np.uint64(0xBB67AE8584CAA73B))
+_MULTIPLIERS = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F))   # odd: x -> x * m is one-to-one
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+_QC_CODE = {name: code for code, name in enumerate(QC_ORDER)}
+_UUIDS = {"id", "eid"}            # canonical UUIDs: 36 ASCII characters
+_MD5 = {"hash"}                   # mostly 32 hexadecimal characters
+_REPEATED = {"rel_path", "lab", "subject", "task_protocol", "projects"}   # few distinct values
+#: The normalised frame's names of the record tables' identity columns.
+_FRAME_NAMES = {"uuid": "id", "session_uuid": "eid"}
+
+
+def row_digests(frame: pd.DataFrame, records: str) -> np.ndarray:
+    """The digest and identity hash of each row of a normalised frame of ``records``
+    ('session_records' or 'dataset_records'): an array of shape ``(len(frame), WIDTH)``, unsigned
+    64-bit, whose columns are the digest's two lanes and the identity's hash. The same values give
+    the same words in every process and every batch."""
+    return _mixed(frame, records, FIELDS[records])
+
+
+def row_identities(frame: pd.DataFrame, records: str) -> np.ndarray:
+    """The identity hash of :func:`row_digests` alone (signed 64-bit), from the identity's columns."""
+    return _mixed(frame, records, FIELDS[records][:IDENTITY[records]])[:, 2].view(np.int64)
+
+
+def _mixed(frame: pd.DataFrame, records: str, columns: list[str]) -> np.ndarray:
+    n = len(frame)
+    out = np.empty((n, WIDTH), dtype=np.uint64)
+    lanes = [np.full(n, seed, dtype=np.uint64) for seed in _SEEDS]
+    with np.errstate(over="ignore"):
+        for k, column in enumerate(columns):
+            for lane, words in enumerate(_words(frame[column], column)):
+                for word in words:
+                    _mix_in(lanes[lane], word, _MULTIPLIERS[lane])
+            if k + 1 == IDENTITY[records]:
+                out[:, 2] = lanes[0]
+    out[:, 0], out[:, 1] = lanes
+    return out
+
+
+def _words(values: pd.Series, column: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The 64-bit words (one or a few a row) that stand for ``values``, a column of a normalised
+    frame, in each lane: values that differ give words that differ."""
+    if column in _UUIDS:   # (exact, the same in both lanes)
+        return (_ascii_words(values.tolist(), 36),) * 2
+    if column == "exists":
+        return ([values.to_numpy(dtype=bool).astype(np.uint64)],) * 2
+    if column in ("number", "file_size"):
+        known = values.notna().to_numpy()
+        words = [np.where(known, values.fillna(0).to_numpy(dtype=np.int64), 0).astype(np.uint64),
+                 (~known).astype(np.uint64)]
+        return (words,) * 2
+    if column == "default_revision":   # True, False, or None (the tables did not say)
+        as_object = values.to_numpy(dtype=object)
+        return ([np.where(pd.isna(as_object), 2, as_object == True).astype(np.uint64)],) * 2  # noqa: E712
+    if column == "qc":
+        codes, names = pd.factorize(values.to_numpy(dtype=object))
+        return ([np.array([_QC_CODE[name] for name in names], dtype=np.uint64)[codes]],) * 2
+    if column == "date":
+        days = np.fromiter((v.toordinal() + 1 if isinstance(v, dt.date) else 0 for v in values),
+                           dtype=np.int64, count=len(values)).astype(np.uint64)
+        return ([days],) * 2
+    return _text_words(values, column)
+
+
+def _text_words(values: pd.Series, column: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Text: a kind word (0 text, 1 missing, 2 an MD5's 32 ASCII characters, exact), then the text's
+    SipHash with each lane's own key, or the MD5's four words."""
+    text = values.to_numpy(dtype=object)
+    n = len(text)
+    kind = np.zeros(n, dtype=np.uint64)
+    missing = values.isna().to_numpy() if values.hasnans else None
+    if missing is not None:
+        kind[missing] = 1
+        text = np.where(missing, "", text)
+    exact = None
+    if column in _MD5:
+        present = text if missing is None else text[~missing]
+        joined = "".join(present.tolist())
+        if len(joined) == 32 * len(present) and joined.isascii():   # (every one 32 characters: the usual case)
+            exact = np.ones(n, dtype=bool) if missing is None else ~missing
+        else:
+            exact = np.fromiter((len(t) == 32 and t.isascii() for t in text), dtype=bool, count=n)
+        kind[exact] = 2
+    hashed = np.flatnonzero(exact is None or ~exact) if exact is not None else None
+    lanes: list[list[np.ndarray]] = []
+    if column in _REPEATED:   # (each distinct value hashed once)
+        codes, uniques = pd.factorize(text)
+        per_lane = [hash_array(np.asarray(uniques, dtype=object), hash_key=key, categorize=False)[codes] for key in _KEYS]
+    elif hashed is not None and len(hashed) < n:
+        per_lane = []
+        for key in _KEYS:
+            words = np.zeros(n, dtype=np.uint64)
+            words[hashed] = hash_array(text[hashed], hash_key=key, categorize=False)
+            per_lane.append(words)
+    else:
+        per_lane = [hash_array(text, hash_key=key, categorize=False) for key in _KEYS]
+    for words in per_lane:
+        lanes.append([kind, words])
+    if exact is not None and exact.any():
+        md5 = np.zeros((n, 4), dtype=np.uint64)
+        md5[exact] = np.stack(_ascii_words(text[exact].tolist(), 32), axis=1)
+        for words in lanes:
+            words.extend(md5[:, k] for k in range(4))
+    return lanes[0], lanes[1]
+
+
+def _ascii_words(strings: list[str], width: int) -> list[np.ndarray]:
+    """Strings of ``width`` ASCII characters each as the little-endian words of their bytes (zero
+    padded): exact, and several times faster than hashing them."""
+    text = "".join(strings)
+    if len(text) != width * len(strings):
+        raise ValueError(f"not strings of {width} characters")
+    size = -(-width // 8) * 8
+    padded = np.zeros((len(strings), size), dtype=np.uint8)
+    padded[:, :width] = np.frombuffer(text.encode("ascii"), dtype=np.uint8).reshape(len(strings), width)
+    words = padded.view("<u8")
+    return [words[:, k] for k in range(size // 8)]
+
+
+def _mix_in(lane: np.ndarray, words: np.ndarray, multiplier: np.uint64) -> None:
+    """``lane = splitmix64_finaliser(lane + words * multiplier)``, in place."""
+    lane += words * multiplier
+    lane ^= lane >> _S30
+    lane *= _M1
+    lane ^= lane >> _S27
+    lane *= _M2
+    lane ^= lane >> _S31
+
+
+# -- stored with an import's records ---------------------------------------------------------
+
+def store_digests(conn: Connection, query: int, records: str, record_ids: np.ndarray, digests: np.ndarray,
+                  first_part: int = 0) -> int:
+    """Store the ``digests`` (of :func:`row_digests`) of ``query``'s records ``record_ids``, inside
+    ``conn``'s transaction, as parts numbered from ``first_part``; return the next part's number."""
+    ids = np.ascontiguousarray(record_ids, dtype="<i8")
+    packed = np.ascontiguousarray(digests, dtype="<u8")
+    part = first_part
+    for start in range(0, len(ids), PART_ROWS):
+        conn.execute(query_digests.insert(), {
+            "query_id": query, "records": records, "part": part, "scheme": SCHEME,
+            "record_ids": ids[start:start + PART_ROWS].tobytes(),
+            "digests": packed[start:start + PART_ROWS].tobytes()})
+        part += 1
+    return part
+
+
+def read_digests(conn: Connection, query: int, records: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The record ids and digests :func:`store_digests` stored for ``query``'s ``records``, or None
+    when it stored none of this scheme."""
+    d = query_digests.c
+    parts = conn.execute(sa.select(d.record_ids, d.digests).where(d.query_id == query, d.records == records,
+                                                                 d.scheme == SCHEME).order_by(d.part)).fetchall()
+    if not parts:
+        return None
+    ids = np.concatenate([np.frombuffer(p.record_ids, dtype="<i8") for p in parts]).astype(np.int64)
+    digests = np.concatenate([np.frombuffer(p.digests, dtype="<u8").reshape(-1, WIDTH) for p in parts])
+    return ids, digests.astype(np.uint64)
+
+
+class Baseline:
+    """The digests of the records an earlier import returned, of one record table: what a new import
+    compares its rows with.
+
+    A row whose digest is the earlier import's keeps that import's record (:meth:`match`); a row
+    whose identity is the earlier import's, with another digest, has changed since
+    (:meth:`replaces`). Rows that another query recorded since (``newer``: their identity hashes)
+    are neither: they are compared with their current record.
+    """
+
+    def __init__(self, query: int, record_ids: np.ndarray, digests: np.ndarray, newer: np.ndarray):
+        self.query, self.ids, self.digests, self.newer = query, record_ids, digests, newer
+        self.used = np.zeros(len(record_ids), dtype=bool)
+        self._index = pd.Index(digests[:, 0])   # (a hash table by the first lane; the second is compared after)
+        self._identities = pd.Index(digests[:, 2])
+
+    @property
+    def usable(self) -> bool:
+        """Whether the first lanes are distinct (anything else has never been seen: a 64-bit collision)."""
+        return self._index.is_unique
+
+    def match(self, digests: np.ndarray) -> np.ndarray:
+        """The earlier record of each row (``digests`` of :func:`row_digests`) that is unchanged since,
+        or -1; the records matched are remembered (:meth:`unchanged`)."""
+        at = self._index.get_indexer(digests[:, 0])
+        found = at >= 0
+        found[found] = self.digests[at[found], 1] == digests[found, 1]
+        found &= self._current(digests)
+        self.used[at[found]] = True
+        return np.where(found, self.ids[np.maximum(at, 0)], -1)
+
+    def replaces(self, digests: np.ndarray) -> np.ndarray:
+        """Whether each row (not matched) is one of the earlier import's rows, changed since: its
+        record is then that import's, and a new record is due without comparing."""
+        known = self._identities.get_indexer(digests[:, 2]) >= 0 if self._identities.is_unique \
+            else np.isin(digests[:, 2], self.digests[:, 2])
+        return known & self._current(digests)
+
+    def _current(self, digests: np.ndarray) -> np.ndarray:
+        if not len(self.newer):
+            return np.ones(len(digests), dtype=bool)
+        return ~np.isin(digests[:, 2].view(np.int64), self.newer)
+
+    def unchanged(self) -> tuple[np.ndarray, np.ndarray]:
+        """The records matched so far, and their digests."""
+        return self.ids[self.used], self.digests[self.used]
+
+
+def baseline(conn: Connection, source: str, records: sa.Table) -> Baseline | None:
+    """The digests of ``records`` of the import a new import from ``source`` compares its rows with:
+    the latest complete one from ``source`` that stored digests of this scheme, else the latest
+    from anywhere (a copy of the same tables elsewhere shares most rows; another cache's tables
+    share none, and are then compared row by row). None when there is none, or when too many of
+    its rows were recorded by other queries since (:data:`NEWER_LIMIT`).
+
+    Rows recorded since are those of records written after the import's last record, and of
+    records first written by queries completed since it (another import that ran alongside it).
+    """
+    q, r, d = queries.c, records.c, query_digests.c
+    stored_digests = sa.exists().where(d.query_id == q.id, d.records == records.name, d.scheme == SCHEME)
+    earlier = conn.execute(sa.select(q.id, q.completed_at).where(
+        q.completed_at.is_not(None), q.error.is_(None), stored_digests)
+        .order_by(sa.case((q.source == source, 1), else_=0).desc(), q.id.desc()).limit(1)).first()
+    stored = read_digests(conn, earlier.id, records.name) if earlier is not None else None
+    if stored is None:
+        return None
+    ids, digests = stored
+    key = [r[c] for c in ROW_KEY[records.name]]
+    later = sa.select(q.id).where(q.completed_at.is_not(None), q.id != earlier.id,
+                                  sa.or_(q.id > earlier.id, q.completed_at >= earlier.completed_at)).subquery("later")
+    since = sa.union(
+        sa.select(*key).select_from(records.join(queries, q.id == r.query_id))
+        .where(r.id > (int(ids.max()) if len(ids) else 0), q.completed_at.is_not(None)),
+        sa.select(*key).select_from(with_returned(later, later.c.id, records)).where(r.query_id == later.c.id))
+    rows = conn.execute(sa.select(sa.literal_column("*")).select_from(since.subquery()).limit(NEWER_LIMIT + 1)).fetchall()
+    if len(rows) > NEWER_LIMIT:
+        return None
+    names = [_FRAME_NAMES.get(c, c) for c in ROW_KEY[records.name]]
+    newer = row_identities(pd.DataFrame(rows, columns=names, dtype=object), records.name)
+    found = Baseline(earlier.id, ids, digests, np.unique(newer))
+    return found if found.usable else None
+
+
+__all__ = ["FIELDS", "SCHEME", "Baseline", "baseline", "read_digests", "row_digests", "row_identities", "store_digests"]
