@@ -289,8 +289,8 @@ def _ingest(db: Database, source: RowSource, rows: Rows, *, run_id: str | None, 
                         changed, repeated = _ingest_changed_datasets(db, conn, writer, qid, checked, returned, name,
                                                                      show), []
                     else:
-                        changed, repeated = _ingest_all_datasets(db, conn, writer, qid, rows, batch_size,
-                                                                 checked.repeats, checked.n_rows, returned, name, show)
+                        changed, repeated = _ingest_all_datasets(db, conn, writer, qid, rows, batch_size, checked,
+                                                                 returned, name, show)
                     n_datasets = checked.n_rows - len(repeated)
                     if repeated:
                         # One-api keeps such rows twice; here a row (id, session, path) is one record.
@@ -450,16 +450,18 @@ def _prepared(frames: Iterator[pd.DataFrame], repeats: set[int],
 
 
 def _ingest_all_datasets(db: Database, conn: Connection, writer: _Writer, qid: int, rows: Rows, batch_size: int,
-                         repeats: set[int], n_rows: int, returned: dict[str, _Returned], name: str,
+                         checked: _Checked, returned: dict[str, _Returned], name: str,
                          show: bool) -> tuple[int, list[str]]:
-    """Record every dataset row, one short write transaction per part; return how many rows became
-    new records, and the ids of the rows left out as repeats."""
+    """Record every dataset row, read again, one short write transaction per part (compared first with
+    the earlier import the check found, if any); return how many rows became new records, and the
+    ids of the rows left out as repeats."""
     repeated: list[str] = []
-    with tqdm(total=n_rows, unit="rows", desc="import datasets", disable=not show) as bar:
+    with tqdm(total=checked.n_rows, unit="rows", desc="import datasets", disable=not show) as bar:
         # Batch k+1 is read and prepared in a thread while batch k is written: SQLite works without
         # holding the GIL, so the two overlap on two cores.
-        changed = _write_parts(db, conn, writer, qid, in_background(_prepared(rows.datasets(batch_size), repeats, repeated)),
-                               returned["dataset_records"], name, bar)
+        prepared = in_background(_prepared(rows.datasets(batch_size), checked.repeats, repeated))
+        changed = _write_parts(db, conn, writer, qid, prepared, returned["dataset_records"], name, bar,
+                               earlier=checked.earlier)
     return changed, repeated
 
 
@@ -486,17 +488,17 @@ def _ingest_changed_datasets(db: Database, conn: Connection, writer: _Writer, qi
 
 def _write_parts(db: Database, conn: Connection, writer: _Writer, qid: int,
                  prepared: Iterator[tuple[list[list], np.ndarray]], returned: _Returned, name: str,
-                 bar: tqdm, *, new: bool = False) -> int:
+                 bar: tqdm, *, new: bool = False, earlier: digests.Baseline | None = None) -> int:
     """Write prepared rows (of :func:`_prepared`) in parts of the writer's size, a transaction each
-    (``new``: each as a new record); return how many rows became new records."""
+    (``new`` and ``earlier``: see :func:`_ingest_part`); return how many rows became new records."""
     changed = 0
     for values, row_digests in prepared:
         start = 0
         while start < len(values[0]):
             part = [column[start:start + writer.rows] for column in values]
             part_digests = row_digests[start:start + writer.rows]
-            changed += writer.write(lambda: _ingest_part(db, conn, qid, part, part_digests, returned, name, new=new),
-                                    len(part[0]))
+            changed += writer.write(lambda: _ingest_part(db, conn, qid, part, part_digests, returned, name, new=new,
+                                                         earlier=earlier), len(part[0]))
             start += len(part[0])
             bar.update(len(part[0]))
     return changed

@@ -73,14 +73,27 @@ def count_returned(records: sa.Table, query: int | sa.ColumnElement) -> sa.Scala
             .where(spans.c.query_id == query).scalar_subquery())
 
 
+#: Fewer record ids than this are made spans without numpy.
+_FEW = 256
+
+
 def spans_of(record_ids: Iterable[int] | np.ndarray) -> list[tuple[int, int]]:
     """The spans ``(first_id, last_id)`` of a set of record ids (in any order, repeated or not).
 
     >>> spans_of([7, 3, 4, 5, 9, 4])
     [(3, 5), (7, 7), (9, 9)]
     """
-    ids = np.fromiter(record_ids, dtype=np.int64) if not isinstance(record_ids, np.ndarray) \
-        else record_ids.astype(np.int64, copy=False)
+    if not isinstance(record_ids, np.ndarray):
+        record_ids = list(record_ids)
+        if len(record_ids) < _FEW:   # (a search's or a list's records: plain Python is quicker)
+            out: list[list[int]] = []
+            for i in sorted(set(record_ids)):
+                if out and out[-1][1] == i - 1:
+                    out[-1][1] = i
+                else:
+                    out.append([i, i])
+            return [(int(first), int(last)) for first, last in out]
+    ids = np.asarray(record_ids).astype(np.int64, copy=False)
     if not len(ids):
         return []
     steps = np.diff(ids)
