@@ -282,6 +282,24 @@ def _ingest(db: Database, source: RowSource, rows: Rows, *, run_id: str | None, 
             returned = {t.name: _Returned(qid, t) for t in (session_records, dataset_records)}
             with db.dialect.import_session(conn, bulk):
                 try:
+                    def complete(n_datasets: int) -> None:   # (inside the import's last transaction)
+                        rows.verify()
+                        if bulk:
+                            _build_indexes(conn)
+                        for part in returned.values():
+                            part.link(conn)
+                        conn.execute(queries.update().where(queries.c.id == qid).values(
+                            n_sessions=len(sessions), n_datasets=n_datasets,
+                            duration_s=time.perf_counter() - started, completed_at=utcnow()))
+
+                    if checked.changed is not None and sum(map(len, checked.changed)) <= writer.rows:
+                        # a few rows changed since the earlier import: all of it in one transaction
+                        with conn.begin():
+                            _ingest_sessions(db, conn, qid, sessions, returned["session_records"],
+                                             earlier["session_records"])
+                            changed = _ingest_changed_datasets(db, conn, None, qid, checked, returned, name, show)
+                            complete(checked.n_rows)
+                        return ImportResult(qid, len(sessions), checked.n_rows, changed, False)
                     with conn.begin():
                         _ingest_sessions(db, conn, qid, sessions, returned["session_records"],
                                          earlier["session_records"])
@@ -298,14 +316,7 @@ def _ingest(db: Database, source: RowSource, rows: Rows, *, run_id: str | None, 
                                       f"an earlier row (first: {repeated[0]}); the first of each was imported",
                                       UserWarning, stacklevel=3)
                     with conn.begin():
-                        rows.verify()
-                        if bulk:
-                            _build_indexes(conn)
-                        for part in returned.values():
-                            part.link(conn)
-                        conn.execute(queries.update().where(queries.c.id == qid).values(
-                            n_sessions=len(sessions), n_datasets=n_datasets,
-                            duration_s=time.perf_counter() - started, completed_at=utcnow()))
+                        complete(n_datasets)
                 except BaseException as exc:
                     # Marked once this connection is gone: interrupted mid-statement, it may still hold the
                     # write lock, so it is closed, not reused. SQLite closes it only once no statement is
@@ -465,22 +476,22 @@ def _ingest_all_datasets(db: Database, conn: Connection, writer: _Writer, qid: i
     return changed, repeated
 
 
-def _ingest_changed_datasets(db: Database, conn: Connection, writer: _Writer, qid: int, checked: _Checked,
+def _ingest_changed_datasets(db: Database, conn: Connection, writer: _Writer | None, qid: int, checked: _Checked,
                              returned: dict[str, _Returned], name: str, show: bool) -> int:
     """Record the dataset rows of an import that the check compared with an earlier import: the
     unchanged rows keep their records (nothing to write but their digests); the rows of the earlier
     import that changed get new records; the other rows are written as any row is. Return how many
-    rows became new records."""
+    rows became new records. With a ``writer``, in transactions of its size; without, in ``conn``'s."""
     unchanged, unchanged_digests = checked.earlier.unchanged()
     changed = pd.concat(checked.changed) if checked.changed else pd.DataFrame(columns=["_replaces"])
     replacing = changed["_replaces"].to_numpy(dtype=bool)
     parts = [(_prepared(iter([changed[replacing]]), set(), []), True),
              (_prepared(iter([changed[~replacing]]), set(), []), False)]
-    with conn.begin():
+    if writer is None:
         returned["dataset_records"].add(conn, unchanged, unchanged_digests)
-        if len(changed) <= writer.rows:   # (few: in the same transaction)
-            return sum(_ingest_part(db, conn, qid, values, row_digests, returned["dataset_records"], name, new=new)
-                       for prepared, new in parts for values, row_digests in prepared if len(values[0]))
+        return sum(_ingest_part(db, conn, qid, values, row_digests, returned["dataset_records"], name, new=new)
+                   for prepared, new in parts for values, row_digests in prepared if len(values[0]))
+    writer.write(lambda: returned["dataset_records"].add(conn, unchanged, unchanged_digests), len(unchanged))
     with tqdm(total=len(changed), unit="rows", desc="import changed datasets", disable=not show) as bar:
         return sum(_write_parts(db, conn, writer, qid, prepared, returned["dataset_records"], name, bar, new=new)
                    for prepared, new in parts)
