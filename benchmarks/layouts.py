@@ -7,9 +7,10 @@ transactions of 100,000 rows (the records, and the query's link rows where the l
 then the three secondary indexes, with the page cache of a first import. Printed: the time of the
 rows, of the indexes, in all, the rate, and the file's size.
 
-- A: today's (``dataset_records`` keyed by text UUIDs, a link row per record).
-- B: the session as an integer key instead of its text UUID.
-- C: B without link rows (a query would hold the records an import wrote by their id range).
+- A: schema 0008's (``dataset_records`` keyed by text UUIDs, a link row per record).
+- A': today's, schema 0009's: A without link rows (a query holds its records as spans of ids).
+- B: the session as an integer key instead of its text UUID, link rows.
+- C: B without link rows.
 - D: C with the dataset UUID as 16 bytes instead of 36 characters of text.
 
 Example (1M rows, about a minute and a half on 2 cores)::
@@ -34,8 +35,10 @@ COLUMNS = ["id", "eid", "rel_path", "collection", "revision", "name", "file_size
 def _layouts(session_ids: dict[str, int]) -> dict[str, dict[str, Any]]:
     text: Callable[[str], Any] = str
     return {
-        "A today's (text session UUID, link rows)": dict(session="session_uuid TEXT", to_session=text,
-                                                         uuid="TEXT", to_uuid=text, links=True),
+        "A schema 0008 (text session UUID, link rows)": dict(session="session_uuid TEXT", to_session=text,
+                                                             uuid="TEXT", to_uuid=text, links=True),
+        "A' today's, 0009 (A without link rows)": dict(session="session_uuid TEXT", to_session=text,
+                                                       uuid="TEXT", to_uuid=text, links=False),
         "B integer session key, link rows": dict(session="session_id INTEGER", to_session=session_ids.__getitem__,
                                                  uuid="TEXT", to_uuid=text, links=True),
         "C integer session key, no link rows": dict(session="session_id INTEGER", to_session=session_ids.__getitem__,

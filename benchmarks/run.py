@@ -250,7 +250,7 @@ def section_open(ctx: Context) -> None:
             con.execute("CREATE TABLE datasets (id TEXT NOT NULL UNIQUE, eid TEXT NOT NULL, rel_path TEXT NOT NULL, "
                         "collection TEXT, revision TEXT, name TEXT, file_size INTEGER, hash TEXT, "
                         "exists_ INTEGER, qc TEXT, default_revision INTEGER, state_id INTEGER)")
-            if with_layout:  # what an import into oneprov's layout must write at the least
+            if with_layout:  # what an import into schema 0008's layout (a link row per record) wrote at the least
                 con.execute("CREATE INDEX ix_name ON datasets (name)")
                 con.execute("CREATE INDEX ix_scn ON datasets (eid, collection, name)")
                 con.execute("CREATE TABLE history (id INTEGER PRIMARY KEY, dataset_id TEXT NOT NULL, query_id INTEGER, "
@@ -300,7 +300,7 @@ def section_open(ctx: Context) -> None:
     ctx.add(Row("1 open", f"first import ({n_rows:,} datasets rows), rows/s", "raw sqlite3.executemany",
                 n_rows / t_raw, rate, "rows/s", f"ratio ≤ {RATIO['import_vs_raw']:g} (≥ {1 / RATIO['import_vs_raw']:g}x the raw rate)",
                 n_rows / t_raw <= RATIO["import_vs_raw"] * rate, f"oneprov import {fmt_seconds(t_import)}; database {db_mb:,.0f} MiB"))
-    ctx.add(Row("1 open", "first import, rows/s", "raw sqlite3, oneprov's layout (indexes, history, query rows)",
+    ctx.add(Row("1 open", "first import, rows/s", "raw sqlite3, schema 0008's layout (indexes, history, query rows)",
                 n_rows / t_raw_layout, rate, "rows/s", "(same target)", None))
     ctx.add(Row("1 open", "first import, rows/s", "pyarrow read + write of datasets.pqt",
                 n_rows / (t_read + t_write), rate, "rows/s", "—", None,
