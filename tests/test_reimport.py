@@ -23,12 +23,17 @@ VALUES = ["uuid", "session_uuid", "rel_path", "file_size", "hash", "exists", "qc
 
 
 @pytest.fixture(params=["small", "large"])
-def path(request, monkeypatch):
+def path(request, monkeypatch) -> int:
     """Which import path: one transaction (tables of up to 20,000 rows), or the large tables' one
-    (its check pass, many transactions), here with small batches and parts."""
+    (its check pass, many transactions), here in batches of 300 rows and parts of 400. The batch
+    size to import with."""
     if request.param == "large":
         monkeypatch.setattr(ingest, "SMALL_ROWS", 0)
-    return request.param
+        monkeypatch.setattr(ingest, "WRITE_SECONDS", 0.0)   # (parts of the writer's least size)
+        monkeypatch.setattr(ingest, "FIRST_PART", 400)
+        monkeypatch.setattr(ingest, "MIN_PART", 400)
+        return 300
+    return ingest.IMPORT_BATCH
 
 
 @pytest.fixture
@@ -88,21 +93,24 @@ def test_spans_of_record_ids():
 
 
 def test_a_first_import_is_one_span(store, tables, path):
-    result = store.import_cache(tables)
+    result = store.import_cache(tables, batch_size=path)
     assert store.sql("SELECT count(*) AS n FROM query_dataset_spans").n[0] == 1
     assert store.sql("SELECT count(*) AS n FROM query_session_spans").n[0] == 1
     assert len(records_of(store, result.query_id)) == result.datasets == 2000
     stored = store.sql(f"SELECT sum(length(record_ids)) AS n FROM query_digests "
                        f"WHERE query_id = {result.query_id} AND records = 'dataset_records'").n[0]
     assert stored == 8 * 2000   # a digest of every record
+    parts = store.sql(f"SELECT count(*) AS n FROM query_digests WHERE query_id = {result.query_id} "
+                      "AND records = 'dataset_records'").n[0]
+    assert parts == (1 if path == ingest.IMPORT_BATCH else -(-2000 // path))   # (with each part's rows)
     spans_are_sound(store)
 
 
 def test_changed_tables_write_only_what_changed(store, tables, path):
-    first = store.import_cache(tables)
+    first = store.import_cache(tables, batch_size=path)
     before = records_of(store, first.query_id).set_index(["uuid", "session_uuid", "rel_path"])
     new_table = change(tables, every=50, drop=3, add=2)
-    second = store.import_cache(tables)
+    second = store.import_cache(tables, batch_size=path)
     assert second.datasets == 2000 - 3 + 2 and second.changed == 40 + 2
     after = records_of(store, second.query_id).set_index(["uuid", "session_uuid", "rel_path"])
     assert len(after) == second.datasets
@@ -124,7 +132,8 @@ def test_changed_tables_write_only_what_changed(store, tables, path):
     assert len(current) == 2000 + 2 and len(merged) == len(new_table) and (merged.qc_x == merged.qc_y).all()
 
 
-def test_the_same_answer_when_compared_row_by_row(db_url, tmp_path, tables, path, monkeypatch):
+@pytest.mark.parametrize("every", [30, 3])   # (3: more changed rows than a part of the large path)
+def test_the_same_answer_when_compared_row_by_row(db_url, tmp_path, tables, path, monkeypatch, every):
     """The digests only shorten the comparison: with none to compare with, the same tables give
     the same records, state for state."""
     from oneprov import open_store
@@ -137,9 +146,9 @@ def test_the_same_answer_when_compared_row_by_row(db_url, tmp_path, tables, path
         shutil.copytree(tables, folder)
         url = db_url if compare == "digests" else str(tmp_path / "row_by_row.sqlite")
         with open_store(url) as store:
-            store.import_cache(folder)
-            change(folder, every=30, drop=5, add=4)
-            second = store.import_cache(folder)
+            store.import_cache(folder, batch_size=path)
+            change(folder, every=every, drop=5, add=4)
+            second = store.import_cache(folder, batch_size=path)
             rows = records_of(store, second.query_id).drop(columns="id")
             rows["exists"] = rows["exists"].astype(bool)   # (SQLite's 0/1, PostgreSQL's booleans)
             rows["default_revision"] = [None if pd.isna(v) else bool(v) for v in rows["default_revision"]]
@@ -155,11 +164,11 @@ def test_rows_another_cache_recorded_since_are_compared_with_their_current_recor
     gives), though most are unchanged since A's first import."""
     other = tmp_path / "other"
     shutil.copytree(tables, other)
-    store.import_cache(tables)
+    store.import_cache(tables, batch_size=path)
     change(other, every=1)                        # every row other
-    store.import_cache(other)
+    store.import_cache(other, batch_size=path)
     table = change(tables, every=100)
-    again = store.import_cache(tables)
+    again = store.import_cache(tables, batch_size=path)
     current = store.sql("SELECT id, session_id, rel_path, qc, hash FROM datasets")
     merged = current.merge(table.rename(columns={"eid": "session_id"}), on=["id", "session_id", "rel_path"])
     assert len(merged) == 2000 and (merged.qc_x == merged.qc_y).all()
@@ -170,20 +179,20 @@ def test_rows_another_cache_recorded_since_are_compared_with_their_current_recor
 
 
 def test_a_copy_of_the_tables_elsewhere_is_compared_with_them(store, tmp_path, tables, path):
-    store.import_cache(tables)
+    store.import_cache(tables, batch_size=path)
     copy = tmp_path / "copy"
     shutil.copytree(tables, copy)
     change(copy, every=200)
-    assert store.import_cache(copy).changed == 10
+    assert store.import_cache(copy, batch_size=path).changed == 10
 
 
 def test_many_changed_rows_are_read_again(store, tables, path, monkeypatch):
     """More changed rows than an import keeps from its check: the table is read again, with the
     same result."""
     monkeypatch.setattr(ingest, "KEEP_CHANGED", 5)
-    store.import_cache(tables)
+    store.import_cache(tables, batch_size=path)
     change(tables, every=10)
-    again = store.import_cache(tables)
+    again = store.import_cache(tables, batch_size=path)
     assert again.changed == 200
     assert len(records_of(store, again.query_id)) == 2000
     spans_are_sound(store)
@@ -225,7 +234,7 @@ def test_db_check_finds_spans_that_overlap_or_cover_no_record(tmp_path, tables):
 
     db = tmp_path / "p.sqlite"
     with open_store(db) as store:
-        store.import_cache(tables)
+        store.import_cache(tables, batch_size=path)
     assert migrate.check(db) == []
     raw = sqlite3.connect(db)   # (past the append-only triggers, as only someone writing the file could)
     raw.execute("DROP TRIGGER oneprov_query_dataset_spans_no_replace")

@@ -74,6 +74,8 @@ _log = logging.getLogger("oneprov.store")
 IMPORT_BATCH = 100_000
 #: How long one write transaction of an import may hold the write lock, in seconds: others wait that long.
 WRITE_SECONDS = 0.3
+#: Dataset rows of an import's first write transaction, and of any at the least (then sized by time).
+FIRST_PART, MIN_PART = 5_000, 1_000
 #: While other connections committed in the last this many seconds, an import gives way to them...
 CONTENDED_S = 2.0
 #: ...at most this often, in seconds (a load waits about this long behind an import, at most).
@@ -608,7 +610,7 @@ class _Writer:
     """
 
     def __init__(self, dialect: dialects.Dialect, conn: Connection) -> None:
-        self.rows = 5_000
+        self.rows = FIRST_PART
         self.pauses = 0
         self._dialect, self._conn = dialect, conn
         self._commits = dialect.commits_by_others(conn)
@@ -621,7 +623,7 @@ class _Writer:
         with self._conn.begin():
             result = step()
         seconds = max(time.perf_counter() - started, 1e-3)
-        self.rows = int(min(max(n * WRITE_SECONDS / seconds, 1_000), IMPORT_BATCH))
+        self.rows = int(min(max(n * WRITE_SECONDS / seconds, MIN_PART), IMPORT_BATCH))
         return result
 
     def _give_way(self) -> None:
