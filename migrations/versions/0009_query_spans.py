@@ -10,7 +10,7 @@ Records are numbered as they are written, so the records of one query mostly fol
   imported is one span, or a few; a refreshed table, a span per run of unchanged rows.
 - ``query_sessions`` and ``query_datasets`` become views with their former columns, a row per
   record, for audit queries.
-- ``query_digests``: a 16-byte digest of each row an import recorded, with its record, so that the
+- ``query_digests``: a digest of each row an import recorded, with its record, so that the
   next import of the same tables finds the rows that changed without reading the records.
 
 Existing links become spans (each run of consecutive linked ids of a query is one span); the way

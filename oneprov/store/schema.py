@@ -186,10 +186,11 @@ query_dataset_spans = Table(
     sqlite_with_rowid=False,
 )
 
-#: A digest of every row an import recorded, by record: what the next import of the same source
+#: A digest of every row an import recorded, by record: what a later import of the same tables
 #: compares its rows with, so that it finds the rows that changed without reading the records
-#: (migration 0009). ``record_ids`` and ``digests`` are packed arrays (little-endian int64, and 16
-#: bytes a record), written in parts; ``scheme`` names how the digests were computed.
+#: (migration 0009; ``store/digests.py``). ``record_ids`` and ``digests`` are packed little-endian
+#: arrays (an int64 a record; three uint64 a record: the digest's two words and the identity's
+#: hash), written in parts; ``scheme`` names how the digests were computed.
 query_digests = Table(
     "query_digests", metadata,
     Column("query_id", Integer, ForeignKey("queries.id"), nullable=False),
@@ -374,7 +375,7 @@ TABLE_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
     "query_digests": {"query_id": "the import", "records": "session_records or dataset_records",
                       "part": "the part's number", "scheme": "how the digests were computed",
                       "record_ids": "the records (little-endian 64-bit integers)",
-                      "digests": "a 16-byte digest of each record's values, in the same order"},
+                      "digests": "each record's digest (two 64-bit words) and identity hash (one), in the same order"},
     "access_events": {
         "id": "the event's id", "dataset_id": "the dataset's UUID (NULL: the request matched none)",
         "revision_cutoff": "ONE_REVISION_LAST_BEFORE in force", "scope": "the run's scope at the time",
