@@ -15,6 +15,7 @@ import pytest
 
 from oneprov import ONE
 from oneprov.store import digests, ingest
+from oneprov.store.schema import dataset_records
 from oneprov.store.records import merged_spans, spans_of
 from oneprov.synthetic import make_repository
 from oneprov.tables import iter_datasets
@@ -245,3 +246,56 @@ def test_db_check_finds_spans_that_overlap_or_cover_no_record(tmp_path, tables):
     problems = migrate.check(db)
     assert any("query 1 from record 5 overlaps" in p for p in problems)
     assert any("cover 2 ids that are not dataset_records" in p for p in problems)
+
+
+def test_a_baseline_finds_each_row_by_its_digest_and_identity():
+    """Baseline.match and .replaces against a plain dictionary, on random digests (some rows
+    unchanged, some changed, some new, some recorded since by another query)."""
+    rng = np.random.default_rng(7)
+    earlier = rng.integers(0, 2 ** 63, size=(1000, 3), dtype=np.int64).view(np.uint64)
+    ids = np.arange(1001, 2001, dtype=np.int64)
+    rows = earlier[rng.permutation(1000)[:600]].copy()
+    rows[:100, 1] ^= np.uint64(1)                          # changed: another second lane
+    rows[100:150] = rng.integers(0, 2 ** 63, size=(50, 3), dtype=np.int64).view(np.uint64)   # new rows
+    newer = rows[150:160, 2].view(np.int64).copy()          # recorded by another query since
+    baseline = digests.Baseline(3, ids, earlier, np.unique(newer))
+    by_digest = {(int(d[0]), int(d[1])): int(i) for d, i in zip(earlier, ids)}
+    by_identity = {int(d[2]) for d in earlier}
+    found, replaces = baseline.match(rows), baseline.replaces(rows)
+    for k, row in enumerate(rows):
+        since = int(row[2].view(np.int64)) in set(newer.tolist())
+        expected = -1 if since else by_digest.get((int(row[0]), int(row[1])), -1)
+        assert found[k] == expected
+        assert replaces[k] == (int(row[2]) in by_identity and not since)
+    unchanged, their_digests = baseline.unchanged()
+    assert sorted(unchanged.tolist()) == sorted(found[found >= 0].tolist()) and len(unchanged) == 440
+    assert baseline.usable and not digests.Baseline(3, ids[:2], earlier[[0, 0]], newer).usable
+
+
+def test_rows_of_a_query_that_ran_alongside_the_earlier_import_are_compared_row_by_row(store):
+    """A query that started before the earlier import completed, and completed after it, may have
+    written a newer record of a row with an id below the import's last: the baseline names that
+    row among those recorded since (they are compared with their current record)."""
+    r, s = ("aaaaaaaa-0000-4000-8000-000000000001", "bbbbbbbb-0000-4000-8000-000000000002")
+    session = "cccccccc-0000-4000-8000-000000000003"
+    rows = pd.DataFrame({"id": [r, s], "eid": [session] * 2, "rel_path": ["alf/x.npy", "alf/y.npy"],
+                         "file_size": pd.array([1, 2], dtype="Int64"), "hash": [None, None], "exists": [True, True],
+                         "qc": ["PASS", "PASS"], "default_revision": [None, None]})
+    t = "'2026-01-01 00:00:0{}'"
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql(f"INSERT INTO queries (id, method, source, started_at, completed_at) VALUES "
+                             f"(1, 'import_cache', '/a', {t.format(1)}, {t.format(3)}), "
+                             f"(2, 'rest', 'http://alyx', {t.format(2)}, {t.format(4)})")
+        conn.exec_driver_sql(
+            'INSERT INTO dataset_records (id, uuid, session_uuid, rel_path, collection, revision, name, "exists", qc, '
+            f"query_id, first_seen_at) VALUES (1, '{r}', '{session}', 'alf/x.npy', 'alf', '', 'x.npy', TRUE, 'PASS', 1, "
+            f"{t.format(1)}), (2, '{r}', '{session}', 'alf/x.npy', 'alf', '', 'x.npy', TRUE, 'FAIL', 2, {t.format(2)}), "
+            f"(3, '{s}', '{session}', 'alf/y.npy', 'alf', '', 'y.npy', TRUE, 'PASS', 1, {t.format(1)})")
+        conn.exec_driver_sql("INSERT INTO query_dataset_spans VALUES (1, 1, 1), (1, 3, 3), (2, 2, 2)")
+        digests.store_digests(conn, 1, "dataset_records", np.array([1, 3]), digests.row_digests(rows, "dataset_records"))
+    with store.reading() as conn:
+        found = digests.baseline(conn, "/a", dataset_records)
+    assert found is not None and found.query == 1
+    assert found.newer.tolist() == sorted(digests.row_identities(rows.iloc[:1], "dataset_records").tolist())
+    # so row r, unchanged since the import, is not taken as unchanged: its current record is query 2's
+    assert found.match(digests.row_digests(rows, "dataset_records")).tolist() == [-1, 3]
