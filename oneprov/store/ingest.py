@@ -484,16 +484,19 @@ def _ingest_changed_datasets(db: Database, conn: Connection, writer: _Writer | N
     unchanged rows keep their records (nothing to write but their digests); the rows of the earlier
     import that changed get new records; the other rows are written as any row is. Return how many
     rows became new records. With a ``writer``, in transactions of its size; without, in ``conn``'s."""
-    unchanged, unchanged_digests = checked.earlier.unchanged()
+    def unchanged() -> None:
+        for ids, row_digests in checked.earlier.unchanged():
+            returned["dataset_records"].add(conn, ids, row_digests)
+
     changed = pd.concat(checked.changed) if checked.changed else pd.DataFrame(columns=["_replaces"])
     replacing = changed["_replaces"].to_numpy(dtype=bool)
     parts = [(_prepared(iter([changed[replacing]]), set(), []), True),
              (_prepared(iter([changed[~replacing]]), set(), []), False)]
     if writer is None:
-        returned["dataset_records"].add(conn, unchanged, unchanged_digests)
+        unchanged()
         return sum(_ingest_part(db, conn, qid, values, row_digests, returned["dataset_records"], name, new=new)
                    for prepared, new in parts for values, row_digests in prepared if len(values[0]))
-    writer.write(lambda: returned["dataset_records"].add(conn, unchanged, unchanged_digests), len(unchanged))
+    writer.write(unchanged, int(checked.earlier.used.sum()))
     with tqdm(total=len(changed), unit="rows", desc="import changed datasets", disable=not show) as bar:
         return sum(_write_parts(db, conn, writer, qid, prepared, returned["dataset_records"], name, bar, new=new)
                    for prepared, new in parts)
