@@ -7,6 +7,7 @@ database of its own, migrated by the owner role.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import secrets
 import subprocess
@@ -440,3 +441,36 @@ def test_a_client_cannot_record_into_or_close_another_roles_run(pg, shared, tmp_
         runs = store.runs().set_index("label")
         assert bool(runs.loc["mine", "retired"]) and runs.loc["mine", "status"] == "running"
         assert runs.loc["mine", "loads"] == 0 and runs.loc["theirs", "status"] == "finished"
+
+
+RESERVE_IDS = """
+import json, random, sys
+from oneprov import open_store
+from oneprov.store.schema import dataset_records, session_records
+store = open_store(sys.argv[1])
+rng, taken = random.Random(int(sys.argv[2])), []
+for _ in range(40):
+    with store.writing() as conn:
+        table = rng.choice([dataset_records, session_records])
+        ids = list(store.dialect.reserve_ids(conn, table, rng.randint(1, 400)))
+        taken.append([table.name, ids])
+print(json.dumps(taken))
+"""
+
+
+def test_owner_and_clients_drawing_ids_at_once_each_get_one_range_of_their_own(shared):
+    """Every writer of records draws its ids under one lock a table: the owner moves the sequence
+    on in one call, a client (which may not) draws them one by one. Two owner and two client
+    processes drawing at once: each draw is one range, and no id is drawn twice."""
+    procs = [subprocess.Popen([sys.executable, "-c", RESERVE_IDS, url, str(seed)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for seed, url in enumerate([shared.owner_url, shared.client_url] * 2)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in results]
+    drawn: dict[str, list[int]] = {"dataset_records": [], "session_records": []}
+    for out, _ in results:
+        for table, ids in json.loads(out):
+            assert ids == list(range(ids[0], ids[0] + len(ids))), (table, ids[:5])
+            drawn[table].extend(ids)
+    for table, ids in drawn.items():
+        assert len(ids) > 1000 and len(set(ids)) == len(ids), table

@@ -556,3 +556,67 @@ def test_driver_writes_from_several_threads_and_after_a_failure(store, repo):
     assert last[0] > first[0] and store.sql("SELECT max(id) AS m FROM access_events").m[0] == last[0]
     store.close()
     assert store._kept is None
+
+
+@pytest.mark.parametrize("in_parts", [False, True], ids=["one transaction", "in parts"])
+def test_a_first_import_adds_back_what_it_writes_its_rows_without(db_url, tmp_path, monkeypatch, in_parts):
+    """A first import writes the dataset records without their secondary indexes, and on PostgreSQL
+    (which checks a foreign key row by row) without their foreign key: once it completes they are
+    all there, and the key holds."""
+    from oneprov.store import ingest
+    from oneprov.store.migrate import (BULK_FOREIGN_KEYS, BULK_INDEXES, missing_foreign_keys,
+                                       missing_indexes)
+    from oneprov.store.schema import dataset_records
+    from oneprov.synthetic import make_repository
+
+    repo = make_repository(tmp_path / "alf", n_sessions=150, datasets_per_session=20, write_files=False)
+    if in_parts:
+        monkeypatch.setattr(ingest, "SMALL_ROWS", 0)
+        monkeypatch.setattr(ingest, "WRITE_SECONDS", 0.0)
+        monkeypatch.setattr(ingest, "FIRST_PART", 500)
+        monkeypatch.setattr(ingest, "MIN_PART", 500)
+    seen, real = [], ingest._add_revisions
+
+    def spy(conn, names, now):   # (inside the transaction that wrote a part's records)
+        seen.append((missing_indexes(conn), missing_foreign_keys(conn)))
+        return real(conn, names, now)
+
+    monkeypatch.setattr(ingest, "_add_revisions", spy)
+    store = open_store(db_url)
+    assert store.import_cache(repo.root).datasets == len(repo.datasets) == 3000
+    keys = [k.name for k in BULK_FOREIGN_KEYS] if store.dialect.name == "postgresql" else []
+    assert len(seen) == (6 if in_parts else 1)
+    assert seen == [([i.name for i in BULK_INDEXES], keys)] * len(seen)
+    with store.reading() as conn:
+        assert missing_indexes(conn) == [] and missing_foreign_keys(conn) == []
+        row = dict(conn.execute(sa.select(dataset_records).limit(1)).one()._mapping)
+    with pytest.raises(Exception, match="(?i)foreign key"):
+        with store.writing() as conn:
+            conn.execute(dataset_records.insert().values({**row, "id": 10 ** 8, "query_id": 10 ** 7}))
+    store.close()
+
+
+def test_what_a_stopped_first_import_left_missing_is_named_by_check_and_added_by_the_next(db_url, tmp_path):
+    """A first import killed half-way leaves the indexes (and on PostgreSQL the foreign key) it
+    had dropped missing: ``oneprov db check`` names each, and the next import adds them back."""
+    from oneprov.store.migrate import BULK_FOREIGN_KEYS, BULK_INDEXES, check
+    from oneprov.synthetic import make_repository
+
+    repo = make_repository(tmp_path / "alf", n_sessions=60, datasets_per_session=20, write_files=False)
+    store = open_store(db_url)
+    store.import_cache(repo.root)
+    postgres = store.dialect.name == "postgresql"
+    with store.writing() as conn:   # (what the killed import's first transaction had committed)
+        for index in BULK_INDEXES:
+            index.drop(conn)
+        for key in BULK_FOREIGN_KEYS if postgres else []:
+            conn.execute(sa.schema.DropConstraint(key))
+    expected = [f"index {i.name} is missing" for i in BULK_INDEXES]
+    expected += [f"foreign key {k.name} is missing" for k in BULK_FOREIGN_KEYS] if postgres else []
+    problems = check(db_url)
+    assert [p.split(":")[0] for p in problems] == expected
+    folder = copy_tables(repo, tmp_path / "changed")
+    rewrite_datasets(folder, lambda df: df.assign(qc="PASS"))
+    assert store.import_cache(folder).changed > 0
+    assert check(db_url) == []
+    store.close()

@@ -48,8 +48,6 @@ def _latest(records: sa.Table, key: list[str], fields: list[str]) -> sa.Select:
 
 _LATEST_SESSIONS = _latest(session_records, ["uuid"], _SESSION_FIELDS)
 _LATEST_DATASETS = _latest(dataset_records, _DATASET_KEY, _DATASET_FIELDS)
-_INSERT_SESSIONS = session_records.insert().returning(session_records.c.id, sort_by_parameter_order=True)
-_INSERT_DATASETS = dataset_records.insert().returning(dataset_records.c.id, sort_by_parameter_order=True)
 _KNOWN_REVISIONS = sa.select(revisions.c.name).where(revisions.c.name.in_(sa.bindparam("names", expanding=True)))
 _COMPLETE = queries.update().where(queries.c.id == sa.bindparam("qid")).values(
     n_sessions=sa.bindparam("n_sessions"), n_datasets=sa.bindparam("n_datasets"),
@@ -109,8 +107,8 @@ def record_answer(db: Database, *, location: str, sessions: Sequence[dict[str, A
                 return earlier.id
         qid = new_query(conn, run_id, method, params, source=location, checksum=checksum, mode=mode)
         now = utcnow()
-        session_ids = _records(conn, _LATEST_SESSIONS, _INSERT_SESSIONS, ["uuid"], _SESSION_FIELDS, sessions, qid, now)
-        dataset_ids = _records(conn, _LATEST_DATASETS, _INSERT_DATASETS, _DATASET_KEY, _DATASET_FIELDS, datasets, qid, now)
+        session_ids = _records(db, conn, _LATEST_SESSIONS, session_records, ["uuid"], _SESSION_FIELDS, sessions, qid, now)
+        dataset_ids = _records(db, conn, _LATEST_DATASETS, dataset_records, _DATASET_KEY, _DATASET_FIELDS, datasets, qid, now)
         names = sorted({d["revision"] for d in datasets if d["revision"]})
         if names:
             known = set(conn.execute(_KNOWN_REVISIONS, {"names": names}).scalars())
@@ -123,7 +121,7 @@ def record_answer(db: Database, *, location: str, sessions: Sequence[dict[str, A
     return qid
 
 
-def _records(conn: Connection, latest: sa.Select, insert: sa.Insert, key: list[str], fields: list[str],
+def _records(db: Database, conn: Connection, latest: sa.Select, records: sa.Table, key: list[str], fields: list[str],
              rows: Sequence[dict[str, Any]], qid: int, now: Any) -> list[int]:
     """The record of each row: its current record when that holds the same values, else a new one."""
     if not rows:
@@ -147,7 +145,8 @@ def _records(conn: Connection, latest: sa.Select, insert: sa.Insert, key: list[s
             inserted.append({**{c: row[c] for c in key + fields}, "query_id": qid, "first_seen_at": now})
         ids.append(-1 - new[values])
     if inserted:
-        made = conn.execute(insert, inserted).scalars().all()
+        made = db.dialect.reserve_ids(conn, records, len(inserted))   # (where every writer of records draws ids)
+        conn.execute(records.insert(), [{**row, "id": i} for row, i in zip(inserted, made)])
         ids = [i if i >= 0 else made[-1 - i] for i in ids]
     return ids
 

@@ -31,6 +31,9 @@ from .schema import access_events, dataset_records, queries
 BUSY_TIMEOUT_S = 60
 #: Any 63-bit number shared by every oneprov process: the PostgreSQL advisory lock of first-time setup.
 PG_SETUP_LOCK = 0x6F6E6570726F76
+#: The first key of the PostgreSQL advisory locks under which ids are drawn (the second: the table's
+#: name hashed), so that each writer's ids of a table are one range (see :meth:`PostgreSQL.reserve_ids`).
+PG_IDS_LOCK = 0x6F70
 #: SQLite page cache of an import's connection, in MiB (see :meth:`SQLite.import_session`).
 IMPORT_CACHE_MIB = 256
 #: The same for a first import, which appends to tables without secondary indexes and then sorts
@@ -50,6 +53,9 @@ class Dialect:
     flag_type: pa.DataType = pa.bool_()
     #: The arrow type of a date column's values as the driver returns them.
     date_type: pa.DataType = pa.date32()
+    #: Whether a first import drops the dataset records' foreign keys with their secondary indexes and
+    #: adds them back after the rows: where the back end checks them row by row, at a price.
+    bulk_drops_foreign_keys: bool = False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} dialect>"
@@ -189,7 +195,8 @@ class Dialect:
         yield
 
     def reserve_ids(self, conn: Connection, table: sa.Table, n: int) -> Sequence[int]:
-        """``n`` new ids of ``table`` (an integer primary key ``id``), ascending, no other writer's."""
+        """``n`` new ids of ``table`` (an integer primary key ``id``), ascending, no other writer's,
+        inside ``conn``'s write transaction. Every writer of records draws its ids here."""
         raise NotImplementedError
 
 
@@ -444,6 +451,9 @@ class PostgreSQL(Dialect):
     """PostgreSQL through psycopg 3: COPY for bulk rows, arrays for linked rows, sequences for ids."""
 
     name = "postgresql"
+    # A trigger per row checks a foreign key: COPY of 100,000 records took 0.69 s with it, 0.25 s
+    # without; adding it back checks them all in one join (~30 ms). (SQLite's check costs nothing.)
+    bulk_drops_foreign_keys = True
 
     def engine_options(self, url: URL, readonly: bool) -> dict[str, Any]:
         options = {"options": "-c default_transaction_read_only=on"} if readonly else {}
@@ -560,11 +570,25 @@ class PostgreSQL(Dialect):
             "WHERE schemaname = current_schema() AND tablename = :t"), {"t": table.name}).scalar())
 
     def reserve_ids(self, conn: Connection, table: sa.Table, n: int) -> Sequence[int]:
-        # Drawn from the sequence: concurrent writers never get the same id. (On the driver's
-        # cursor, in binary: SQLAlchemy's rows would cost more than drawing the ids.)
+        """Under a lock of ``table``'s ids held until the transaction ends (every oneprov writer of
+        records draws its ids here), one call moves the sequence on by ``n``: 100,000 ids in ~1 ms,
+        where drawing them one by one takes ~0.3 s of the server's time. A role that may not move
+        the sequence (a client: ``USAGE`` only, see ``roles.py``) draws them one by one, under the
+        same lock, so they are one range too."""
+        if n <= 0:
+            return range(0)
+        # (on the driver's cursor, in binary: SQLAlchemy's rows would cost more than drawing the ids)
         with conn.connection.driver_connection.cursor(binary=True) as cursor:
-            cursor.execute(f"SELECT nextval(pg_get_serial_sequence('{table.name}', 'id')) FROM generate_series(1, %s)",
-                           (n,))
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s)), "
+                           "has_sequence_privilege(pg_get_serial_sequence(%s, 'id'), 'UPDATE')",
+                           (PG_IDS_LOCK, table.name, table.name))
+            if cursor.fetchone()[1]:
+                cursor.execute("SELECT setval(pg_get_serial_sequence(%s, 'id'), "
+                               "nextval(pg_get_serial_sequence(%s, 'id')) + %s - 1)", (table.name, table.name, n))
+                last = cursor.fetchone()[0]
+                return range(last - n + 1, last + 1)
+            cursor.execute("SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
+                           (table.name, n))
             return sorted(r[0] for r in cursor.fetchall())
 
 

@@ -63,7 +63,7 @@ from ..tables import DATASETS_COLUMNS, SESSIONS_COLUMNS, STATE_COLUMNS, Folder
 from . import dialects, digests
 from .driver import prepared
 from .engine import Database, mapped_errors
-from .migrate import BULK_INDEXES, missing_indexes
+from .migrate import BULK_FOREIGN_KEYS, BULK_INDEXES, missing_foreign_keys, missing_indexes
 from .records import ROW_KEY, link, merged_spans, spans_of
 from .recording import new_query
 from .schema import dataset_records, queries, revisions, session_records, utcnow
@@ -578,27 +578,39 @@ def _abandon(db: Database, qid: int, exc: BaseException) -> None:
 
 def _start_bulk(conn: Connection) -> bool:
     """In an import's first transaction: with no dataset record at all in the database, drop the
-    secondary indexes of ``dataset_records`` (built again by :func:`_build_indexes`). Only plans that
-    read ``dataset_records`` are slower meanwhile, and there is nothing in it to read."""
-    if conn.execute(sa.select(dataset_records.c.id).limit(1)).first() is not None \
-            or not dialects.of(conn).may_alter(conn, dataset_records):
+    secondary indexes of ``dataset_records``, and its foreign keys where the dialect says so (added
+    again by :func:`_build_indexes`). Only plans that read ``dataset_records`` are slower meanwhile,
+    and there is nothing in it to read; the import's own rows name its query, which exists. With
+    records, add back any that a first import stopped half-way (killed) left missing."""
+    if conn.execute(sa.select(dataset_records.c.id).limit(1)).first() is not None:
+        _build_indexes(conn)   # (any that a first import stopped half-way left missing)
+        return False
+    if not dialects.of(conn).may_alter(conn, dataset_records):
         return False
     missing = missing_indexes(conn)
     for index in BULK_INDEXES:
         if index.name not in missing:
             index.drop(conn)
+    missing = missing_foreign_keys(conn)
+    if dialects.of(conn).bulk_drops_foreign_keys:
+        for key in BULK_FOREIGN_KEYS:
+            if key.name not in missing:
+                conn.execute(sa.schema.DropConstraint(key))
     return True
 
 
 def _build_indexes(conn: Connection) -> None:
-    """Create the dataset records' secondary indexes that are missing (after a bulk import, or one
-    that failed), when this connection may."""
-    missing = missing_indexes(conn)
-    if missing and not dialects.of(conn).may_alter(conn, dataset_records):
+    """Create the dataset records' secondary indexes and foreign keys that are missing (after a bulk
+    import, or one that failed), when this connection may."""
+    missing, keys = missing_indexes(conn), missing_foreign_keys(conn)
+    if (missing or keys) and not dialects.of(conn).may_alter(conn, dataset_records):
         return
     for index in BULK_INDEXES:
         if index.name in missing:
             index.create(conn)
+    for key in BULK_FOREIGN_KEYS:
+        if key.name in keys:
+            conn.execute(sa.schema.AddConstraint(key))
 
 
 class _Writer:

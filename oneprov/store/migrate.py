@@ -184,15 +184,19 @@ def check(db: str | os.PathLike | URL | None) -> list[str]:
             problems.extend(database.dialect.integrity_problems(conn))
             if status.up_to_date:
                 problems.extend(span_problems(conn))
-                problems.extend(f"index {name} is missing: a first import is running, or was stopped (the next "
-                                "import builds it)" for name in missing_indexes(conn))
+                problems.extend(f"{kind} {name} is missing: a first import is running, or was stopped (the next "
+                                "import adds it)" for kind, names in (("index", missing_indexes(conn)),
+                                                                      ("foreign key", missing_foreign_keys(conn)))
+                                for name in names)
     finally:
         database.close()
     return problems
 
 
-#: The dataset records' secondary indexes, which a first import builds after the rows (see ``ingest.py``).
+#: The dataset records' secondary indexes, which a first import builds after the rows (see ``ingest.py``) ...
 BULK_INDEXES = sorted(dataset_records.indexes, key=lambda index: index.name)
+#: ... and their foreign keys, which it adds after the rows where the dialect says so.
+BULK_FOREIGN_KEYS = sorted(dataset_records.foreign_key_constraints, key=lambda key: str(key.name))
 
 
 def missing_indexes(conn: Connection) -> list[str]:
@@ -200,6 +204,14 @@ def missing_indexes(conn: Connection) -> list[str]:
     one was killed (the next import builds them)."""
     present = {i["name"] for i in sa.inspect(conn).get_indexes(dataset_records.name)}
     return [index.name for index in BULK_INDEXES if index.name not in present]
+
+
+def missing_foreign_keys(conn: Connection) -> list[str]:
+    """The same for the dataset records' foreign keys (on a back end whose first import drops them)."""
+    if not dialects.of(conn).bulk_drops_foreign_keys:
+        return []
+    present = {key["name"] for key in sa.inspect(conn).get_foreign_keys(dataset_records.name)}
+    return [str(key.name) for key in BULK_FOREIGN_KEYS if key.name not in present]
 
 
 def lock_for_setup(conn: Connection) -> None:
