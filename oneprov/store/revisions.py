@@ -237,12 +237,27 @@ def _frame(rows: pa.StructArray) -> pd.DataFrame:
         elif name == "record_id":
             columns[name] = values.to_numpy(zero_copy_only=False, writable=True)
         elif _TEXT_IS_ARROW:
-            columns[name] = pd.arrays.ArrowStringArray(values, dtype=_TEXT)
+            columns[name] = _arrow_text(values)
         elif _TEXT == np.dtype(object):
             columns[name] = values.to_numpy(zero_copy_only=False)
         else:
             columns[name] = pd.array(values, dtype=_TEXT)
     return _assembled(columns, len(rows))
+
+
+def _arrow_text(values: pa.Array) -> Any:
+    """A text column of pandas' own arrow-backed dtype over ``values`` (large_string), not copied.
+
+    The public constructor checks and casts the array and makes a dtype each time (a fifth of a
+    one-session choice's frame); pandas' internal ``_from_pyarrow_array`` (the constructor of its
+    own operations' results, pandas 3) skips that; without it, the constructor."""
+    if _TEXT_FROM_ARROW is not None:
+        return _TEXT_FROM_ARROW(values)
+    return pd.arrays.ArrowStringArray(values, dtype=_TEXT)
+
+
+_TEXT_FROM_ARROW = (getattr(pd.arrays.ArrowStringArray(pa.array([""], pa.large_string()), dtype=_TEXT),
+                            "_from_pyarrow_array", None) if _TEXT_IS_ARROW else None)
 
 
 def _assembled(columns: dict[str, Any], n: int) -> pd.DataFrame:
