@@ -191,12 +191,35 @@ def test_many_changed_rows_are_read_again(store, tables, path, monkeypatch):
     """More changed rows than an import keeps from its check: the table is read again, with the
     same result."""
     monkeypatch.setattr(ingest, "KEEP_CHANGED", 5)
+    monkeypatch.setattr(ingest, "KEEP_READ", 0)   # (nor all the rows)
     store.import_cache(tables, batch_size=path)
     change(tables, every=10)
     again = store.import_cache(tables, batch_size=path)
     assert again.changed == 200
     assert len(records_of(store, again.query_id)) == 2000
     spans_are_sound(store)
+
+
+@pytest.mark.parametrize("keep_read", [ingest.KEEP_READ, 1000], ids=["kept", "too many to keep"])
+def test_a_table_the_check_kept_is_not_read_again_and_gives_the_same_records(store, tables, path, monkeypatch,
+                                                                            keep_read):
+    """An import's check keeps a table of up to KEEP_READ rows and writes the rows from there; a
+    larger table is read again to be written (one import, one transaction: read once). The
+    records hold the table's values either way."""
+    import oneprov.tables
+
+    monkeypatch.setattr(ingest, "KEEP_READ", keep_read)
+    reads, read = [], oneprov.tables.iter_datasets
+    monkeypatch.setattr(oneprov.tables, "iter_datasets", lambda *a, **k: (reads.append(1), read(*a, **k))[1])
+    result = store.import_cache(tables, batch_size=path)
+    assert len(reads) == (1 if path == ingest.IMPORT_BATCH or keep_read >= 2000 else 2)
+    stored = records_of(store, result.query_id)
+    table = pd.concat(read(tables / "datasets.pqt"), ignore_index=True).rename(
+        columns={"id": "uuid", "eid": "session_uuid"}).sort_values(["uuid", "session_uuid", "rel_path"])
+    assert len(stored) == len(table) == 2000
+    for column in ("uuid", "session_uuid", "rel_path", "qc"):
+        assert stored[column].tolist() == table[column].tolist(), column
+    assert stored["hash"].fillna("-").tolist() == table["hash"].fillna("-").tolist()
 
 
 def test_searches_lists_and_merges_are_spans_too(tmp_path, tables):
