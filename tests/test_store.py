@@ -1,6 +1,7 @@
 """The store's write and read API on real databases (SQLite file and PostgreSQL)."""
 from __future__ import annotations
 
+import os
 import shutil
 from contextlib import ExitStack
 
@@ -619,4 +620,28 @@ def test_what_a_stopped_first_import_left_missing_is_named_by_check_and_added_by
     rewrite_datasets(folder, lambda df: df.assign(qc="PASS"))
     assert store.import_cache(folder).changed > 0
     assert check(db_url) == []
+    store.close()
+
+
+@pytest.mark.postgresql
+@pytest.mark.skipif(os.environ.get("ONEPROV_TEST_POSTGRES", "1") == "0", reason="ONEPROV_TEST_POSTGRES=0")
+def test_a_load_recorded_after_the_server_closed_the_kept_connection_is_recorded_once(pg, repo):
+    """A load event is written on a connection the writing thread keeps (no pool, no ping). When
+    the server has closed it meanwhile (restarted, an idle timeout), the write, which had not
+    committed, runs again once on a new connection: the call succeeds and its event is there once."""
+    from sqlalchemy.engine.url import make_url
+
+    url = pg.create_database()
+    store = open_store(url)
+    store.import_cache(repo.root)
+    run = store.start_run("p")
+    event = {"method": "load_dataset", "outcome": "loaded", "dataset_id": repo.datasets["id"].iloc[0]}
+    first = store.record_access(run, [event])
+    with pg.admin_connection() as admin:
+        closed = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                               "AND pid <> pg_backend_pid()", (make_url(url).database,)).fetchall()
+    assert closed and all(ok for (ok,) in closed)
+    second = store.record_access(run, [event])
+    got = store.sql("SELECT id, record_id FROM access_events WHERE run_id = :r ORDER BY id", {"r": run})
+    assert got["id"].tolist() == [*first, *second] and got["record_id"].notna().all()
     store.close()

@@ -227,6 +227,10 @@ def mapped_errors(where: str, doing: str = "use database") -> Iterator[None]:
 
 # -- transactions ---------------------------------------------------------------------------
 
+class _KeptConnectionLost(Exception):
+    """A write on a kept driver connection failed because the connection was gone, before it committed."""
+
+
 class Database:
     """One database: its engine, its dialect (picked once), and the two kinds of transaction.
 
@@ -326,7 +330,8 @@ class Database:
         costs several times what SQLite needs to commit one small row (a load event). The thread
         that writes first keeps its driver connection for the next writes instead of taking one
         from the pool each time: under 8 processes writing at once, the pool's bookkeeping cost
-        a third of each event.
+        a third of each event. (A kept connection is not pinged: if the server has closed it, the
+        write, which cannot have committed, runs again once on a new connection.)
 
         Parameters
         ----------
@@ -344,34 +349,53 @@ class Database:
             A driver error inside ``work``, in one line naming the database.
         """
         with mapped_errors(self.where):
-            kept = self._kept
-            mine = kept is not None and kept[0] == (os.getpid(), threading.get_ident())
-            if not mine and kept is None and not isinstance(self.engine.pool, sa.pool.StaticPool):
-                with self._keeping:
-                    if self._kept is None:
-                        self._kept = ((os.getpid(), threading.get_ident()), self.engine.raw_connection())
-                        mine = True
-            fairy = self._kept[1] if mine else self.engine.raw_connection()
             try:
-                dbapi_conn = fairy.dbapi_connection
-                cursor = dbapi_conn.cursor()
-                self.dialect.begin_write(dbapi_conn)
+                return self._driver_write(work)
+            except _KeptConnectionLost:
+                # The kept connection had died while idle (a restarted server, an idle timeout):
+                # nothing was committed, so the work runs again, once, on a new connection.
                 try:
-                    result = work(cursor)
-                    dbapi_conn.commit()
-                    return result
-                except BaseException:
-                    if mine:   # (a connection that failed is not kept: the next write takes another)
-                        self._kept = None
-                        fairy.invalidate()
-                    else:
-                        dbapi_conn.rollback()
-                    raise
-                finally:
-                    cursor.close()
+                    return self._driver_write(work)
+                except _KeptConnectionLost as again:
+                    raise again.__cause__ from None
+
+    def _driver_write(self, work: Callable[[Any], T]) -> T:
+        kept = self._kept
+        mine = kept is not None and kept[0] == (os.getpid(), threading.get_ident())
+        if not mine and kept is None and not isinstance(self.engine.pool, sa.pool.StaticPool):
+            with self._keeping:
+                if self._kept is None:
+                    self._kept = ((os.getpid(), threading.get_ident()), self.engine.raw_connection())
+                    mine = True
+        fairy = self._kept[1] if mine else self.engine.raw_connection()
+        try:
+            dbapi_conn = fairy.dbapi_connection
+            cursor = dbapi_conn.cursor()
+            committing = False
+            try:
+                self.dialect.begin_write(dbapi_conn)
+                result = work(cursor)
+                committing = True
+                dbapi_conn.commit()
+                return result
+            except BaseException as exc:
+                if mine:   # (a connection that failed is not kept: the next write takes another)
+                    self._kept = None
+                    lost = not committing and self.dialect.connection_lost(dbapi_conn)
+                    fairy.invalidate()
+                    if lost:
+                        raise _KeptConnectionLost() from exc
+                else:
+                    dbapi_conn.rollback()
+                raise
             finally:
-                if not mine:
-                    fairy.close()
+                try:
+                    cursor.close()
+                except Exception:   # (the connection is gone)
+                    pass
+        finally:
+            if not mine:
+                fairy.close()
 
     @contextmanager
     def driver_reading(self) -> Iterator[driver.Reader]:
