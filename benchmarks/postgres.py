@@ -8,8 +8,9 @@ in WAL mode costs none per commit either). Measured on the workspace's cache:
   text UUID (the PostgreSQL twin of the SQLite section's raw ``executemany``);
 - ``search(subject)``, ``list_datasets(eid)`` and a recorded ``load_dataset`` of a client on the
   PostgreSQL store, against one-api (and the SQLite store's figures of this run, when measured);
-- 8 processes recording load events (``Store.record_access``, one per transaction) against 8 raw
-  psycopg processes running the same INSERT, and the loads lost (none may be).
+- 8 processes recording load events (``Store.record_access``, one per transaction, each with the
+  record it was answered from, as the client records it) against 8 raw psycopg processes running the
+  same INSERT, and the loads lost (none may be).
 """
 from __future__ import annotations
 
@@ -109,7 +110,11 @@ def section_postgres(ctx: Any, Row: Any, spawn_children: Callable[..., list[dict
 
         n, seconds = ctx.scale.conc_procs, ctx.scale.conc_seconds
         ctx.log(f"  {n} processes recording load events into PostgreSQL, and {n} raw psycopg processes ...")
-        mine = spawn_children(ctx, "store", n, seconds, db=pg.url)
+        # Each load's record given, as the client records it, on both sides. (The raw INSERT that
+        # finds the record itself, ``max(id) ... WHERE uuid = %s``, is the wrong baseline here:
+        # once psycopg prepares it, PostgreSQL's generic plan scans the primary key backwards for
+        # the uuid, ~16 ms a call at 100k rows.)
+        mine = spawn_children(ctx, "store-given", n, seconds, db=pg.url)
         raw = spawn_children(ctx, "rawpg", n, seconds, db=pg.url)
         rate_s, rate_r = total_rate(mine), total_rate(raw)
         store = open_store(pg.url)
@@ -118,8 +123,9 @@ def section_postgres(ctx: Any, Row: Any, spawn_children: Callable[..., list[dict
                             + ", ".join(f"'{r}'" for r in runs) + ")")["n"].iloc[0]
         store.close()
         acked = sum(r["acked"] for r in mine)
-        ctx.add(Row("8 postgres", f"{n} processes recording loads (Store.record_access, one event per transaction) "
-                    f"into PostgreSQL, {seconds:g} s: loads/s in total", f"raw psycopg, {n} processes, the same INSERT",
+        ctx.add(Row("8 postgres", f"{n} processes recording loads (Store.record_access, one event per transaction, "
+                    f"the record each load was answered from given) into PostgreSQL, {seconds:g} s: loads/s in total",
+                    f"raw psycopg, {n} processes, the same INSERT",
                     rate_r, rate_s, "loads/s", "ratio ≤ 1.25 (≥ 0.8x the raw rate)", rate_r <= 1.25 * rate_s,
                     f"{sum(r['n_errors'] for r in mine)} failed calls"))
         ctx.add(Row("8 postgres", "record_access into PostgreSQL: loads acknowledged but not in access_events (lost)",

@@ -706,9 +706,10 @@ def _bench_event(spec: dict, k: int) -> dict:
             "detail": None, "listed": True}
 
 
+#: A load event with the record it was answered from, as the client records it (PostgreSQL).
 _RAW_PG_INSERT = ("INSERT INTO access_events (run_id, event_time, method, outcome, dataset_id, session_id, rel_path, "
                   "path, bytes, listed, record_id) VALUES (%s, now() at time zone 'utc', %s, %s, %s, %s, %s, %s, %s, "
-                  "true, (SELECT max(id) FROM dataset_records WHERE uuid = %s))")
+                  "true, %s)")
 _RAW_INSERT = ("INSERT INTO access_events (run_id, event_time, method, outcome, dataset_id, session_id, rel_path, "
                "requested_revision, revision_cutoff, scope, path, bytes, detail, listed, record_id) "
                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT max(id) FROM dataset_records WHERE uuid = ?))")
@@ -723,11 +724,12 @@ def child_concurrency(kind: str, spec: dict) -> None:
         store = open_store(spec["db"])
         run_id = store.start_run(project="bench-concurrency", label=f"{kind}{spec['index']}")
         events = [_bench_event(spec, k) for k in range(len(spec["dataset_ids"]))]
-        if kind.endswith("-given"):   # the record each load was answered from, as the client gives it
+        if kind.endswith("-given") or kind == "rawpg":   # the record each load was answered from
+            import sqlalchemy as sa
             with store.reading() as conn:
-                current = dict(conn.exec_driver_sql(
-                    "SELECT uuid, max(id) FROM dataset_records WHERE uuid IN (%s) GROUP BY uuid"
-                    % ",".join("?" * len(events)), tuple(e["dataset_id"] for e in events)).all())
+                current = dict(conn.execute(
+                    sa.text("SELECT uuid, max(id) FROM dataset_records WHERE uuid IN :ids GROUP BY uuid").bindparams(
+                        sa.bindparam("ids", expanding=True)), {"ids": [e["dataset_id"] for e in events]}).all())
             events = [{**e, "record_id": current[e["dataset_id"]]} for e in events]
         if kind in ("store", "store-given"):
             def call(i: int) -> None:
@@ -737,7 +739,7 @@ def child_concurrency(kind: str, spec: dict) -> None:
             store.close()
             con = psycopg.connect(spec["db"].replace("postgresql+psycopg://", "postgresql://"))
             rows = [(run_id, e["method"], e["outcome"], e["dataset_id"], e["session_id"], e["rel_path"],
-                     e["path"], e["bytes"], e["dataset_id"]) for e in events]
+                     e["path"], e["bytes"], e["record_id"]) for e in events]
 
             def call(i: int) -> None:
                 with con.transaction():
