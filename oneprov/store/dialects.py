@@ -544,6 +544,24 @@ class PostgreSQL(Dialect):
                     for row in rows:
                         copy.write_row(row + extra if extra else row)
 
+    def insert_query(self, db: Any, values: dict[str, Any], spans: dict[sa.Table, list[tuple[int, int]]]) -> int:
+        # Through the driver, as a load event is: a search or a list records one query each, and
+        # SQLAlchemy's transaction with a COPY for each spans table took ~15 round trips
+        # (list_datasets on PostgreSQL: 3.0 ms a call, most of it recording its query).
+        names = list(values)
+        statement = f"INSERT INTO queries ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))}) RETURNING id"
+        params = list(values.values())
+
+        def write(cursor: Any) -> int:
+            qid = cursor.execute(statement, params).fetchone()[0]
+            for table, ranges in spans.items():
+                if ranges:
+                    firsts, lasts = (list(column) for column in zip(*ranges))
+                    cursor.execute(f"INSERT INTO {table.name} (query_id, first_id, last_id) SELECT %s, f, l "
+                                   "FROM unnest(%s::bigint[], %s::bigint[]) AS s (f, l)", (qid, firsts, lasts))
+            return qid
+        return db.driver_write(write)
+
     def insert_events(self, db: Any, run_id: str, rows: list[tuple],
                       complete: Callable[[list[tuple]], list[tuple]]) -> list[int]:
         if len(rows) == 1:  # the common case, the client's: one load, one transaction, on the driver
