@@ -231,8 +231,11 @@ def _frame(rows: pa.StructArray) -> pd.DataFrame:
             else:
                 columns[name] = values.to_numpy(zero_copy_only=False).astype(bool)
         elif name == "file_size":
-            mask = values.is_null().to_numpy(zero_copy_only=False)
-            values = values.fill_null(0) if values.null_count else values
+            if values.null_count:
+                mask = values.is_null().to_numpy(zero_copy_only=False)
+                values = values.fill_null(0)
+            else:
+                mask = np.zeros(len(values), dtype=bool)
             columns[name] = pd.arrays.IntegerArray(values.to_numpy(zero_copy_only=False, writable=True), mask)
         elif name == "record_id":
             columns[name] = values.to_numpy(zero_copy_only=False, writable=True)
