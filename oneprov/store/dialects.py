@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.url import URL
 
 from ..errors import DatabaseError, ReadOnlyError
-from .schema import access_events, dataset_records, queries
+from .schema import access_events, dataset_records
 
 #: Seconds a SQLite writer waits for another process's write transaction before giving up.
 BUSY_TIMEOUT_S = 60
@@ -176,14 +176,38 @@ class Dialect:
         ``constants`` give the same value to other columns of every row."""
         raise NotImplementedError
 
+    #: The driver's mark of a parameter.
+    mark = "?"
+
+    def driver_time(self, db: Any) -> Callable[[datetime.datetime], Any]:
+        """How a datetime is bound through the driver, as SQLAlchemy would store it."""
+        return lambda value: value
+
     def insert_query(self, db: Any, values: dict[str, Any], spans: dict[sa.Table, list[tuple[int, int]]]) -> int:
         """Insert a complete ``queries`` row (``values``: its columns) and the records it returned
-        (``spans``: spans table -> ``(first_id, last_id)`` spans) in one transaction of ``db``; return its id."""
-        with db.writing() as conn:
-            qid = conn.execute(queries.insert().returning(queries.c.id), values).scalar_one()
+        (``spans``: spans table -> ``(first_id, last_id)`` spans) in one transaction of ``db``; return its id.
+
+        Through the driver, on the writing thread's kept connection, as a load event is: a search or
+        a list records one query each (on PostgreSQL, SQLAlchemy's transaction with a COPY for each
+        spans table took ~15 round trips: ``list_datasets`` 3.0 ms a call, 1.7 ms this way)."""
+        to_driver = self.driver_time(db)
+        names, m = list(values), self.mark
+        params = [to_driver(v) if isinstance(v, datetime.datetime) else v for v in values.values()]
+        statement = f"INSERT INTO queries ({', '.join(names)}) VALUES ({', '.join([m] * len(names))}) RETURNING id"
+
+        def write(cursor: Any) -> int:
+            qid = cursor.execute(statement, params).fetchone()[0]
             for table, ranges in spans.items():
-                self.fill(conn, table, ["query_id", "first_id", "last_id"], [(qid, *r) for r in ranges])
-        return qid
+                if ranges:
+                    self.insert_spans(cursor, table, qid, ranges)
+            return qid
+        return db.driver_write(write)
+
+    def insert_spans(self, cursor: Any, table: sa.Table, query: int, spans: list[tuple[int, int]]) -> None:
+        """Insert ``query``'s ``spans`` into the spans ``table``, on a driver cursor."""
+        m = self.mark
+        cursor.executemany(f"INSERT INTO {table.name} (query_id, first_id, last_id) VALUES ({m}, {m}, {m})",
+                           [(query, *span) for span in spans])
 
     def insert_events(self, db: Any, run_id: str, rows: list[tuple],
                       complete: Callable[[list[tuple]], list[tuple]]) -> list[int]:
@@ -386,25 +410,13 @@ class SQLite(Dialect):
             conn.exec_driver_sql(f"INSERT INTO {quote(table.name)} ({names}) "
                                  f"VALUES ({', '.join(['?'] * len(columns) + literals)})", rows)
 
-    def insert_query(self, db: Any, values: dict[str, Any], spans: dict[sa.Table, list[tuple[int, int]]]) -> int:
-        # Through the driver, as a load event is (a list or a search records one query each).
-        to_text = _sqlite_time(db.engine.dialect)
-        names = list(values)
-        params = [to_text(v) if isinstance(v, datetime.datetime) else v for v in values.values()]
-        statement = (f"INSERT INTO queries ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) RETURNING id")
-        inserts = [(f"INSERT INTO {table.name} (query_id, first_id, last_id) VALUES (?, ?, ?)", ranges)
-                   for table, ranges in spans.items() if ranges]
-        def write(cursor: Any) -> int:
-            qid = cursor.execute(statement, params).fetchone()[0]
-            for insert, ranges in inserts:
-                cursor.executemany(insert, [(qid, *r) for r in ranges])
-            return qid
-        return db.driver_write(write)
+    def driver_time(self, db: Any) -> Callable[[datetime.datetime], Any]:
+        return _sqlite_time(db.engine.dialect)   # (text, as SQLAlchemy stores a DateTime in SQLite)
 
     def insert_events(self, db: Any, run_id: str, rows: list[tuple],
                       complete: Callable[[list[tuple]], list[tuple]]) -> list[int]:
         # Through the driver: SQLAlchemy's execution costs several times SQLite's commit.
-        to_text = _sqlite_time(db.engine.dialect)
+        to_text = self.driver_time(db)
         if len(rows) == 1:  # the common case, the client's: one load, one transaction
             row = rows[0]
             # (everything prepared before the write lock is taken: others wait while it is held)
@@ -456,6 +468,7 @@ class PostgreSQL(Dialect):
     """PostgreSQL through psycopg 3: COPY for bulk rows, arrays for linked rows, sequences for ids."""
 
     name = "postgresql"
+    mark = "%s"
     # A trigger per row checks a foreign key: COPY of 100,000 records took 0.69 s with it, 0.25 s
     # without; adding it back checks them all in one join (~30 ms). (SQLite's check costs nothing.)
     bulk_drops_foreign_keys = True
@@ -544,29 +557,17 @@ class PostgreSQL(Dialect):
                     for row in rows:
                         copy.write_row(row + extra if extra else row)
 
-    def insert_query(self, db: Any, values: dict[str, Any], spans: dict[sa.Table, list[tuple[int, int]]]) -> int:
-        # Through the driver, as a load event is: a search or a list records one query each, and
-        # SQLAlchemy's transaction with a COPY for each spans table took ~15 round trips
-        # (list_datasets on PostgreSQL: 3.0 ms a call, most of it recording its query).
-        names = list(values)
-        statement = f"INSERT INTO queries ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))}) RETURNING id"
-        params = list(values.values())
-
-        def write(cursor: Any) -> int:
-            qid = cursor.execute(statement, params).fetchone()[0]
-            for table, ranges in spans.items():
-                if ranges:
-                    firsts, lasts = (list(column) for column in zip(*ranges))
-                    cursor.execute(f"INSERT INTO {table.name} (query_id, first_id, last_id) SELECT %s, f, l "
-                                   "FROM unnest(%s::bigint[], %s::bigint[]) AS s (f, l)", (qid, firsts, lasts))
-            return qid
-        return db.driver_write(write)
+    def insert_spans(self, cursor: Any, table: sa.Table, query: int, spans: list[tuple[int, int]]) -> None:
+        # (one statement from arrays: psycopg's executemany took a few round trips more)
+        firsts, lasts = (list(column) for column in zip(*spans))
+        cursor.execute(f"INSERT INTO {table.name} (query_id, first_id, last_id) SELECT %s, f, l "
+                       "FROM unnest(%s::bigint[], %s::bigint[]) AS s (f, l)", (query, firsts, lasts))
 
     def insert_events(self, db: Any, run_id: str, rows: list[tuple],
                       complete: Callable[[list[tuple]], list[tuple]]) -> list[int]:
         if len(rows) == 1:  # the common case, the client's: one load, one transaction, on the driver
-            # (a load event given its record: 759 -> ~430 us, raw psycopg 400 us; only its dataset,
-            # its current record found in the INSERT: 1.8 ms -> ~470 us)
+            # (a load event given its record: 759 -> 473 us, raw psycopg 466 us; only its dataset,
+            # its current record found in the INSERT: 1.8 ms -> 472 us)
             row = rows[0]
             if row[_DATASET] is not None and (row[_RECORD] is None or row[_SESSION] is None):
                 statement, params = _PG_INSERT_EVENT_OF_CURRENT, (run_id, *row, row[_DATASET])
