@@ -51,8 +51,8 @@ from .errors import BadInputError, DuplicateIdError, MissingColumnError
 from .files import file_sha256, finish_replacing, write_atomically
 
 __all__ = [
-    "SESSIONS_COLUMNS", "DATASETS_COLUMNS", "STATE_COLUMNS", "QC_DTYPE", "WrittenTable", "Folder", "Frames",
-    "read_metadata", "read_sessions", "iter_datasets", "count_rows",
+    "SESSIONS_COLUMNS", "DATASETS_COLUMNS", "DATASETS_ARROW", "STATE_COLUMNS", "QC_DTYPE", "WrittenTable", "Folder", "Frames",
+    "read_metadata", "read_sessions", "iter_datasets", "datasets_frame", "count_rows",
     "write_sessions", "write_datasets", "sessions_batch", "datasets_batch", "write_batches",
     "merge_tables", "merge_metadata",
     "uuid_strings", "hex_strings",
@@ -62,6 +62,12 @@ SESSIONS_COLUMNS: list[str] = ["id", "lab", "subject", "date", "number", "task_p
 #: The fields of a dataset record that may change from one version of the tables to the next.
 STATE_COLUMNS: list[str] = ["file_size", "hash", "exists", "qc", "default_revision"]
 DATASETS_COLUMNS: list[str] = ["id", "eid", "rel_path", "collection", "revision", "name", *STATE_COLUMNS]
+#: Normalised dataset rows as arrow (:meth:`Folder.dataset_batches`): the columns of
+#: :data:`DATASETS_COLUMNS`, null where the frame holds None or NA.
+DATASETS_ARROW = pa.schema([
+    *((c, pa.string()) for c in DATASETS_COLUMNS[:6]), ("file_size", pa.int64()), ("hash", pa.string()),
+    ("exists", pa.bool_()), ("qc", pa.string()), ("default_revision", pa.bool_()),
+])
 
 #: The key of the JSON metadata in the parquet schema metadata.
 METADATA_KEY = b"one_metadata"
@@ -185,9 +191,23 @@ def _split(path: Path, start: int, rel_paths: np.ndarray) -> dict[str, np.ndarra
     The same few thousand rel_paths recur in every session, so only the distinct ones are parsed.
     """
     codes, uniques = pd.factorize(rel_paths, use_na_sentinel=False)
-    parts = _located(path, "rel_path", start, np.asarray(uniques, dtype=object), split_rel_paths, split_rel_path,
-                     rows=lambda: rel_paths)
-    return {c: parts[c].to_numpy(dtype=object)[codes] for c in ("collection", "revision", "name")}
+    parts = _split_distinct(path, start, np.asarray(uniques, dtype=object), lambda: rel_paths)
+    return {c: values[codes] for c, values in parts.items()}
+
+
+def _split_arrow(path: Path, start: int, rel_paths: pa.Array) -> dict[str, pa.Array]:
+    """:func:`_split` of an arrow text column, into arrow text columns (no Python value per row)."""
+    encoded = pc.dictionary_encode(rel_paths, null_encoding="encode")
+    parts = _split_distinct(path, start, encoded.dictionary.to_numpy(zero_copy_only=False).astype(object),
+                            lambda: rel_paths.to_numpy(zero_copy_only=False))
+    return {c: pa.array(values, pa.string()).take(encoded.indices) for c, values in parts.items()}
+
+
+def _split_distinct(path: Path, start: int, uniques: np.ndarray, rows: Callable[[], np.ndarray]) -> dict[str, np.ndarray]:
+    """The ``collection, revision, name`` (object arrays) of distinct rel_paths; ``rows`` gives the
+    column's rows, to name the first bad one."""
+    parts = _located(path, "rel_path", start, uniques, split_rel_paths, split_rel_path, rows=rows)
+    return {c: parts[c].to_numpy(dtype=object) for c in ("collection", "revision", "name")}
 
 
 def _json_default(value: Any) -> Any:
@@ -293,37 +313,47 @@ def _id_source(path: Path, schema: pa.Schema, name: str, table: str, level: int)
                         f"columns are {schema.names}")
 
 
-def _uuids(path: Path, batch: pa.RecordBatch, source: list[str], start: int, what: str) -> np.ndarray:
+def _uuids(path: Path, batch: pa.RecordBatch, source: list[str], start: int, what: str) -> pa.Array:
+    """The canonical UUIDs (an arrow text column) of a batch's id ``source`` (see :func:`_id_source`)."""
     if len(source) == 1:
         canonical = _canonical_uuids(batch.column(source[0]))
         if canonical is not None:
             return canonical
         values = _text(batch.column(source[0]))   # (a bad value: found and named row by row)
-        return _located(path, source[0], start, values, lambda s: check_uuids(s, what).to_numpy(),
-                        lambda v: check_uuid(v, what))
+        return pa.array(_located(path, source[0], start, values, lambda s: check_uuids(s, what).to_numpy(),
+                                 lambda v: check_uuid(v, what)), pa.string())
     columns = [batch.column(name) for name in source]
     for name, col in zip(source, columns):
         if col.null_count:
             row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
             raise BadInputError(f"{path}: column {name!r}, row {start + row}: null half of a legacy {what}")
-    return _pairs_to_uuids(*(col.to_numpy(zero_copy_only=False) for col in columns))
+    return pa.array(_pairs_to_uuids(*(col.to_numpy(zero_copy_only=False) for col in columns)), pa.string())
 
 
-def _canonical_uuids(array: pa.Array) -> np.ndarray | None:
-    """A text column of UUIDs as :func:`oneprov.alf.check_uuid` makes them (trimmed, lowercase), as
-    an object array; None when a value is not a UUID (the caller then names it).
+def _canonical_uuids(array: pa.Array) -> pa.Array | None:
+    """A text column of UUIDs as :func:`oneprov.alf.check_uuid` makes them (trimmed, lowercase);
+    None when a value is not a UUID (the caller then names it).
 
     The same check as ``check_uuids``, in arrow's kernels: several times faster on a large table.
     """
-    if pa.types.is_dictionary(array.type):
-        array = array.cast(array.type.value_type)
-    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)) or array.null_count:
+    array = _plain_text(array)
+    if array is None or array.null_count:
         return None
     # (ASCII trimming and case: a value that needs more fails the match, and the caller decides as check_uuid does)
     text = pc.ascii_lower(pc.ascii_trim_whitespace(array))
     if not pc.all(pc.match_substring_regex(text, UUID_RE.pattern)).as_py() and len(text):
         return None
-    return text.to_numpy(zero_copy_only=False)
+    return text
+
+
+def _plain_text(array: pa.Array) -> pa.Array | None:
+    """A text column (dictionary-encoded, large, a view or all null) as plain arrow ``string``;
+    None when it is not text."""
+    if pa.types.is_dictionary(array.type):
+        array = array.cast(array.type.value_type)
+    if not _is_text(array.type):
+        return None
+    return array if array.type == pa.string() else array.cast(pa.string())
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
@@ -429,7 +459,7 @@ def _sessions_frame(path: Path, batch: pa.RecordBatch, start: int, id_source: li
                                    ("projects", project_values, False)):
         _check_text(path, column, start, values, folder=folder)
     return pd.DataFrame({
-        "id": _object(_uuids(path, batch, id_source, start, "session id")),
+        "id": _object(_uuids(path, batch, id_source, start, "session id").to_numpy(zero_copy_only=False)),
         "lab": _object(lab),
         "subject": _object(subject),
         "date": _object(_dates(path, batch.column("date"), start)),
@@ -510,17 +540,28 @@ def iter_datasets(path: str | os.PathLike, batch_size: int = 200_000) -> Iterato
     ``default_revision`` is bool, or None when the column is absent. The file's schema is checked
     when this is called, not on the first iteration. An empty table yields one empty frame.
     """
-    return _iter_datasets(_Table.parquet(path), batch_size)
+    return _frames(_iter_datasets(_Table.parquet(path), batch_size))
 
 
-def _iter_datasets(source: _Table, batch_size: int) -> Iterator[pd.DataFrame]:
+def _frames(batches: Iterator[pa.RecordBatch]) -> Iterator[pd.DataFrame]:
+    try:
+        for batch in batches:
+            yield datasets_frame(batch)
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+
+
+def _iter_datasets(source: _Table, batch_size: int) -> Iterator[pa.RecordBatch]:
+    """The normalised batches (:data:`DATASETS_ARROW`) of a datasets table (see :func:`iter_datasets`)."""
     path = source.name
     try:
         schema = source.schema
-        if source.num_rows == 0:   # no rows, nothing to check: one empty frame
+        if source.num_rows == 0:   # no rows, nothing to check: one empty batch
             source.close()
             schema = pa.schema([("id", pa.string()), ("eid", pa.string()), ("rel_path", pa.string())])
-            return iter([_datasets_frame(path, pa.RecordBatch.from_pylist([], schema=schema), 0, ["id"], ["eid"])])
+            return iter([_normalised_datasets(path, pa.RecordBatch.from_pylist([], schema=schema), 0, ["id"], ["eid"])])
         eid_source = _id_source(path, schema, "eid", "datasets", 0)
         id_source = _id_source(path, schema, "id", "datasets", 1)
         if "rel_path" not in schema.names:
@@ -535,15 +576,15 @@ def _iter_datasets(source: _Table, batch_size: int) -> Iterator[pd.DataFrame]:
         source.close()
         raise
 
-    def generate() -> Iterator[pd.DataFrame]:
+    def generate() -> Iterator[pa.RecordBatch]:
         try:
             empty = True
             for batch, start in source.batches(columns, batch_size):
                 empty = False
-                yield _datasets_frame(path, batch, start, id_source, eid_source)
-            if empty:  # one empty frame, so that pd.concat(iter_datasets(...)) always works
+                yield _normalised_datasets(path, batch, start, id_source, eid_source)
+            if empty:  # one empty batch, so that pd.concat(iter_datasets(...)) always works
                 no_rows = pa.RecordBatch.from_pylist([], schema=pa.schema([schema.field(c) for c in columns]))
-                yield _datasets_frame(path, no_rows, 0, id_source, eid_source)
+                yield _normalised_datasets(path, no_rows, 0, id_source, eid_source)
         finally:
             source.close()
 
@@ -614,8 +655,9 @@ class Folder:
         path = self.files.get("sessions")
         return _no_sessions() if path is None else read_sessions(path)
 
-    def datasets(self, batch_size: int) -> Iterator[pd.DataFrame]:
-        return iter_datasets(self.files["datasets"], batch_size=batch_size)
+    def dataset_batches(self, batch_size: int) -> Iterator[pa.RecordBatch]:
+        """The datasets table's rows, checked and normalised, as arrow batches (:data:`DATASETS_ARROW`)."""
+        return _iter_datasets(_Table.parquet(self.files["datasets"]), batch_size)
 
     def count_datasets(self) -> int:
         return count_rows(self.files["datasets"])
@@ -643,7 +685,8 @@ class Frames:
     def sessions(self) -> pd.DataFrame:
         return _read_sessions(_Table.arrow(f"{self.name}['sessions']", _arrow(self.sessions_frame)))
 
-    def datasets(self, batch_size: int) -> Iterator[pd.DataFrame]:
+    def dataset_batches(self, batch_size: int) -> Iterator[pa.RecordBatch]:
+        """The datasets frame's rows, checked and normalised, as arrow batches (:data:`DATASETS_ARROW`)."""
         if "_datasets_arrow" not in self.__dict__:   # (read twice by an import: converted once)
             object.__setattr__(self, "_datasets_arrow", _arrow(self.datasets_frame))
         return _iter_datasets(_Table.arrow(f"{self.name}['datasets']", self.__dict__["_datasets_arrow"]), batch_size)
@@ -670,46 +713,86 @@ def _arrow(frame: pd.DataFrame) -> pa.Table:
         raise BadInputError(f"cannot read the tables in memory: {exc}") from exc
 
 
-def _datasets_frame(path: Path, batch: pa.RecordBatch, start: int, id_source: list[str],
-                    eid_source: list[str]) -> pd.DataFrame:
+def _normalised_datasets(path: Path, batch: pa.RecordBatch, start: int, id_source: list[str],
+                         eid_source: list[str]) -> pa.RecordBatch:
+    """A batch of a datasets table, checked and normalised (:data:`DATASETS_ARROW`) in arrow's
+    kernels: a Python value is made only for the distinct rel_paths and QC values, and for a bad
+    value's row."""
     n = batch.num_rows
     names = batch.schema.names
-    rel_path = _text(batch.column("rel_path"))
-    parts = _split(path, start, rel_path)
-    hashes = _text(batch.column("hash")) if "hash" in names else np.full(n, None, dtype=object)
-    hashes[pd.isna(hashes) | (hashes == "")] = None
-    if "hash" in names:
-        _check_text(path, "hash", start, hashes, folder=False)
-    if "exists" in names:
-        exists = batch.column("exists").fill_null(True).to_numpy(zero_copy_only=False).astype(bool) \
-            if not pa.types.is_null(batch.column("exists").type) else np.ones(n, dtype=bool)
-    else:
-        exists = np.ones(n, dtype=bool)
-    if "default_revision" in names and not pa.types.is_null(batch.column("default_revision").type):
-        default = batch.column("default_revision").to_numpy(zero_copy_only=False)
-    else:
-        default = np.full(n, None, dtype=object)
-    return pd.DataFrame({
-        "id": _object(_uuids(path, batch, id_source, start, "dataset id")),
-        "eid": _object(_uuids(path, batch, eid_source, start, "session id (eid)")),
-        "rel_path": _object(rel_path),
-        "collection": _object(parts["collection"]),
-        "revision": _object(parts["revision"]),
-        "name": _object(parts["name"]),
+    rel_path = _plain_text(batch.column("rel_path"))
+    parts = _split_arrow(path, start, rel_path)
+    hashes = _hashes(path, batch.column("hash"), start) if "hash" in names else pa.nulls(n, pa.string())
+    exists = batch.column("exists") if "exists" in names else pa.nulls(n, pa.bool_())
+    exists = pa.array(np.ones(n, dtype=bool)) if pa.types.is_null(exists.type) else exists.fill_null(True)
+    default = batch.column("default_revision") if "default_revision" in names else pa.nulls(n, pa.bool_())
+    columns = {
+        "id": _uuids(path, batch, id_source, start, "dataset id"),
+        "eid": _uuids(path, batch, eid_source, start, "session id (eid)"),
+        "rel_path": rel_path, **parts,
         "file_size": _file_sizes(path, batch.column("file_size"), start) if "file_size" in names
-        else pd.array([pd.NA] * n, dtype="Int64"),
-        "hash": _object(hashes),
+        else pa.nulls(n, pa.int64()),
+        "hash": hashes,
         "exists": exists,
-        "qc": _object(_qc_names(path, batch.column("qc"), start)) if "qc" in names
-        else _object(np.full(n, "NOT_SET", dtype=object)),
+        "qc": _qc_names(path, batch.column("qc"), start) if "qc" in names else _QC_NAMES.take(pa.array(np.zeros(n, np.int8))),
+        "default_revision": default.cast(pa.bool_()),
+    }
+    return pa.RecordBatch.from_arrays([columns[f.name] for f in DATASETS_ARROW], schema=DATASETS_ARROW)
+
+
+def datasets_frame(rows: pa.RecordBatch | pa.Table) -> pd.DataFrame:
+    """The normalised frame (see :func:`iter_datasets`) of normalised arrow rows (:data:`DATASETS_ARROW`).
+
+    >>> frame = datasets_frame(pa.table({"id": ["a"], "eid": ["b"], "rel_path": ["alf/x.npy"],
+    ...     "collection": ["alf"], "revision": [""], "name": ["x.npy"], "file_size": pa.array([None], pa.int64()),
+    ...     "hash": [None], "exists": [True], "qc": ["PASS"], "default_revision": pa.array([None], pa.bool_())}))
+    >>> frame["file_size"].dtype, frame["hash"][0], frame["default_revision"][0]
+    (Int64Dtype(), None, None)
+    """
+    def text(column: str) -> pd.Series:
+        values = rows.column(column)
+        if column in _REPEATED_TEXT:   # (few distinct values: one Python string each, shared by their rows)
+            encoded = pc.dictionary_encode(values, null_encoding="encode")
+            if isinstance(encoded, pa.ChunkedArray):
+                encoded = encoded.combine_chunks() if encoded.num_chunks else pa.array([], pa.string()).dictionary_encode()
+            distinct = encoded.dictionary.to_numpy(zero_copy_only=False).astype(object)
+            return _object(distinct[encoded.indices.to_numpy(zero_copy_only=False)] if len(distinct)
+                           else np.empty(0, dtype=object))
+        return _object(values.to_numpy(zero_copy_only=False))
+
+    size = rows.column("file_size")
+    default = rows.column("default_revision").to_numpy(zero_copy_only=False)
+    return pd.DataFrame({
+        **{c: text(c) for c in ("id", "eid", "rel_path", "collection", "revision", "name")},
+        "file_size": pd.arrays.IntegerArray(size.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64),
+                                            size.is_null().to_numpy(zero_copy_only=False)),
+        "hash": text("hash"),
+        "exists": rows.column("exists").to_numpy(zero_copy_only=False).astype(bool),
+        "qc": text("qc"),
         "default_revision": pd.Series(default, dtype=bool if default.dtype == bool else object),
     })
 
 
-def _file_sizes(path: Path, column: pa.Array, start: int) -> pd.arrays.IntegerArray:
+#: The text columns of normalised dataset rows with few distinct values.
+_REPEATED_TEXT = frozenset({"rel_path", "collection", "revision", "name", "qc"})
+
+
+def _hashes(path: Path, column: pa.Array, start: int) -> pa.Array:
+    """The ``hash`` column: '' is unknown (null); text with a NUL byte, or longer than the database
+    stores, is refused, naming its row."""
+    text = _plain_text(column)
+    text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+    limit = MAX_CHARS.get("hash")
+    if pc.any(pc.match_substring(text, "\x00")).as_py() or \
+            (limit is not None and (pc.max(pc.utf8_length(text)).as_py() or 0) > limit):
+        _check_text(path, "hash", start, text.to_numpy(zero_copy_only=False), folder=False)
+    return text
+
+
+def _file_sizes(path: Path, column: pa.Array, start: int) -> pa.Array:
     n = len(column)
     if pa.types.is_null(column.type):
-        return pd.array([pd.NA] * n, dtype="Int64")
+        return pa.nulls(n, pa.int64())
     if pa.types.is_floating(column.type):
         values = column.to_numpy(zero_copy_only=False).astype(float)  # nulls -> NaN
         unknown = np.isnan(values)
@@ -727,18 +810,24 @@ def _file_sizes(path: Path, column: pa.Array, start: int) -> pd.arrays.IntegerAr
         row = int(np.flatnonzero(bad)[0])
         raise BadInputError(f"{path}: column 'file_size', row {start + row}: bad file size "
                             f"{column[row].as_py()!r}, expected a whole number of bytes")
-    return pd.arrays.IntegerArray(data, unknown)
+    return pa.array(data, pa.int64(), mask=unknown if unknown.any() else None)
 
 
-def _qc_names(path: Path, column: pa.Array, start: int) -> np.ndarray:
-    """Canonical QC names from names (any case) or values; null means NOT_SET."""
+def _qc_names(path: Path, column: pa.Array, start: int) -> pa.Array:
+    """Canonical QC names (arrow text) from names (any case) or values; null means NOT_SET. Only
+    the distinct values are looked at."""
     if pa.types.is_null(column.type):
-        return np.full(len(column), "NOT_SET", dtype=object)
-    if pa.types.is_dictionary(column.type):
+        return _QC_NAMES.take(pa.array(np.zeros(len(column), np.int8)))
+    if pa.types.is_dictionary(column.type):   # (its dictionary may hold values no row has)
         column = column.cast(column.type.value_type)
-    codes = _qc_codes(column.to_numpy(zero_copy_only=False),
-                      lambda row, err: BadInputError(f"{path}: column 'qc', row {start + row}: {err}"))
-    return _QC_NAME_ARRAY[codes]
+    encoded = pc.dictionary_encode(column)
+
+    def refuse(k: int, err: BadInputError) -> BadInputError:
+        row = int(np.flatnonzero(encoded.indices.to_numpy(zero_copy_only=False) == k)[0])
+        return BadInputError(f"{path}: column 'qc', row {start + row}: {err}")
+
+    codes = _qc_codes(np.asarray(encoded.dictionary.to_pylist() + [None], dtype=object), refuse)
+    return _QC_NAMES.take(pa.array(codes).take(encoded.indices.fill_null(len(codes) - 1)))
 
 
 def _qc_codes(values: np.ndarray, refuse: Callable[[int, BadInputError], BadInputError]) -> np.ndarray:
@@ -758,7 +847,7 @@ def _qc_codes(values: np.ndarray, refuse: Callable[[int, BadInputError], BadInpu
     return np.array(lookup, dtype=np.int8)[codes]
 
 
-_QC_NAME_ARRAY = np.array(QC_ORDER, dtype=object)
+_QC_NAMES = pa.array(QC_ORDER, pa.string())
 
 
 # --------------------------------------------------------------------------------------------
@@ -960,9 +1049,6 @@ def _write_qc(path: Path, qc: pd.Series | None, n: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Streaming writes of trusted records (the store's)
 # --------------------------------------------------------------------------------------------
-
-_QC_NAMES = pa.array(QC_ORDER, pa.string())
-
 
 def _qc_array(codes: Any) -> pa.DictionaryArray:
     """ONE's ordered QC categorical from codes (positions in QC_ORDER)."""

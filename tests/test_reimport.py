@@ -18,7 +18,7 @@ from oneprov.store import digests, ingest
 from oneprov.store.schema import dataset_records
 from oneprov.store.records import merged_spans, spans_of
 from oneprov.synthetic import make_repository
-from oneprov.tables import iter_datasets
+from oneprov.tables import Folder, datasets_frame, iter_datasets
 
 VALUES = ["uuid", "session_uuid", "rel_path", "file_size", "hash", "exists", "qc", "default_revision"]
 
@@ -209,12 +209,13 @@ def test_a_table_the_check_kept_is_not_read_again_and_gives_the_same_records(sto
     import oneprov.tables
 
     monkeypatch.setattr(ingest, "KEEP_READ", keep_read)
-    reads, read = [], oneprov.tables.iter_datasets
-    monkeypatch.setattr(oneprov.tables, "iter_datasets", lambda *a, **k: (reads.append(1), read(*a, **k))[1])
+    reads, read = [], oneprov.tables.Folder.dataset_batches
+    monkeypatch.setattr(oneprov.tables.Folder, "dataset_batches",
+                        lambda *a, **k: (reads.append(1), read(*a, **k))[1])
     result = store.import_cache(tables, batch_size=path)
     assert len(reads) == (1 if path == ingest.IMPORT_BATCH or keep_read >= 2000 else 2)
     stored = records_of(store, result.query_id)
-    table = pd.concat(read(tables / "datasets.pqt"), ignore_index=True).rename(
+    table = pd.concat(iter_datasets(tables / "datasets.pqt"), ignore_index=True).rename(
         columns={"id": "uuid", "eid": "session_uuid"}).sort_values(["uuid", "session_uuid", "rel_path"])
     assert len(stored) == len(table) == 2000
     for column in ("uuid", "session_uuid", "rel_path", "qc"):
@@ -248,6 +249,20 @@ def test_digests_depend_on_a_rows_values_only(tables):
         after = digests.row_digests(changed, "dataset_records")
         assert (after[0, :2] != whole[0, :2]).all(), column
         assert (after[0, 2] == whole[0, 2]) == (column != "rel_path")   # the identity: id, session, path
+
+
+def test_a_rows_digest_does_not_depend_on_the_other_rows_of_its_batch(tables):
+    """A row without an MD5 gets one digest, alone or next to rows with one (the first scheme mixed
+    the MD5 words only into batches holding an MD5: an unchanged row could look changed); the
+    same rows as arrow and as a frame give the same digests."""
+    frame = pd.concat(iter_datasets(tables / "datasets.pqt"), ignore_index=True).iloc[:100]
+    alone = frame.iloc[:1].assign(hash=[None])
+    assert frame["hash"].iloc[1:].notna().any()
+    assert (digests.row_digests(pd.concat([alone, frame.iloc[1:]]), "dataset_records")[0] ==
+            digests.row_digests(alone, "dataset_records")[0]).all()
+    batch = next(Folder.open(tables).dataset_batches(100))
+    assert (digests.row_digests(datasets_frame(batch), "dataset_records") ==
+            digests.row_digests(batch, "dataset_records")).all()
 
 
 def test_db_check_finds_spans_that_overlap_or_cover_no_record(tmp_path, tables):

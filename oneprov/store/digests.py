@@ -1,7 +1,7 @@
 """Digests of rows: how an import finds what changed since an earlier import of the same tables.
 
-Each row of a normalised sessions or datasets frame (the layouts of :mod:`oneprov.tables`) gets a
-digest of the values its record stores (``collection``, ``revision`` and ``name`` are parsed from
+Each row of normalised sessions or dataset rows (the layouts of :mod:`oneprov.tables`, as arrow
+batches or frames) gets a digest of the values its record stores (``collection``, ``revision`` and ``name`` are parsed from
 ``rel_path``, so ``rel_path`` stands for them) and a hash of its identity (its UUID; a dataset's
 UUID, session and path). An import stores them for every record it returned (``query_digests``,
 :func:`store_digests`); the next import compares its rows with those (:class:`Baseline`): a row
@@ -11,8 +11,12 @@ whose identity is there has changed.
 The digest is two 64-bit hashes computed independently of each other (the lanes: each has its own
 SipHash key for text, pandas' :func:`~pandas.util.hash_array`, and its own constants to mix the
 columns' words with splitmix64's finaliser; UUIDs and MD5s enter as their exact characters), so a
-changed row is taken for an unchanged one only if both lanes collide. :data:`SCHEME` names the
-whole recipe, and digests of another scheme are never compared with these.
+changed row is taken for an unchanged one only if both lanes collide. The words are taken from
+arrow's buffers (a column of UUIDs is one run of 36-byte strings): no Python value is made for a
+row but for text without few distinct values, which datasets do not have. :data:`SCHEME` names the
+whole recipe, and digests of another scheme are never compared with these (the first scheme, v1,
+mixed an MD5's words into a row's digest only when its batch held an MD5: a row's digest could
+depend on the other rows of its batch).
 
 >>> import pandas as pd
 >>> frame = pd.DataFrame({"id": ["a2f5d3c6-9c0e-4b5b-8a49-6ad16a7d8a25"], "lab": ["lab"], "subject": ["m1"],
@@ -29,6 +33,8 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 from pandas.util import hash_array
 from sqlalchemy.engine import Connection
@@ -38,7 +44,7 @@ from .records import ROW_KEY, returned_by
 from .schema import queries, query_digests
 
 #: The recipe of :func:`row_digests`; stored with every digest.
-SCHEME = "splitmix128-identity64-v1"
+SCHEME = "splitmix128-identity64-v2"
 #: The columns of a normalised frame that a digest covers, in the order they are mixed: first the
 #: row's identity (the first :data:`IDENTITY` of them), then its state.
 FIELDS = {
@@ -60,33 +66,40 @@ _MULTIPLIERS = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F))   
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
 _QC_CODE = {name: code for code, name in enumerate(QC_ORDER)}
+_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()   # (arrow's dates are days since 1970-01-01)
 _UUIDS = {"id", "eid"}            # canonical UUIDs: 36 ASCII characters
 _MD5 = {"hash"}                   # mostly 32 hexadecimal characters
 _REPEATED = {"rel_path", "lab", "subject", "task_protocol", "projects"}   # few distinct values
+#: Each digested column's arrow type.
+_TYPES = {**{c: pa.string() for c in ("id", "eid", "rel_path", "hash", "qc", "lab", "subject", "task_protocol",
+                                      "projects")},
+          "file_size": pa.int64(), "number": pa.int64(), "exists": pa.bool_(), "default_revision": pa.bool_(),
+          "date": pa.date32()}
 #: The normalised frame's names of the record tables' identity columns.
 _FRAME_NAMES = {"uuid": "id", "session_uuid": "eid"}
 
 
-def row_digests(frame: pd.DataFrame, records: str) -> np.ndarray:
-    """The digest and identity hash of each row of a normalised frame of ``records``
-    ('session_records' or 'dataset_records'): an array of shape ``(len(frame), WIDTH)``, unsigned
-    64-bit, whose columns are the digest's two lanes and the identity's hash. The same values give
-    the same words in every process and every batch."""
-    return _mixed(frame, records, FIELDS[records])
+def row_digests(rows: pa.RecordBatch | pa.Table | pd.DataFrame, records: str) -> np.ndarray:
+    """The digest and identity hash of each row of normalised rows of ``records``
+    ('session_records' or 'dataset_records'): arrow rows (:data:`oneprov.tables.DATASETS_ARROW`)
+    or a normalised frame. An array of shape ``(len(rows), WIDTH)``, unsigned 64-bit, whose
+    columns are the digest's two lanes and the identity's hash. The same values give the same
+    words in every process and every batch, whatever the other rows."""
+    return _mixed(rows, records, FIELDS[records])
 
 
-def row_identities(frame: pd.DataFrame, records: str) -> np.ndarray:
+def row_identities(rows: pa.RecordBatch | pa.Table | pd.DataFrame, records: str) -> np.ndarray:
     """The identity hash of :func:`row_digests` alone (signed 64-bit), from the identity's columns."""
-    return _mixed(frame, records, FIELDS[records][:IDENTITY[records]])[:, 2].view(np.int64)
+    return _mixed(rows, records, FIELDS[records][:IDENTITY[records]])[:, 2].view(np.int64)
 
 
-def _mixed(frame: pd.DataFrame, records: str, columns: list[str]) -> np.ndarray:
-    n = len(frame)
+def _mixed(rows: pa.RecordBatch | pa.Table | pd.DataFrame, records: str, columns: list[str]) -> np.ndarray:
+    n = len(rows)
     out = np.empty((n, WIDTH), dtype=np.uint64)
     lanes = [np.full(n, seed, dtype=np.uint64) for seed in _SEEDS]
     with np.errstate(over="ignore"):
         for k, column in enumerate(columns):
-            for lane, words in enumerate(_words(frame[column], column)):
+            for lane, words in enumerate(_words(_column(rows, column), column)):
                 for word in words:
                     _mix_in(lanes[lane], word, _MULTIPLIERS[lane])
             if k + 1 == IDENTITY[records]:
@@ -95,82 +108,104 @@ def _mixed(frame: pd.DataFrame, records: str, columns: list[str]) -> np.ndarray:
     return out
 
 
-def _words(values: pd.Series, column: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """The 64-bit words (one or a few a row) that stand for ``values``, a column of a normalised
-    frame, in each lane: values that differ give words that differ."""
+def _column(rows: pa.RecordBatch | pa.Table | pd.DataFrame, column: str) -> pa.Array:
+    """A column of normalised rows as one arrow array of its type in :data:`_TYPES`."""
+    if isinstance(rows, pd.DataFrame):
+        values = rows[column]
+        if values.dtype == object and len(values) and column == "date":   # (dates, None; never NaT)
+            values = values.where(values.notna(), None)
+        return pa.array(values, _TYPES[column], from_pandas=True)
+    values = rows.column(column)
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks() if values.num_chunks else pa.array([], _TYPES[column])
+    return values if values.type == _TYPES[column] else values.cast(_TYPES[column])
+
+
+def _words(values: pa.Array, column: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The 64-bit words (one or a few a row) that stand for ``values``, a column of normalised rows,
+    in each lane: values that differ give words that differ."""
     if column in _UUIDS:   # (exact, the same in both lanes)
-        return (_ascii_words(values.tolist(), 36),) * 2
+        return (_ascii_words(values, 36),) * 2
     if column == "exists":
-        return ([values.to_numpy(dtype=bool).astype(np.uint64)],) * 2
+        return ([values.fill_null(False).to_numpy(zero_copy_only=False).astype(np.uint64)],) * 2
+    known = ~_nulls(values)
     if column in ("number", "file_size"):
-        known = values.notna().to_numpy()
-        words = [np.where(known, values.fillna(0).to_numpy(dtype=np.int64), 0).astype(np.uint64),
+        words = [values.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64).astype(np.uint64),
                  (~known).astype(np.uint64)]
         return (words,) * 2
     if column == "default_revision":   # True, False, or None (the tables did not say)
-        as_object = values.to_numpy(dtype=object)
-        return ([np.where(pd.isna(as_object), 2, as_object == True).astype(np.uint64)],) * 2  # noqa: E712
+        flag = values.fill_null(False).to_numpy(zero_copy_only=False)
+        return ([np.where(known, flag, 2).astype(np.uint64)],) * 2
     if column == "qc":
-        codes, names = pd.factorize(values.to_numpy(dtype=object))
-        return ([np.array([_QC_CODE[name] for name in names], dtype=np.uint64)[codes]],) * 2
-    if column == "date":
-        days = np.fromiter((v.toordinal() + 1 if isinstance(v, dt.date) else 0 for v in values),
-                           dtype=np.int64, count=len(values)).astype(np.uint64)
-        return ([days],) * 2
-    return _text_words(values, column)
+        encoded = pc.dictionary_encode(values)
+        codes = np.array([_QC_CODE[name] for name in encoded.dictionary.to_pylist()], dtype=np.uint64)
+        return ([codes[encoded.indices.to_numpy(zero_copy_only=False)]],) * 2
+    if column == "date":   # (the day's proleptic ordinal + 1; 0 for none)
+        days = values.cast(pa.int32()).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        return ([np.where(known, days + _EPOCH_ORDINAL + 1, 0).astype(np.uint64)],) * 2
+    return _text_words(values, column, known)
 
 
-def _text_words(values: pd.Series, column: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _text_words(values: pa.Array, column: str, known: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Text: a kind word (0 text, 1 missing, 2 an MD5's 32 ASCII characters, exact), then the text's
-    SipHash with each lane's own key, or the MD5's four words."""
-    text = values.to_numpy(dtype=object)
-    n = len(text)
-    kind = np.zeros(n, dtype=np.uint64)
-    missing = values.isna().to_numpy() if values.hasnans else None
-    if missing is not None:
-        kind[missing] = 1
-        text = np.where(missing, "", text)
+    SipHash with each lane's own key (of '' when missing; 0 for an MD5), and for ``hash`` four
+    more words, an MD5's characters (0 when not an MD5)."""
+    n = len(values)
+    kind = np.where(known, 0, 1).astype(np.uint64)
     exact = None
     if column in _MD5:
-        present = text if missing is None else text[~missing]
-        joined = "".join(present.tolist())
-        if len(joined) == 32 * len(present) and joined.isascii():   # (every one 32 characters: the usual case)
-            exact = np.ones(n, dtype=bool) if missing is None else ~missing
-        else:
-            exact = np.fromiter((len(t) == 32 and t.isascii() for t in text), dtype=bool, count=n)
+        exact = pc.and_(pc.equal(pc.binary_length(values), 32), pc.string_is_ascii(values)).fill_null(False)
+        exact = exact.to_numpy(zero_copy_only=False)
         kind[exact] = 2
-    hashed = np.flatnonzero(exact is None or ~exact) if exact is not None else None
-    lanes: list[list[np.ndarray]] = []
+    text = values.fill_null("")
     if column in _REPEATED:   # (each distinct value hashed once)
-        codes, uniques = pd.factorize(text)
-        per_lane = [hash_array(np.asarray(uniques, dtype=object), hash_key=key, categorize=False)[codes] for key in _KEYS]
-    elif hashed is not None and len(hashed) < n:
+        encoded = pc.dictionary_encode(text)
+        distinct = encoded.dictionary.to_numpy(zero_copy_only=False).astype(object)
+        codes = encoded.indices.to_numpy(zero_copy_only=False)
+        per_lane = [hash_array(distinct, hash_key=key, categorize=False)[codes] for key in _KEYS]
+    else:
+        hashed = np.arange(n) if exact is None else np.flatnonzero(~exact)
+        some = text if len(hashed) == n else text.take(pa.array(hashed))
+        some = some.to_numpy(zero_copy_only=False).astype(object)
         per_lane = []
         for key in _KEYS:
             words = np.zeros(n, dtype=np.uint64)
-            words[hashed] = hash_array(text[hashed], hash_key=key, categorize=False)
+            words[hashed] = hash_array(some, hash_key=key, categorize=False)
             per_lane.append(words)
-    else:
-        per_lane = [hash_array(text, hash_key=key, categorize=False) for key in _KEYS]
-    for words in per_lane:
-        lanes.append([kind, words])
-    if exact is not None and exact.any():
+    lanes = [[kind, words] for words in per_lane]
+    if exact is not None:
         md5 = np.zeros((n, 4), dtype=np.uint64)
-        md5[exact] = np.stack(_ascii_words(text[exact].tolist(), 32), axis=1)
+        if exact.any():
+            md5[exact] = np.stack(_ascii_words(values.filter(pa.array(exact)), 32), axis=1)
         for words in lanes:
             words.extend(md5[:, k] for k in range(4))
     return lanes[0], lanes[1]
 
 
-def _ascii_words(strings: list[str], width: int) -> list[np.ndarray]:
-    """Strings of ``width`` ASCII characters each as the little-endian words of their bytes (zero
-    padded): exact, and several times faster than hashing them."""
-    text = "".join(strings)
-    if len(text) != width * len(strings):
+def _nulls(values: pa.Array) -> np.ndarray:
+    if not values.null_count:
+        return np.zeros(len(values), dtype=bool)
+    return values.is_null().to_numpy(zero_copy_only=False)
+
+
+def _ascii_words(values: pa.Array, width: int) -> list[np.ndarray]:
+    """Text values of ``width`` ASCII characters each (no null) as the little-endian words of their
+    bytes (zero padded), read from arrow's buffers: exact, and several times faster than hashing."""
+    if values.null_count:
+        raise ValueError("null among fixed-width text")
+    offsets_type = np.int64 if pa.types.is_large_string(values.type) else np.int32
+    _, offsets, data = values.buffers()
+    n = len(values)
+    offsets = np.frombuffer(offsets, dtype=offsets_type)[values.offset:values.offset + n + 1] if n else np.zeros(1, int)
+    if n and not (np.diff(offsets) == width).all():
         raise ValueError(f"not strings of {width} characters")
+    raw = np.frombuffer(data, dtype=np.uint8)[offsets[0]:offsets[-1]].reshape(n, width) if n \
+        else np.empty((0, width), dtype=np.uint8)
+    if (raw >= 0x80).any():
+        raise ValueError(f"not strings of {width} ASCII characters")
     size = -(-width // 8) * 8
-    padded = np.zeros((len(strings), size), dtype=np.uint8)
-    padded[:, :width] = np.frombuffer(text.encode("ascii"), dtype=np.uint8).reshape(len(strings), width)
+    padded = np.zeros((n, size), dtype=np.uint8)
+    padded[:, :width] = raw
     words = padded.view("<u8")
     return [words[:, k] for k in range(size // 8)]
 

@@ -23,7 +23,7 @@ How an import runs:
    into an index cost several times one sort).
 
 The rows come as a :class:`Rows` object: the sessions as one normalised frame, the datasets as
-normalised frames in batches (the layouts of :mod:`oneprov.tables`), which it can read twice;
+normalised arrow batches (the layouts of :mod:`oneprov.tables`), which it can read twice;
 :class:`RowSource` says where they came from, and is what the query records.
 
 >>> import tempfile
@@ -52,6 +52,8 @@ from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from tqdm.auto import tqdm
@@ -59,7 +61,7 @@ from tqdm.auto import tqdm
 from ..errors import BadInputError, DuplicateIdError
 from ..files import process_alive
 from ..secrets import scrub
-from ..tables import DATASETS_COLUMNS, SESSIONS_COLUMNS, STATE_COLUMNS, Folder
+from ..tables import DATASETS_ARROW, DATASETS_COLUMNS, SESSIONS_COLUMNS, STATE_COLUMNS, Folder, datasets_frame
 from . import dialects, digests
 from .driver import prepared
 from .engine import Database, mapped_errors
@@ -106,7 +108,7 @@ class Rows(Protocol):
     """Sessions and dataset rows to ingest, normalised as :mod:`oneprov.tables` reads them."""
 
     def sessions(self) -> pd.DataFrame: ...
-    def datasets(self, batch_size: int) -> Iterator[pd.DataFrame]: ...   # called twice: check, then write
+    def dataset_batches(self, batch_size: int) -> Iterator[pa.RecordBatch]: ...   # called twice: check, then write
     def count_datasets(self) -> int | None: ...
     def metadata(self) -> dict[str, Any]: ...   # recorded as the query's params["metadata"]
     def verify(self) -> None: ...   # raise if the rows read may not be those of the source's checksum
@@ -342,8 +344,8 @@ def _ingest_small(db: Database, source: RowSource, rows: Rows, sessions: pd.Data
                   reuse: bool, name: str) -> ImportResult:
     """:func:`ingest` of a few rows (a REST answer, an edit): read and checked once, then written
     and completed in one short transaction, which holds the write lock for milliseconds."""
-    frames = list(rows.datasets(SMALL_ROWS))   # (the reader raises on a bad row: nothing written yet)
-    hashes = np.concatenate([_identities(f) for f in frames]) if frames else np.empty(0, dtype=np.int64)
+    batches = list(rows.dataset_batches(SMALL_ROWS))   # (the reader raises on a bad row: nothing written yet)
+    hashes = np.concatenate([_identities(b) for b in batches]) if batches else np.empty(0, dtype=np.int64)
     hashes.sort()
     repeats = set(hashes[1:][hashes[1:] == hashes[:-1]].tolist())
     repeated: list[str] = []
@@ -364,8 +366,8 @@ def _ingest_small(db: Database, source: RowSource, rows: Rows, sessions: pd.Data
         _ingest_sessions(db, conn, qid, sessions, returned["session_records"], earlier["session_records"])
         changed = sum(_ingest_part(db, conn, qid, values, row_digests, returned["dataset_records"], name,
                                    earlier=earlier["dataset_records"])
-                      for values, row_digests in _prepared(iter(frames), repeats, repeated) if len(values[0]))
-        n_datasets = sum(len(f) for f in frames) - len(repeated)
+                      for values, row_digests in _prepared(iter(batches), repeats, repeated) if len(values[0]))
+        n_datasets = sum(len(b) for b in batches) - len(repeated)
         if bulk:
             _build_indexes(conn)
         rows.verify()
@@ -397,8 +399,9 @@ class _Checked:
     n_rows: int
     repeats: set[int]         # identity hashes seen more than once (candidates for repeated rows)
     earlier: digests.Baseline | None = None   # the earlier import compared with
-    changed: list[pd.DataFrame] | None = None  # the rows not unchanged since it (None: write every row)
-    frames: list[pd.DataFrame] | None = None   # every row, as read (None: read again to write them)
+    changed: list[pa.RecordBatch] | None = None  # the rows not unchanged since it (None: write every row)...
+    replaces: list[np.ndarray] | None = None     # ...and of each, whether it is a row of it changed since
+    batches: list[pa.RecordBatch] | None = None  # every row, as read (None: read again to write them)
 
 
 def _check(rows: Rows, batch_size: int, show: bool, earlier: digests.Baseline | None) -> _Checked:
@@ -409,52 +412,55 @@ def _check(rows: Rows, batch_size: int, show: bool, earlier: digests.Baseline | 
     # hold it twice: 160 MB at 10 million rows).
     expected, n = rows.count_datasets() or 0, 0
     every = np.empty(expected, dtype=np.int64)
-    changed: list[pd.DataFrame] | None = [] if earlier is not None else None
-    frames: list[pd.DataFrame] | None = [] if expected <= KEEP_READ else None
+    changed: list[pa.RecordBatch] | None = [] if earlier is not None else None
+    replaces: list[np.ndarray] = []
+    batches: list[pa.RecordBatch] | None = [] if expected <= KEEP_READ else None
     kept = 0
     with tqdm(total=expected, unit="rows", desc="check datasets", disable=not show) as bar:
-        for frame in in_background(rows.datasets(batch_size)):
-            if frames is not None and n + len(frame) <= KEEP_READ:
-                frames.append(frame)
+        for batch in in_background(rows.dataset_batches(batch_size)):
+            if batches is not None and n + len(batch) <= KEEP_READ:
+                batches.append(batch)
             else:
-                frames = None
+                batches = None
             if changed is not None:
-                row_digests = digests.row_digests(frame, "dataset_records")
+                row_digests = digests.row_digests(batch, "dataset_records")
                 part = row_digests[:, 2].view(np.int64)
                 unmatched = earlier.match(row_digests) < 0
                 kept += int(unmatched.sum())
-                if kept <= KEEP_CHANGED:   # (marked: the rows of the earlier import, changed since)
-                    changed.append(frame[unmatched].assign(_replaces=earlier.replaces(row_digests[unmatched])))
+                if kept <= KEEP_CHANGED:   # (with whether each is a row of the earlier import, changed since)
+                    changed.append(batch.filter(pa.array(unmatched)))
+                    replaces.append(earlier.replaces(row_digests[unmatched]))
                 else:
                     changed = None
             else:
-                part = _identities(frame)
+                part = _identities(batch)
             if n + len(part) > len(every):    # (more rows than the table's metadata said)
                 every = np.concatenate([every[:n], np.empty(max(len(part), n), dtype=np.int64)])
             every[n:n + len(part)] = part
             n += len(part)
-            bar.update(len(frame))
+            bar.update(len(batch))
     every = every[:n]
     every.sort()
     repeats = set(every[1:][every[1:] == every[:-1]].tolist())
-    return _Checked(n, repeats, earlier, None if repeats else changed, frames)
+    changed = None if repeats else changed
+    return _Checked(n, repeats, earlier, changed, replaces if changed is not None else None, batches)
 
 
-def _identities(frame: pd.DataFrame) -> np.ndarray:
-    """A 64-bit hash of each row's identity (dataset id, session, rel_path) of a normalised frame
+def _identities(batch: pa.RecordBatch) -> np.ndarray:
+    """A 64-bit hash of each row's identity (dataset id, session, rel_path) of normalised rows
     (a hash seen twice is then compared value by value)."""
-    return digests.row_identities(frame, "dataset_records")
+    return digests.row_identities(batch, "dataset_records")
 
 
-def _prepared(frames: Iterator[pd.DataFrame], repeats: set[int],
+def _prepared(batches: Iterator[pa.RecordBatch | pa.Table], repeats: set[int],
               repeated: list[str]) -> Iterator[tuple[list[list], np.ndarray]]:
-    """Each normalised datasets frame as column values (:data:`_DATASET_COLUMNS`), in session and path
-    order, without rows that repeat an earlier row (their ids are added to ``repeated``); and the
-    digest of each row."""
+    """Each batch of normalised dataset rows as column values (:data:`_DATASET_COLUMNS`), in session
+    and path order, without rows that repeat an earlier row (their ids are added to ``repeated``);
+    and the digest of each row."""
     seen: set[tuple] = set()
-    for frame in frames:
-        frame = frame.reset_index(drop=True)
-        row_digests = digests.row_digests(frame, "dataset_records")
+    for batch in batches:
+        row_digests = digests.row_digests(batch, "dataset_records")
+        frame = datasets_frame(batch)
         if repeats:
             candidates = np.isin(row_digests[:, 2].view(np.int64), list(repeats))
             keep = np.ones(len(frame), dtype=bool)
@@ -481,8 +487,8 @@ def _ingest_all_datasets(db: Database, conn: Connection, writer: _Writer, qid: i
     with tqdm(total=checked.n_rows, unit="rows", desc="import datasets", disable=not show) as bar:
         # Batch k+1 is read and prepared in a thread while batch k is written: SQLite works without
         # holding the GIL, so the two overlap on two cores.
-        frames = iter(checked.frames) if checked.frames is not None else rows.datasets(batch_size)
-        prepared = in_background(_prepared(frames, checked.repeats, repeated))
+        batches = iter(checked.batches) if checked.batches is not None else rows.dataset_batches(batch_size)
+        prepared = in_background(_prepared(batches, checked.repeats, repeated))
         changed = _write_parts(db, conn, writer, qid, prepared, returned["dataset_records"], name, bar,
                                earlier=checked.earlier)
     return changed, repeated
@@ -498,10 +504,10 @@ def _ingest_changed_datasets(db: Database, conn: Connection, writer: _Writer | N
         for ids, row_digests in checked.earlier.unchanged():
             returned["dataset_records"].add(conn, ids, row_digests)
 
-    changed = pd.concat(checked.changed) if checked.changed else pd.DataFrame(columns=["_replaces"])
-    replacing = changed["_replaces"].to_numpy(dtype=bool)
-    parts = [(_prepared(iter([changed[replacing]]), set(), []), True),
-             (_prepared(iter([changed[~replacing]]), set(), []), False)]
+    changed = pa.Table.from_batches(checked.changed, schema=DATASETS_ARROW)
+    replacing = pa.array(np.concatenate([np.zeros(0, dtype=bool), *checked.replaces]))
+    parts = [(_prepared(iter([changed.filter(replacing)]), set(), []), True),
+             (_prepared(iter([changed.filter(pc.invert(replacing))]), set(), []), False)]
     if writer is None:
         unchanged()
         return sum(_ingest_part(db, conn, qid, values, row_digests, returned["dataset_records"], name, new=new)
