@@ -432,6 +432,45 @@ def test_a_large_import_s_page_cache_is_small_for_a_first_import_and_restored_af
     store.close()
 
 
+def test_what_an_import_commits_reaches_the_database_file_through_the_store_s_checkpointer(tmp_path, repo,
+                                                                                          monkeypatch):
+    """A large import's commits checkpoint only past IMPORT_AUTOCHECKPOINT_PAGES of log and wake the
+    store's checkpointer thread, which copies the pages into the database file: once it is done, the
+    file alone (without its -wal) holds the complete import. The connection's setting is restored."""
+    import sqlite3
+    import threading
+
+    import sqlalchemy as sa
+
+    from oneprov.store import dialects, ingest
+
+    monkeypatch.setattr(ingest, "SMALL_ROWS", 0)   # (the path of tables of more than 20,000 rows)
+    checkpoints, checkpoint = [], dialects.SQLite.checkpoint
+    monkeypatch.setattr(dialects.SQLite, "checkpoint",
+                        lambda self, c: (checkpoints.append(threading.current_thread().name), checkpoint(self, c)))
+    store = open_store(tmp_path / "p.sqlite")
+    seen: list[int] = []
+
+    @sa.event.listens_for(store.engine, "before_cursor_execute")
+    def autocheckpoint_when_writing_records(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("INSERT INTO dataset_records"):
+            seen.append(cursor.connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+
+    result = store.import_cache(repo.root)
+    store.wait_for_checkpoint()
+    assert set(seen) == {dialects.IMPORT_AUTOCHECKPOINT_PAGES}
+    assert checkpoints and set(checkpoints) == {"oneprov-checkpointer"}
+    shutil.copyfile(tmp_path / "p.sqlite", tmp_path / "alone.sqlite")
+    alone = sqlite3.connect(tmp_path / "alone.sqlite")
+    assert alone.execute("SELECT count(*) FROM dataset_records").fetchone()[0] == result.datasets
+    assert alone.execute("SELECT completed_at IS NOT NULL FROM queries WHERE id = ?", (result.query_id,)).fetchone()[0]
+    alone.close()
+    with ExitStack() as stack:   # every pooled connection (and a new one) checkpoints as SQLite's default again
+        drivers = [stack.enter_context(store.engine.connect()).connection.dbapi_connection for _ in range(4)]
+        assert {d.execute("PRAGMA wal_autocheckpoint").fetchone()[0] for d in drivers} == {1000}
+    store.close()
+
+
 def test_sessions_staged_in_parts_are_recorded_as_in_one(tmp_path, repo, monkeypatch):
     """The sessions of an import are staged a part at a time (bounded memory): in parts of 4 rows,
     every session is recorded with the same values, once, and linked to the import."""

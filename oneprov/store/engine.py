@@ -15,6 +15,7 @@ for the write lock), and every driver error raised inside either becomes a
 """
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -36,6 +37,8 @@ from . import dialects, driver
 T = TypeVar("T")
 
 NO_DATABASE = f"no database given: pass --db PATH_OR_URL (or db=...) or set {settings.DB_ENV}"
+
+_log = logging.getLogger("oneprov.store")
 
 #: Driver errors that :func:`mapped_errors` turns into a :class:`DatabaseError`.
 _DRIVER_ERRORS: tuple[type[BaseException], ...] = (sa.exc.DBAPIError, sqlite3.Error)
@@ -247,6 +250,10 @@ class Database:
         # the driver connection kept by the first thread that writes through the driver, and its owner
         self._kept: tuple[tuple[int, int], Any] | None = None
         self._keeping = threading.Lock()
+        # the checkpointer thread while it runs, and whether it is asked to checkpoint again
+        self._checkpointer: threading.Thread | None = None
+        self._checkpoint_due = False
+        self._checkpointing = threading.Lock()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.where!r})"
@@ -258,10 +265,55 @@ class Database:
         -------
         None
         """
+        self.wait_for_checkpoint()
         kept, self._kept = self._kept, None
         if kept is not None and kept[0][0] == os.getpid():   # (never a connection of the parent process)
             kept[1].close()
         self.engine.dispose()
+
+    def checkpoint_soon(self) -> None:
+        """Have what is committed copied into the database file by a thread of the store's, which
+        runs while there is such work (a checkpoint; SQLite files only, see
+        :meth:`Dialect.checkpoint`): an import's commits leave that to it, and it works on one core
+        while the import goes on on another. :meth:`close` waits for it."""
+        if not self.dialect.checkpoints(self.engine):
+            return
+        with self._checkpointing:
+            self._checkpoint_due = True
+            if self._checkpointer is None or not self._checkpointer.is_alive():   # (or a parent process's)
+                self._checkpointer = threading.Thread(target=self._checkpoint, name="oneprov-checkpointer",
+                                                      daemon=True)
+                self._checkpointer.start()
+
+    def wait_for_checkpoint(self) -> None:
+        """Wait until the checkpoints asked for (:meth:`checkpoint_soon`) are done."""
+        with self._checkpointing:
+            thread = self._checkpointer
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _checkpoint(self) -> None:
+        while True:
+            connection, failed = None, False
+            try:
+                while self._take_checkpoint():
+                    connection = connection or self.engine.raw_connection()
+                    self.dialect.checkpoint(connection.driver_connection)
+            except Exception as exc:   # (harmless: another connection's commit checkpoints then)
+                failed = True
+                _log.debug("checkpoint of %s failed: %s", self.where, first_line(exc))
+            finally:
+                if connection is not None:
+                    connection.close()
+            with self._checkpointing:   # (asked again while the connection closed: once more)
+                if failed or not self._checkpoint_due:
+                    self._checkpoint_due, self._checkpointer = False, None
+                    return
+
+    def _take_checkpoint(self) -> bool:
+        with self._checkpointing:
+            due, self._checkpoint_due = self._checkpoint_due, False
+            return due
 
     def __enter__(self):
         return self

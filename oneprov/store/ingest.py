@@ -48,7 +48,8 @@ import time
 import traceback
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Protocol, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -274,7 +275,7 @@ def _ingest(db: Database, source: RowSource, rows: Rows, *, run_id: str | None, 
     failure: BaseException | None = None
     try:
         with db.connection() as conn:
-            writer = _Writer(db.dialect, conn)   # (before the check: it sees who writes meanwhile)
+            writer = _Writer(db.dialect, conn, db.checkpoint_soon)   # (before the check: it sees who writes meanwhile)
             with db.reading() as reader:   # (what the rows are compared with: no write lock)
                 earlier = {t.name: digests.baseline(reader, source.location, t)
                            for t in (session_records, dataset_records)}
@@ -284,7 +285,7 @@ def _ingest(db: Database, source: RowSource, rows: Rows, *, run_id: str | None, 
                 return claim
             (qid, bulk), started = claim, time.perf_counter()
             returned = {t.name: _Returned(qid, t) for t in (session_records, dataset_records)}
-            with db.dialect.import_session(conn, bulk):
+            with _import_session(db, conn, bulk):
                 try:
                     def complete(n_datasets: int) -> None:   # (inside the import's last transaction)
                         rows.verify()
@@ -629,6 +630,17 @@ def _build_indexes(conn: Connection) -> None:
             conn.execute(sa.schema.AddConstraint(key))
 
 
+@contextmanager
+def _import_session(db: Database, conn: Connection, bulk: bool) -> Iterator[None]:
+    """The dialect's settings of an import's connection; what it committed is then checkpointed
+    apart (its commits leave that to the store's thread: :meth:`Database.checkpoint_soon`)."""
+    try:
+        with db.dialect.import_session(conn, bulk):
+            yield
+    finally:
+        db.checkpoint_soon()
+
+
 class _Writer:
     """Runs an import's write transactions: sizes each to about :data:`WRITE_SECONDS` from the time
     the last one took, and gives way to other writers while there are any.
@@ -638,12 +650,13 @@ class _Writer:
     So, while other connections have committed in the last :data:`CONTENDED_S` seconds, the import
     pauses for the dialect's ``give_way_s`` at most every :data:`GIVE_WAY_EVERY_S` seconds; alone,
     it never pauses. Create it before the import's first step, so that it sees who writes meanwhile.
+    ``committed`` is called after each transaction commits.
     """
 
-    def __init__(self, dialect: dialects.Dialect, conn: Connection) -> None:
+    def __init__(self, dialect: dialects.Dialect, conn: Connection, committed: Callable[[], None] = lambda: None) -> None:
         self.rows = FIRST_PART
         self.pauses = 0
-        self._dialect, self._conn = dialect, conn
+        self._dialect, self._conn, self._committed = dialect, conn, committed
         self._commits = dialect.commits_by_others(conn)
         self._others_at = self._paused_at = -float("inf")
 
@@ -653,6 +666,7 @@ class _Writer:
         started = time.perf_counter()
         with self._conn.begin():
             result = step()
+        self._committed()
         seconds = max(time.perf_counter() - started, 1e-3)
         self.rows = int(min(max(n * WRITE_SECONDS / seconds, MIN_PART), IMPORT_BATCH))
         return result
