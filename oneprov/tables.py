@@ -52,7 +52,7 @@ from .files import file_sha256, finish_replacing, write_atomically
 
 __all__ = [
     "SESSIONS_COLUMNS", "DATASETS_COLUMNS", "DATASETS_ARROW", "STATE_COLUMNS", "QC_DTYPE", "WrittenTable", "Folder", "Frames",
-    "read_metadata", "read_sessions", "iter_datasets", "datasets_frame", "count_rows",
+    "read_metadata", "read_sessions", "iter_datasets", "datasets_frame", "dataset_values", "count_rows",
     "write_sessions", "write_datasets", "sessions_batch", "datasets_batch", "write_batches",
     "merge_tables", "merge_metadata",
     "uuid_strings", "hex_strings",
@@ -749,32 +749,48 @@ def datasets_frame(rows: pa.RecordBatch | pa.Table) -> pd.DataFrame:
     >>> frame["file_size"].dtype, frame["hash"][0], frame["default_revision"][0]
     (Int64Dtype(), None, None)
     """
-    def text(column: str) -> pd.Series:
-        values = rows.column(column)
-        if column in _REPEATED_TEXT:   # (few distinct values: one Python string each, shared by their rows)
-            encoded = pc.dictionary_encode(values, null_encoding="encode")
-            if isinstance(encoded, pa.ChunkedArray):
-                encoded = encoded.combine_chunks() if encoded.num_chunks else pa.array([], pa.string()).dictionary_encode()
-            distinct = encoded.dictionary.to_numpy(zero_copy_only=False).astype(object)
-            return _object(distinct[encoded.indices.to_numpy(zero_copy_only=False)] if len(distinct)
-                           else np.empty(0, dtype=object))
-        return _object(values.to_numpy(zero_copy_only=False))
-
     size = rows.column("file_size")
     default = rows.column("default_revision").to_numpy(zero_copy_only=False)
     return pd.DataFrame({
-        **{c: text(c) for c in ("id", "eid", "rel_path", "collection", "revision", "name")},
+        **{c: _object(_text_objects(rows, c)) for c in ("id", "eid", "rel_path", "collection", "revision", "name")},
         "file_size": pd.arrays.IntegerArray(size.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64),
                                             size.is_null().to_numpy(zero_copy_only=False)),
-        "hash": text("hash"),
+        "hash": _object(_text_objects(rows, "hash")),
         "exists": rows.column("exists").to_numpy(zero_copy_only=False).astype(bool),
-        "qc": text("qc"),
+        "qc": _object(_text_objects(rows, "qc")),
         "default_revision": pd.Series(default, dtype=bool if default.dtype == bool else object),
     })
 
 
+def dataset_values(rows: pa.RecordBatch | pa.Table) -> list[list]:
+    """Normalised dataset rows (:data:`DATASETS_ARROW`) as one list of plain Python values per
+    column of :data:`DATASETS_COLUMNS` (None where null), as a database driver takes them.
+
+    >>> dataset_values(pa.table({"id": ["a"], "eid": ["b"], "rel_path": ["alf/x.npy"], "collection": ["alf"],
+    ...     "revision": [""], "name": ["x.npy"], "file_size": pa.array([None], pa.int64()), "hash": [None],
+    ...     "exists": [True], "qc": ["PASS"], "default_revision": pa.array([None], pa.bool_())}))
+    [['a'], ['b'], ['alf/x.npy'], ['alf'], [''], ['x.npy'], [None], [None], [True], ['PASS'], [None]]
+    """
+    return [_text_objects(rows, c).tolist() if DATASETS_ARROW.field(c).type == pa.string() else rows.column(c).to_pylist()
+            for c in DATASETS_COLUMNS]
+
+
 #: The text columns of normalised dataset rows with few distinct values.
 _REPEATED_TEXT = frozenset({"rel_path", "collection", "revision", "name", "qc"})
+
+
+def _text_objects(rows: pa.RecordBatch | pa.Table, column: str) -> np.ndarray:
+    """A text column of normalised dataset rows as an object array of str and None; in a column of
+    few distinct values (:data:`_REPEATED_TEXT`), each distinct value is one Python string, which
+    its rows share (faster to make, and smaller)."""
+    values = rows.column(column)
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks() if values.num_chunks else pa.array([], pa.string())
+    if column not in _REPEATED_TEXT or not len(values):
+        return values.to_numpy(zero_copy_only=False).astype(object)
+    encoded = pc.dictionary_encode(values, null_encoding="encode")
+    distinct = encoded.dictionary.to_numpy(zero_copy_only=False).astype(object)
+    return distinct[encoded.indices.to_numpy(zero_copy_only=False)]
 
 
 def _hashes(path: Path, column: pa.Array, start: int) -> pa.Array:

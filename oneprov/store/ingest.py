@@ -62,7 +62,7 @@ from tqdm.auto import tqdm
 from ..errors import BadInputError, DuplicateIdError
 from ..files import process_alive
 from ..secrets import scrub
-from ..tables import DATASETS_ARROW, DATASETS_COLUMNS, SESSIONS_COLUMNS, STATE_COLUMNS, Folder, datasets_frame
+from ..tables import DATASETS_ARROW, DATASETS_COLUMNS, SESSIONS_COLUMNS, STATE_COLUMNS, Folder, dataset_values
 from . import dialects, digests
 from .driver import prepared
 from .engine import Database, mapped_errors
@@ -461,21 +461,19 @@ def _prepared(batches: Iterator[pa.RecordBatch | pa.Table], repeats: set[int],
     seen: set[tuple] = set()
     for batch in batches:
         row_digests = digests.row_digests(batch, "dataset_records")
-        frame = datasets_frame(batch)
         if repeats:
-            candidates = np.isin(row_digests[:, 2].view(np.int64), list(repeats))
-            keep = np.ones(len(frame), dtype=bool)
-            for k in np.flatnonzero(candidates):
-                identity_k = (frame["id"].iat[k], frame["eid"].iat[k], frame["rel_path"].iat[k])
-                keep[k] = identity_k not in seen
-                seen.add(identity_k)
-            repeated.extend(frame["id"][~keep].tolist())
-            frame, row_digests = frame[keep], row_digests[keep]
+            candidates = np.flatnonzero(np.isin(row_digests[:, 2].view(np.int64), list(repeats)))
+            keep = np.ones(len(batch), dtype=bool)
+            identities = zip(*(batch.column(c).take(pa.array(candidates)).to_pylist() for c in ("id", "eid", "rel_path")))
+            for k, identity in zip(candidates, identities):
+                keep[k] = identity not in seen
+                seen.add(identity)
+            repeated.extend(batch.column("id").filter(pa.array(~keep)).to_pylist())
+            batch, row_digests = batch.filter(pa.array(keep)), row_digests[keep]
         # In session order, the inserts walk the indexes by session in order instead of jumping
         # around them at random (fewer pages written, and each once).
-        frame = frame.rename(columns={"id": "uuid", "eid": "session_uuid"}).assign(_at=np.arange(len(frame)))
-        frame = frame.sort_values(["session_uuid", "rel_path", "uuid"])
-        yield _column_values(frame, _DATASET_COLUMNS), row_digests[frame["_at"].to_numpy()]
+        order = pc.sort_indices(batch, sort_keys=[("eid", "ascending"), ("rel_path", "ascending"), ("id", "ascending")])
+        yield dataset_values(batch.take(order)), row_digests[order.to_numpy()]
 
 
 def _ingest_all_datasets(db: Database, conn: Connection, writer: _Writer, qid: int, rows: Rows, batch_size: int,
