@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from contextlib import ExitStack
 
 import numpy as np
@@ -680,6 +681,12 @@ def test_a_load_recorded_after_the_server_closed_the_kept_connection_is_recorded
         closed = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
                                "AND pid <> pg_backend_pid()", (make_url(url).database,)).fetchall()
     assert closed and all(ok for (ok,) in closed)
+    with pg.admin_connection() as admin:   # (terminating is a signal: wait until the backends are gone)
+        for _ in range(200):
+            if not admin.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                                 (make_url(url).database,)).fetchone()[0]:
+                break
+            time.sleep(0.025)
     second = store.record_access(run, [event])
     got = store.sql("SELECT id, record_id FROM access_events WHERE run_id = :r ORDER BY id", {"r": run})
     assert got["id"].tolist() == [*first, *second] and got["record_id"].notna().all()
