@@ -351,3 +351,33 @@ def test_links_become_spans_and_back(db_url):
         assert schema_diff(engine) == []
     finally:
         engine.dispose()
+
+
+def test_digests_are_stored_uncompressed_on_postgresql_and_back(pg):
+    """0009 -> 0010 -> 0009 on PostgreSQL: the digests' columns are stored as they are (EXTERNAL:
+    no compression tried), and back as bytea's default (EXTENDED); digests stored before read the same."""
+    import numpy as np
+
+    from oneprov.store import digests
+
+    engine = create_engine(pg.create_database())
+    storage = ("SELECT attname, attstorage FROM pg_attribute WHERE attrelid = 'query_digests'::regclass "
+               "AND attname IN ('record_ids', 'digests')")
+    try:
+        migrate.upgrade(engine, "0009")
+        assert set(rows_of(engine, storage)) == {("record_ids", "x"), ("digests", "x")}
+        words = np.arange(30, dtype=np.uint64).reshape(10, 3)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("INSERT INTO queries (id, method, started_at) VALUES (1, 'import_cache', now())")
+            digests.store_digests(conn, 1, "dataset_records", np.arange(1, 11), words)
+        migrate.upgrade(engine)
+        assert set(rows_of(engine, storage)) == {("record_ids", "e"), ("digests", "e")}
+        with engine.connect() as conn:
+            ids, stored = digests.read_digests(conn, 1, "dataset_records")
+        assert ids.tolist() == list(range(1, 11)) and (stored == words).all()
+        migrate.downgrade(engine, "0009")
+        assert set(rows_of(engine, storage)) == {("record_ids", "x"), ("digests", "x")}
+        migrate.upgrade(engine)
+        assert schema_diff(engine) == []
+    finally:
+        engine.dispose()
