@@ -365,9 +365,9 @@ def _ingest_small(db: Database, source: RowSource, rows: Rows, sessions: pd.Data
         bulk = len(hashes) > 1000 and _start_bulk(conn)
         earlier = {t.name: digests.baseline(conn, source.location, t) for t in (session_records, dataset_records)}
         _ingest_sessions(db, conn, qid, sessions, returned["session_records"], earlier["session_records"])
-        changed = sum(_ingest_part(db, conn, qid, values, row_digests, returned["dataset_records"], name,
+        changed = sum(_ingest_part(db, conn, qid, part, returned["dataset_records"], name,
                                    earlier=earlier["dataset_records"])
-                      for values, row_digests in _prepared(iter(batches), repeats, repeated) if len(values[0]))
+                      for part in _prepared(iter(batches), repeats, repeated, not db.dialect.fills_arrow) if len(part))
         n_datasets = sum(len(b) for b in batches) - len(repeated)
         if bulk:
             _build_indexes(conn)
@@ -453,11 +453,35 @@ def _identities(batch: pa.RecordBatch) -> np.ndarray:
     return digests.row_identities(batch, "dataset_records")
 
 
-def _prepared(batches: Iterator[pa.RecordBatch | pa.Table], repeats: set[int],
-              repeated: list[str]) -> Iterator[tuple[list[list], np.ndarray]]:
-    """Each batch of normalised dataset rows as column values (:data:`_DATASET_COLUMNS`), in session
-    and path order, without rows that repeat an earlier row (their ids are added to ``repeated``);
-    and the digest of each row."""
+@dataclass(frozen=True)
+class _Part:
+    """Dataset rows to write: normalised (arrow), in session and path order; each row's digest; and,
+    for a back end that is given Python values (:attr:`Dialect.fills_arrow` false), their values by
+    column (:data:`_DATASET_COLUMNS`), made in the reader's thread."""
+
+    rows: pa.RecordBatch | pa.Table
+    digests: np.ndarray
+    values: list[list] | None
+
+    def __len__(self) -> int:
+        return len(self.digests)
+
+    def slice(self, start: int, n: int) -> "_Part":
+        return _Part(self.rows.slice(start, n), self.digests[start:start + n],
+                     None if self.values is None else [column[start:start + n] for column in self.values])
+
+    def take(self, at: np.ndarray) -> "_Part":
+        return _Part(self.rows.take(pa.array(at, pa.int64())), self.digests[at],
+                     None if self.values is None else [[column[k] for k in at] for column in self.values])
+
+    def column_values(self) -> list[list]:
+        return self.values if self.values is not None else dataset_values(self.rows)
+
+
+def _prepared(batches: Iterator[pa.RecordBatch | pa.Table], repeats: set[int], repeated: list[str],
+              values: bool) -> Iterator[_Part]:
+    """Each batch of normalised dataset rows as a part to write, in session and path order, without
+    rows that repeat an earlier row (their ids are added to ``repeated``); with Python ``values``."""
     seen: set[tuple] = set()
     for batch in batches:
         row_digests = digests.row_digests(batch, "dataset_records")
@@ -473,7 +497,8 @@ def _prepared(batches: Iterator[pa.RecordBatch | pa.Table], repeats: set[int],
         # In session order, the inserts walk the indexes by session in order instead of jumping
         # around them at random (fewer pages written, and each once).
         order = pc.sort_indices(batch, sort_keys=[("eid", "ascending"), ("rel_path", "ascending"), ("id", "ascending")])
-        yield dataset_values(batch.take(order)), row_digests[order.to_numpy()]
+        rows = batch.take(order)
+        yield _Part(rows, row_digests[order.to_numpy()], dataset_values(rows) if values else None)
 
 
 def _ingest_all_datasets(db: Database, conn: Connection, writer: _Writer, qid: int, rows: Rows, batch_size: int,
@@ -487,7 +512,7 @@ def _ingest_all_datasets(db: Database, conn: Connection, writer: _Writer, qid: i
         # Batch k+1 is read and prepared in a thread while batch k is written: SQLite works without
         # holding the GIL, so the two overlap on two cores.
         batches = iter(checked.batches) if checked.batches is not None else rows.dataset_batches(batch_size)
-        prepared = in_background(_prepared(batches, checked.repeats, repeated))
+        prepared = in_background(_prepared(batches, checked.repeats, repeated, not db.dialect.fills_arrow))
         changed = _write_parts(db, conn, writer, qid, prepared, returned["dataset_records"], name, bar,
                                earlier=checked.earlier)
     return changed, repeated
@@ -505,33 +530,33 @@ def _ingest_changed_datasets(db: Database, conn: Connection, writer: _Writer | N
 
     changed = pa.Table.from_batches(checked.changed, schema=DATASETS_ARROW)
     replacing = pa.array(np.concatenate([np.zeros(0, dtype=bool), *checked.replaces]))
-    parts = [(_prepared(iter([changed.filter(replacing)]), set(), []), True),
-             (_prepared(iter([changed.filter(pc.invert(replacing))]), set(), []), False)]
+    values = not db.dialect.fills_arrow
+    parts = [(_prepared(iter([changed.filter(replacing)]), set(), [], values), True),
+             (_prepared(iter([changed.filter(pc.invert(replacing))]), set(), [], values), False)]
     if writer is None:
         unchanged()
-        return sum(_ingest_part(db, conn, qid, values, row_digests, returned["dataset_records"], name, new=new)
-                   for prepared, new in parts for values, row_digests in prepared if len(values[0]))
+        return sum(_ingest_part(db, conn, qid, part, returned["dataset_records"], name, new=new)
+                   for prepared, new in parts for part in prepared if len(part))
     writer.write(unchanged, int(checked.earlier.used.sum()))
     with tqdm(total=len(changed), unit="rows", desc="import changed datasets", disable=not show) as bar:
         return sum(_write_parts(db, conn, writer, qid, prepared, returned["dataset_records"], name, bar, new=new)
                    for prepared, new in parts)
 
 
-def _write_parts(db: Database, conn: Connection, writer: _Writer, qid: int,
-                 prepared: Iterator[tuple[list[list], np.ndarray]], returned: _Returned, name: str,
-                 bar: tqdm, *, new: bool = False, earlier: digests.Baseline | None = None) -> int:
+def _write_parts(db: Database, conn: Connection, writer: _Writer, qid: int, prepared: Iterator[_Part],
+                 returned: _Returned, name: str, bar: tqdm, *, new: bool = False,
+                 earlier: digests.Baseline | None = None) -> int:
     """Write prepared rows (of :func:`_prepared`) in parts of the writer's size, a transaction each
     (``new`` and ``earlier``: see :func:`_ingest_part`); return how many rows became new records."""
     changed = 0
-    for values, row_digests in prepared:
+    for rows in prepared:
         start = 0
-        while start < len(values[0]):
-            part = [column[start:start + writer.rows] for column in values]
-            part_digests = row_digests[start:start + writer.rows]
-            changed += writer.write(lambda: _ingest_part(db, conn, qid, part, part_digests, returned, name, new=new,
-                                                         earlier=earlier), len(part[0]))
-            start += len(part[0])
-            bar.update(len(part[0]))
+        while start < len(rows):
+            part = rows.slice(start, writer.rows)
+            changed += writer.write(lambda: _ingest_part(db, conn, qid, part, returned, name, new=new, earlier=earlier),
+                                    len(part))
+            start += len(part)
+            bar.update(len(part))
     return changed
 
 
@@ -732,8 +757,8 @@ def _ingest_sessions(db: Database, conn: Connection, qid: int, frame: pd.DataFra
     returned.add(conn, ids, row_digests)
 
 
-def _ingest_part(db: Database, conn: Connection, qid: int, values: list[list], row_digests: np.ndarray,
-                 returned: _Returned, name: str, *, new: bool = False, earlier: digests.Baseline | None = None) -> int:
+def _ingest_part(db: Database, conn: Connection, qid: int, part: _Part, returned: _Returned, name: str, *,
+                 new: bool = False, earlier: digests.Baseline | None = None) -> int:
     """Record one part of the dataset rows and their digests (inside ``conn``'s transaction); return
     how many became new records.
 
@@ -743,45 +768,51 @@ def _ingest_part(db: Database, conn: Connection, qid: int, values: list[list], r
     changed get new records; only the others are compared with their current records).
     """
     if new or not _anything_recorded(conn, dataset_records):
-        ids, n_new = _ingest_new_datasets(db, conn, qid, values, name)
+        ids, n_new = _ingest_new_datasets(db, conn, qid, part, name)
     elif earlier is None:
-        ids, n_new = _ingest_known_datasets(db, conn, qid, values, name)
+        ids, n_new = _ingest_known_datasets(db, conn, qid, part, name)
     else:
-        ids = earlier.match(row_digests)
+        ids = earlier.match(part.digests)
         todo = np.flatnonzero(ids < 0)
-        changed = earlier.replaces(row_digests[todo])
+        changed = earlier.replaces(part.digests[todo])
         n_new = 0
         for rows, ingest_rows in ((todo[changed], _ingest_new_datasets), (todo[~changed], _ingest_known_datasets)):
             if len(rows):
-                got, made = ingest_rows(db, conn, qid, [[column[k] for k in rows] for column in values], name)
+                got, made = ingest_rows(db, conn, qid, part.take(rows), name)
                 ids[rows] = got
                 n_new += made
-    returned.add(conn, ids, row_digests)
+    returned.add(conn, ids, part.digests)
     return n_new
 
 
-def _ingest_new_datasets(db: Database, conn: Connection, qid: int, values: list[list],
+def _ingest_new_datasets(db: Database, conn: Connection, qid: int, part: _Part,
                          name: str) -> tuple[Sequence[int], int]:
     """Dataset rows that are all new records (a first import, or rows changed since the import they
     are compared with), written straight into ``dataset_records``. Return the rows' records, and
     how many are new."""
     now = utcnow()
-    ids = db.dialect.reserve_ids(conn, dataset_records, len(values[0]))
+    ids = db.dialect.reserve_ids(conn, dataset_records, len(part))
+    constants = {"query_id": qid, "first_seen_at": now}
     try:
-        db.dialect.fill(conn, dataset_records, ["id", *_DATASET_COLUMNS], list(zip(ids, *values)),
-                        {"query_id": qid, "first_seen_at": now})
+        if db.dialect.fills_arrow:
+            columns = {"id": pa.array(np.asarray(ids, dtype=np.int64)),
+                       **{column: part.rows.column(c) for column, c in zip(_DATASET_COLUMNS, DATASETS_COLUMNS)}}
+            db.dialect.fill_arrow(conn, dataset_records, pa.table(columns), constants)
+        else:
+            db.dialect.fill(conn, dataset_records, ["id", *_DATASET_COLUMNS], list(zip(ids, *part.values)), constants)
     except sa.exc.IntegrityError as exc:
         raise BadInputError(f"cannot import {name!r}: {exc.orig}") from None
-    _add_revisions(conn, values[_DATASET_COLUMNS.index("revision")], now)
+    _add_revisions(conn, pc.unique(part.rows.column("revision")).to_pylist(), now)
     return ids, len(ids)
 
 
-def _ingest_known_datasets(db: Database, conn: Connection, qid: int, values: list[list],
+def _ingest_known_datasets(db: Database, conn: Connection, qid: int, part: _Part,
                            name: str) -> tuple[Sequence[int], int]:
     """Dataset rows when the database holds dataset records already: each row keeps its current
     record when that has the same values, and gets a new record otherwise. Return the rows'
     records, and how many are new."""
     now = utcnow()
+    values = part.column_values()
     try:
         ids, new = _record(db, conn, dataset_records, _DATASET_COLUMNS, values, STATE_COLUMNS, qid, now)
         _add_revisions(conn, (values[_DATASET_COLUMNS.index("revision")][k] for k in new), now)
