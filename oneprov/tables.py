@@ -2,7 +2,9 @@
 
 Readers accept the modern layout (UUID strings, index stored in the file or not) and the legacy
 layout of 2021 Alyx exports (int64 ``id_0/id_1`` pairs, ``project``, ``session_path``, no ``qc``),
-validate every value and return *normalised* frames with a plain RangeIndex:
+validate every value and return *normalised* frames with a plain RangeIndex (an import reads the
+datasets as normalised arrow batches, :data:`DATASETS_ARROW`, checked in arrow's kernels without a
+Python value per row: :meth:`Folder.dataset_batches`; :func:`datasets_frame` makes the frame):
 
 - sessions: ``id, lab, subject, date, number, task_protocol, projects``
 - datasets: ``id, eid, rel_path, collection, revision, name, file_size, hash, exists, qc,

@@ -403,23 +403,27 @@ def test_a_small_first_import_builds_its_indexes_after_the_rows_in_its_transacti
     store.close()
 
 
+def pragma_when_writing_records(store, pragma: str) -> list:
+    """The value of SQLite's ``pragma`` on the connection of each INSERT into dataset_records from now on."""
+    seen: list = []
+
+    @sa.event.listens_for(store.engine, "before_cursor_execute")
+    def look(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("INSERT INTO dataset_records"):
+            seen.append(cursor.connection.execute(f"PRAGMA {pragma}").fetchone()[0])
+
+    return seen
+
+
 def test_a_large_import_s_page_cache_is_small_for_a_first_import_and_restored_after(tmp_path, repo, monkeypatch):
     """A large import's connection writes with a page cache of BULK_IMPORT_CACHE_MIB into an empty
     database (appends, then index sorts: a larger cache only holds memory), of IMPORT_CACHE_MIB into
     one with records (index inserts), and gets its own size back afterwards."""
-    import sqlalchemy as sa
-
     from oneprov.store import dialects, ingest
 
     monkeypatch.setattr(ingest, "SMALL_ROWS", 0)   # (the path of tables of more than 20,000 rows)
     store = open_store(tmp_path / "p.sqlite")
-    seen: list[int] = []
-
-    @sa.event.listens_for(store.engine, "before_cursor_execute")
-    def cache_size_when_writing_records(conn, cursor, statement, parameters, context, executemany):
-        if statement.startswith("INSERT INTO dataset_records"):
-            seen.append(cursor.connection.execute("PRAGMA main.cache_size").fetchone()[0])
-
+    seen = pragma_when_writing_records(store, "main.cache_size")
     store.import_cache(repo.root)
     first, seen[:] = set(seen), []
     changed = copy_tables(repo, tmp_path / "changed")
@@ -441,8 +445,6 @@ def test_what_an_import_commits_reaches_the_database_file_through_the_store_s_ch
     import sqlite3
     import threading
 
-    import sqlalchemy as sa
-
     from oneprov.store import dialects, ingest
 
     monkeypatch.setattr(ingest, "SMALL_ROWS", 0)   # (the path of tables of more than 20,000 rows)
@@ -450,13 +452,7 @@ def test_what_an_import_commits_reaches_the_database_file_through_the_store_s_ch
     monkeypatch.setattr(dialects.SQLite, "checkpoint",
                         lambda self, c: (checkpoints.append(threading.current_thread().name), checkpoint(self, c)))
     store = open_store(tmp_path / "p.sqlite")
-    seen: list[int] = []
-
-    @sa.event.listens_for(store.engine, "before_cursor_execute")
-    def autocheckpoint_when_writing_records(conn, cursor, statement, parameters, context, executemany):
-        if statement.startswith("INSERT INTO dataset_records"):
-            seen.append(cursor.connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
-
+    seen = pragma_when_writing_records(store, "wal_autocheckpoint")
     result = store.import_cache(repo.root)
     store.wait_for_checkpoint()
     assert set(seen) == {dialects.IMPORT_AUTOCHECKPOINT_PAGES}
