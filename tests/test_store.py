@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from oneprov import BadInputError, open_store
 from oneprov.store.schema import LINK_VIEWS, PUBLIC_VIEWS, metadata, session_records
+from oneprov.tables import iter_datasets
 
 #: Every table, and the views of the records each query returned (a row per record).
 ALL_TABLES = sorted([*metadata.tables, *LINK_VIEWS])
@@ -47,6 +48,36 @@ def rewrite_datasets(folder, change):
     df = change(df)
     import pyarrow as pa
     pq.write_table(pa.Table.from_pandas(df, preserve_index=True).replace_schema_metadata(table.schema.metadata), path)
+
+
+@pytest.mark.parametrize("path", ["small", "large"])
+def test_text_with_commas_quotes_and_line_breaks_is_stored_as_given(store, repo, tmp_path, monkeypatch, path):
+    """Every text of a dataset row reaches its record as given, on both back ends and both import
+    paths (PostgreSQL's COPY takes the rows as CSV that arrow writes): commas, quotes, line breaks,
+    backslashes and '\\.' in a hash and a path, an empty revision (not NULL), unknown sizes and hashes."""
+    from oneprov.store import ingest
+
+    if path == "large":
+        monkeypatch.setattr(ingest, "SMALL_ROWS", 0)
+    odd = ['a,b', 'q"uote', 'line\nbreak', 'back\\slash', '\\.', 'cr\r', '"', ',', ' x ']
+    tables = copy_tables(repo, tmp_path / "odd")
+    rewrite_datasets(tables, lambda df: df.assign(
+        hash=[odd[k % len(odd)] if k % 4 else None for k in range(len(df))],
+        rel_path=[p.replace(".npy", f".{k % 2}'a,b\"c.npy") for k, p in enumerate(df["rel_path"])],
+        file_size=pd.array([None if k % 5 == 0 else v for k, v in enumerate(df["file_size"])], dtype="Int64")))
+    expected = pd.concat(iter_datasets(tables / "datasets.pqt"), ignore_index=True)
+    assert set(odd) <= set(expected["hash"].dropna())
+    result = store.import_cache(tables)
+    got = store.sql(f"SELECT uuid AS id, session_uuid AS eid, rel_path, revision, file_size, hash FROM dataset_records "
+                    f"WHERE query_id = {result.query_id}")
+    key = ["id", "eid", "rel_path"]
+    got = got.sort_values(key).reset_index(drop=True)
+    expected = expected[["id", "eid", "rel_path", "revision", "file_size", "hash"]].sort_values(key).reset_index(drop=True)
+    assert got["rel_path"].tolist() == expected["rel_path"].tolist()
+    assert [None if pd.isna(v) else v for v in got["hash"]] == expected["hash"].tolist()   # (None: unknown)
+    assert got["revision"].tolist() == expected["revision"].tolist() and "" in set(got["revision"])
+    assert [None if pd.isna(v) else int(v) for v in got["file_size"]] == \
+        [None if pd.isna(v) else int(v) for v in expected["file_size"]]
 
 
 def test_import_cache(store, repo):
