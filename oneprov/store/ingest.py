@@ -367,7 +367,7 @@ def _ingest_small(db: Database, source: RowSource, rows: Rows, sessions: pd.Data
         _ingest_sessions(db, conn, qid, sessions, returned["session_records"], earlier["session_records"])
         changed = sum(_ingest_part(db, conn, qid, part, returned["dataset_records"], name,
                                    earlier=earlier["dataset_records"])
-                      for part in _prepared(iter(batches), repeats, repeated, not db.dialect.fills_arrow) if len(part))
+                      for part in _prepared(iter(batches), repeats, repeated, db.dialect) if len(part))
         n_datasets = sum(len(b) for b in batches) - len(repeated)
         if bulk:
             _build_indexes(conn)
@@ -479,9 +479,10 @@ class _Part:
 
 
 def _prepared(batches: Iterator[pa.RecordBatch | pa.Table], repeats: set[int], repeated: list[str],
-              values: bool) -> Iterator[_Part]:
+              dialect: dialects.Dialect) -> Iterator[_Part]:
     """Each batch of normalised dataset rows as a part to write, in session and path order, without
-    rows that repeat an earlier row (their ids are added to ``repeated``); with Python ``values``."""
+    rows that repeat an earlier row (their ids are added to ``repeated``); with Python values when
+    the ``dialect`` is given those."""
     seen: set[tuple] = set()
     for batch in batches:
         row_digests = digests.row_digests(batch, "dataset_records")
@@ -498,7 +499,7 @@ def _prepared(batches: Iterator[pa.RecordBatch | pa.Table], repeats: set[int], r
         # around them at random (fewer pages written, and each once).
         order = pc.sort_indices(batch, sort_keys=[("eid", "ascending"), ("rel_path", "ascending"), ("id", "ascending")])
         rows = batch.take(order)
-        yield _Part(rows, row_digests[order.to_numpy()], dataset_values(rows) if values else None)
+        yield _Part(rows, row_digests[order.to_numpy()], None if dialect.fills_arrow else dataset_values(rows))
 
 
 def _ingest_all_datasets(db: Database, conn: Connection, writer: _Writer, qid: int, rows: Rows, batch_size: int,
@@ -512,7 +513,7 @@ def _ingest_all_datasets(db: Database, conn: Connection, writer: _Writer, qid: i
         # Batch k+1 is read and prepared in a thread while batch k is written: SQLite works without
         # holding the GIL, so the two overlap on two cores.
         batches = iter(checked.batches) if checked.batches is not None else rows.dataset_batches(batch_size)
-        prepared = in_background(_prepared(batches, checked.repeats, repeated, not db.dialect.fills_arrow))
+        prepared = in_background(_prepared(batches, checked.repeats, repeated, db.dialect))
         changed = _write_parts(db, conn, writer, qid, prepared, returned["dataset_records"], name, bar,
                                earlier=checked.earlier)
     return changed, repeated
@@ -530,9 +531,8 @@ def _ingest_changed_datasets(db: Database, conn: Connection, writer: _Writer | N
 
     changed = pa.Table.from_batches(checked.changed, schema=DATASETS_ARROW)
     replacing = pa.array(np.concatenate([np.zeros(0, dtype=bool), *checked.replaces]))
-    values = not db.dialect.fills_arrow
-    parts = [(_prepared(iter([changed.filter(replacing)]), set(), [], values), True),
-             (_prepared(iter([changed.filter(pc.invert(replacing))]), set(), [], values), False)]
+    parts = [(_prepared(iter([changed.filter(replacing)]), set(), [], db.dialect), True),
+             (_prepared(iter([changed.filter(pc.invert(replacing))]), set(), [], db.dialect), False)]
     if writer is None:
         unchanged()
         return sum(_ingest_part(db, conn, qid, part, returned["dataset_records"], name, new=new)
