@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from contextlib import ExitStack
 
@@ -364,7 +365,7 @@ def test_retiring_a_run_adds_a_record(store):
 
 
 def test_background_reader_hands_over_items_errors_and_stops_when_the_consumer_does():
-    from oneprov.store.ingest import in_background
+    from oneprov.store.ingest import Background
     closed = []
 
     def source(fail_at=None):
@@ -376,13 +377,33 @@ def test_background_reader_hands_over_items_errors_and_stops_when_the_consumer_d
         finally:
             closed.append(True)
 
-    assert list(in_background(source())) == list(range(100))
+    assert list(Background(source())) == list(range(100))
     with pytest.raises(BadInputError, match="bad row 7"):
-        list(in_background(source(fail_at=7)))
-    for i in in_background(source()):
+        list(Background(source(fail_at=7)))
+    for i in Background(source()):
         if i == 3:
             break
     assert closed == [True, True, True]   # each source was closed, also the one left early
+
+
+def test_background_reader_reads_ahead_before_it_is_iterated_and_a_reader_never_iterated_is_stopped():
+    from oneprov.store.ingest import Background
+    started, closed = threading.Event(), []
+
+    def source():
+        try:
+            started.set()
+            yield from range(10)
+        finally:
+            closed.append(True)
+
+    with Background(source()) as reading:
+        assert started.wait(5)          # the worker read before anyone asked (the import's other reads overlap it)
+        assert closed == []
+    assert closed == [True]             # leaving the block stopped the worker and closed the source
+    with Background(source()) as reading:
+        assert list(reading) == list(range(10))
+    assert closed == [True, True]
 
 
 def test_run_names_resolve_by_one_rule(store, tmp_path):

@@ -265,21 +265,20 @@ def _ingest(db: Database, source: RowSource, rows: Rows, *, run_id: str | None, 
         if done is not None and done.completed_at is not None:
             return ImportResult(done.id, done.n_sessions, done.n_datasets, 0, True)
     show = progress if progress is not None else sys.stderr.isatty()
-    sessions = rows.sessions()
-    if sessions["id"].duplicated().any():
-        raise DuplicateIdError(f"{name}: duplicate session id "
-                               f"{sessions['id'][sessions['id'].duplicated()].iloc[0]!r} in the sessions table")
     if (rows.count_datasets() or SMALL_ROWS + 1) <= SMALL_ROWS:
-        return _ingest_small(db, source, rows, sessions, run_id=run_id, reuse=reuse, name=name)
+        return _ingest_small(db, source, rows, _sessions(rows, name), run_id=run_id, reuse=reuse, name=name)
     # One connection for the whole import: its page cache stays warm. One transaction per step.
     failure: BaseException | None = None
     try:
-        with db.connection() as conn:
+        # The datasets are read and checked in a thread from here on (on a second core), while the
+        # sessions and the earlier import's digests are read: at 100,000 rows a quarter of a re-import.
+        with db.connection() as conn, Background(rows.dataset_batches(batch_size)) as reading:
             writer = _Writer(db.dialect, conn, db.checkpoint_soon)   # (before the check: it sees who writes meanwhile)
+            sessions = _sessions(rows, name)
             with db.reading() as reader:   # (what the rows are compared with: no write lock)
                 earlier = {t.name: digests.baseline(reader, source.location, t)
                            for t in (session_records, dataset_records)}
-            checked = _check(rows, batch_size, show, earlier["dataset_records"])
+            checked = _check(reading, rows.count_datasets() or 0, show, earlier["dataset_records"])
             claim = _claim(conn, source, rows, run_id, reuse)
             if isinstance(claim, ImportResult):
                 return claim
@@ -405,20 +404,30 @@ class _Checked:
     batches: list[pa.RecordBatch] | None = None  # every row, as read (None: read again to write them)
 
 
-def _check(rows: Rows, batch_size: int, show: bool, earlier: digests.Baseline | None) -> _Checked:
-    """Read and check every dataset row (the reader raises on a bad one); count the rows and find the
-    identities seen more than once. With an ``earlier`` import of the same source, also find the
-    rows unchanged since: the others are kept, when there are few and no row repeats another."""
+def _sessions(rows: Rows, name: str) -> pd.DataFrame:
+    """The sessions of ``rows``, refused if two have one id."""
+    sessions = rows.sessions()
+    if sessions["id"].duplicated().any():
+        raise DuplicateIdError(f"{name}: duplicate session id "
+                               f"{sessions['id'][sessions['id'].duplicated()].iloc[0]!r} in the sessions table")
+    return sessions
+
+
+def _check(read: Iterable[pa.RecordBatch], expected: int, show: bool, earlier: digests.Baseline | None) -> _Checked:
+    """Read and check every dataset row (``read``: the reader raises on a bad one; about
+    ``expected`` rows); count the rows and find the identities seen more than once. With an
+    ``earlier`` import of the same source, also find the rows unchanged since: the others are kept,
+    when there are few and no row repeats another."""
     # One array of every row's hash, filled in place (a list of parts and their concatenation would
     # hold it twice: 160 MB at 10 million rows).
-    expected, n = rows.count_datasets() or 0, 0
+    n = 0
     every = np.empty(expected, dtype=np.int64)
     changed: list[pa.RecordBatch] | None = [] if earlier is not None else None
     replaces: list[np.ndarray] = []
     batches: list[pa.RecordBatch] | None = [] if expected <= KEEP_READ else None
     kept = 0
     with tqdm(total=expected, unit="rows", desc="check datasets", disable=not show) as bar:
-        for batch in in_background(rows.dataset_batches(batch_size)):
+        for batch in read:
             if batches is not None and n + len(batch) <= KEEP_READ:
                 batches.append(batch)
             else:
@@ -513,7 +522,7 @@ def _ingest_all_datasets(db: Database, conn: Connection, writer: _Writer, qid: i
         # Batch k+1 is read and prepared in a thread while batch k is written: SQLite works without
         # holding the GIL, so the two overlap on two cores.
         batches = iter(checked.batches) if checked.batches is not None else rows.dataset_batches(batch_size)
-        prepared = in_background(_prepared(batches, checked.repeats, repeated, db.dialect))
+        prepared = Background(_prepared(batches, checked.repeats, repeated, db.dialect))
         changed = _write_parts(db, conn, writer, qid, prepared, returned["dataset_records"], name, bar,
                                earlier=checked.earlier)
     return changed, repeated
@@ -920,51 +929,71 @@ def _anything_recorded(conn: Connection, records: sa.Table) -> bool:
     return conn.execute(sa.select(q.id).where(q.completed_at.is_not(None), counted > 0).limit(1)).first() is not None
 
 
-def in_background(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:
-    """Iterate ``items`` in a worker thread that keeps up to ``depth`` items ready.
+class Background:
+    """Iterate ``items`` in a worker thread, started at once, that keeps up to ``depth`` items ready.
 
-    An exception of the worker is raised here; when the consumer stops early (or fails), the
-    worker stops too and ``items`` is closed.
+    The worker reads ahead from the start, so the caller can do other work before it iterates.
+    An exception of the worker is raised where the item would have been; when the consumer stops
+    early (or fails), the worker stops too and ``items`` is closed. Iterate it once; leaving the
+    ``with`` block (or :meth:`close`) stops the worker, even if it was never iterated.
+
+    >>> with Background(iter(range(3))) as numbers:
+    ...     list(numbers)
+    [0, 1, 2]
     """
-    ready: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
 
-    def put(entry: tuple) -> bool:
-        while not stop.is_set():
+    def __init__(self, items: Iterator[Any], depth: int = 1) -> None:
+        self._ready: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._items = items
+        self._worker = threading.Thread(target=self._work, name="oneprov-import-reader", daemon=True)
+        self._worker.start()
+
+    def _put(self, entry: tuple) -> bool:
+        while not self._stop.is_set():
             try:
-                ready.put(entry, timeout=0.05)
+                self._ready.put(entry, timeout=0.05)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def work() -> None:
+    def _work(self) -> None:
         try:
-            for item in items:
-                if not put((True, item)):
+            for item in self._items:
+                if not self._put((True, item)):
                     return
-            put((False, None))
+            self._put((False, None))
         except BaseException as exc:  # handed to the consumer, raised there
-            put((False, exc))
+            self._put((False, exc))
         finally:
-            close = getattr(items, "close", None)
+            close = getattr(self._items, "close", None)
             if close is not None:
                 close()
 
-    worker = threading.Thread(target=work, name="oneprov-import-reader", daemon=True)
-    worker.start()
-    try:
-        while True:
-            more, item = ready.get()
-            if more:
-                yield item
-            elif item is None:
-                return
-            else:
-                raise item
-    finally:
-        stop.set()
-        worker.join()
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            while True:
+                more, item = self._ready.get()
+                if more:
+                    yield item
+                elif item is None:
+                    return
+                else:
+                    raise item
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the worker (it closes ``items``) and wait for it."""
+        self._stop.set()
+        self._worker.join()
+
+    def __enter__(self) -> "Background":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _column_values(frame: pd.DataFrame, columns: list[str]) -> list[list]:
