@@ -782,7 +782,8 @@ class QueryStopped(DatabaseError):
 def _stoppable(driver: sqlite3.Connection, timeout: float | None) -> Iterator[Callable[[], None]]:
     """Let Ctrl-C and ``timeout`` stop a SQLite statement: SQLite runs it in C, where Python's
     SIGINT handler waits until it ends, so a progress handler asks SQLite to stop instead. The
-    block gets a function that raises ``KeyboardInterrupt`` or :class:`QueryStopped` if one did."""
+    block gets a function that raises ``KeyboardInterrupt`` or :class:`QueryStopped` if one did.
+    A process that ignores Ctrl-C (a shell's background job) goes on ignoring it, as on PostgreSQL."""
     import signal
     import threading
     import time
@@ -790,7 +791,7 @@ def _stoppable(driver: sqlite3.Connection, timeout: float | None) -> Iterator[Ca
     deadline = time.monotonic() + timeout if timeout else None
     interrupted = []
     handler = None
-    if threading.current_thread() is threading.main_thread():
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
         handler = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
 
     def progress() -> int:
