@@ -271,7 +271,7 @@ def _ingest(db: Database, source: RowSource, rows: Rows, *, run_id: str | None, 
     failure: BaseException | None = None
     try:
         # The datasets are read and checked in a thread from here on (on a second core), while the
-        # sessions and the earlier import's digests are read: at 100,000 rows a quarter of a re-import.
+        # sessions and the earlier import's digests are read (a re-import of 100,000 rows: 0.42 -> 0.35 s).
         with db.connection() as conn, Background(rows.dataset_batches(batch_size)) as reading:
             writer = _Writer(db.dialect, conn, db.checkpoint_soon)   # (before the check: it sees who writes meanwhile)
             sessions = _sessions(rows, name)
