@@ -736,7 +736,7 @@ def _normalised_datasets(path: Path, batch: pa.RecordBatch, start: int, id_sourc
         else pa.nulls(n, pa.int64()),
         "hash": hashes,
         "exists": exists,
-        "qc": _qc_names(path, batch.column("qc"), start) if "qc" in names else _QC_NAMES.take(pa.array(np.zeros(n, np.int8))),
+        "qc": _qc_names(path, batch.column("qc") if "qc" in names else pa.nulls(n), start),
         "default_revision": default.cast(pa.bool_()),
     }
     return pa.RecordBatch.from_arrays([columns[f.name] for f in DATASETS_ARROW], schema=DATASETS_ARROW)

@@ -602,10 +602,9 @@ class PostgreSQL(Dialect):
         # NULL and a quoted one ("") an empty text: arrow writes them so.
         if not rows.num_rows:
             return
-        for column, value in constants.items():
-            constant = [value] * rows.num_rows
-            rows = rows.append_column(column, pa.array(constant, pa.timestamp("us")) if isinstance(value, datetime.datetime)
-                                      else pa.array(constant))
+        for column, value in constants.items():   # (repeated in arrow: no Python list of the rows' length)
+            scalar = pa.scalar(value, pa.timestamp("us")) if isinstance(value, datetime.datetime) else pa.scalar(value)
+            rows = rows.append_column(column, pa.repeat(scalar, rows.num_rows))
         text = io.BytesIO()
         pa_csv.write_csv(rows, text, pa_csv.WriteOptions(include_header=False, quoting_style="needed"))
         quote = conn.dialect.identifier_preparer.quote
