@@ -191,11 +191,12 @@ def test_warnings_are_one_line(db):
     assert "warning: No datasets loaded" in proc.stderr and "cli.py" not in proc.stderr
 
 
-def with_ctrl_c(args: list[str]) -> list[str]:
-    """A Python command line (``args`` after the interpreter) that Ctrl-C reaches whatever this
-    process ignores: a shell runs a background job with SIGINT ignored, and children inherit that
-    (oneprov then ignores Ctrl-C too, as a background job should: see the test below)."""
-    return [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+def with_sigint(args: list[str], disposition: str = "SIG_DFL") -> list[str]:
+    """A Python command line (``args`` after the interpreter) that starts with SIGINT at
+    ``disposition`` whatever this process has: by default Ctrl-C reaches it, though a shell runs a
+    background job with SIGINT ignored and children inherit that (oneprov then ignores Ctrl-C too,
+    as a background job should); ``"SIG_IGN"`` starts it as such a job."""
+    return [sys.executable, "-c", f"import os, signal, sys; signal.signal(signal.SIGINT, signal.{disposition}); "
             "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])", *args]
 
 
@@ -206,10 +207,8 @@ def test_a_process_that_ignores_ctrl_c_goes_on_ignoring_it_during_a_query(db):
     import signal
     import time
 
-    ignoring = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
-                "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"]
-    child = subprocess.Popen([*ignoring, "-m", "oneprov", "sql", LONG_QUERY["sqlite"], "--timeout", "4", "--db", str(db)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(with_sigint(["-m", "oneprov", "sql", LONG_QUERY["sqlite"], "--timeout", "4", "--db", str(db)],
+                                         "SIG_IGN"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_until_running(child, "sqlite", db)
     child.send_signal(signal.SIGINT)
     time.sleep(1)
@@ -233,7 +232,7 @@ def test_ctrl_c_during_import_prints_one_line_and_exits_130(tmp_path):
         its transactions, so that it waits, incomplete. None if it completed before the lock was
         taken (a machine busy enough to leave this process no time while the import ran)."""
         open_store(db).close()
-        proc = subprocess.Popen(with_ctrl_c(["-m", "oneprov", "import-cache", str(tables), "--db", str(db)]),
+        proc = subprocess.Popen(with_sigint(["-m", "oneprov", "import-cache", str(tables), "--db", str(db)]),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         watch = sqlite3.connect(db, isolation_level=None, timeout=60)
         deadline = time.monotonic() + 60
@@ -301,7 +300,7 @@ def test_sql_timeout_and_ctrl_c_stop_a_long_query(backend, db, request):
     proc = oneprov("sql", LONG_QUERY[backend], "--timeout", "0.5", db=target, check=False)
     assert_clean_error(proc, "stopped after 0.5 s")
     assert time.monotonic() - started < 20
-    child = subprocess.Popen(with_ctrl_c(["-m", "oneprov", "sql", LONG_QUERY[backend], "--db", str(target)]),
+    child = subprocess.Popen(with_sigint(["-m", "oneprov", "sql", LONG_QUERY[backend], "--db", str(target)]),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "PGAPPNAME": CTRL_C_APP})
     _wait_until_running(child, backend, target)

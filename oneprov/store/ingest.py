@@ -518,11 +518,12 @@ def _ingest_all_datasets(db: Database, conn: Connection, writer: _Writer, qid: i
     the earlier import the check found, if any); return how many rows became new records, and the
     ids of the rows left out as repeats."""
     repeated: list[str] = []
-    with tqdm(total=checked.n_rows, unit="rows", desc="import datasets", disable=not show) as bar:
-        # Batch k+1 is read and prepared in a thread while batch k is written: SQLite works without
-        # holding the GIL, so the two overlap on two cores.
-        batches = iter(checked.batches) if checked.batches is not None else rows.dataset_batches(batch_size)
-        prepared = Background(_prepared(batches, checked.repeats, repeated, db.dialect))
+    # Batch k+1 is read and prepared in a thread while batch k is written: SQLite works without
+    # holding the GIL, so the two overlap on two cores. (Leaving the block stops the thread, also
+    # when a write fails.)
+    batches = iter(checked.batches) if checked.batches is not None else rows.dataset_batches(batch_size)
+    with tqdm(total=checked.n_rows, unit="rows", desc="import datasets", disable=not show) as bar, \
+            Background(_prepared(batches, checked.repeats, repeated, db.dialect)) as prepared:
         changed = _write_parts(db, conn, writer, qid, prepared, returned["dataset_records"], name, bar,
                                earlier=checked.earlier)
     return changed, repeated
